@@ -1,0 +1,262 @@
+from core_support import raises, vectors
+
+from firmware.core import fdms, money
+
+V = vectors("fdms")
+
+
+def _amount_or_none(value):
+    return None if value is None else money.amount(value)
+
+
+def test_receipt_vectors_string_and_hash():
+    for case in V["receipts"]:
+        receipt = fdms.complete(fdms.parse_receipt(case["receipt"]))
+        text = fdms.receipt_string(case["device_id"], receipt, case["previous_hash"])
+        assert text == case["string"], case["name"]
+        assert fdms.hash_b64(text) == case["hash"], case["name"]
+
+
+def test_receipt_vectors_completion():
+    for case in V["receipts"]:
+        if case.get("string_only"):
+            continue
+        receipt = fdms.complete(fdms.parse_receipt(case["receipt"]))
+        want = [
+            {
+                "taxCode": t["taxCode"],
+                "taxPercent": None if t["taxPercent"] is None else money.percent(t["taxPercent"]),
+                "taxID": t["taxID"],
+                "taxAmount": money.amount(t["taxAmount"]),
+                "salesAmountWithTax": money.amount(t["salesAmountWithTax"]),
+            }
+            for t in case["expect_taxes"]
+        ]
+        assert receipt["receiptTaxes"] == want, case["name"]
+        assert receipt["receiptTotal"] == money.amount(case["expect_total"]), case["name"]
+        assert fdms.validate(receipt) == [], case["name"]
+
+
+def test_day_vectors():
+    for case in V["days"]:
+        if "receipts" in case:
+            counters = fdms.new_counters()
+            for raw in case["receipts"]:
+                fdms.update_counters(counters, fdms.complete(fdms.parse_receipt(raw)))
+        else:
+            counters = fdms.parse_counters(case["counters"])
+        ordered = fdms.day_counters(counters)
+        text = fdms.day_string(case["device_id"], case["day_no"], case["day_date"], ordered)
+        assert text == case["string"], case["name"]
+        if "hash" in case:
+            assert fdms.hash_b64(text) == case["hash"], case["name"]
+
+
+def test_literal_hashes():
+    for case in V["literal_hashes"]:
+        assert fdms.hash_b64(case["text"]) == case["hash"], case["name"]
+
+
+def test_qr_vectors():
+    for case in V["qr"]:
+        url = fdms.qr_url(case["qr_url"], case["device_id"], case["receipt_date"], case["global_no"], case["qr_data"])
+        assert url == case["url"]
+        assert fdms.verification_code(case["qr_data"]) == case["code"]
+
+
+def test_qr_data_is_md5_of_raw_signature_bytes():
+    # MD5 of the three bytes "abc" is 900150983cd24fb0...; the QR keeps 16 upper-case hex digits.
+    assert fdms.qr_data(b"abc") == "900150983CD24FB0"
+
+
+def test_common_names():
+    for case in V["common_names"]:
+        assert fdms.csr_common_name(case["serial"], case["device_id"]) == case["cn"]
+
+
+def test_counters_json_follows_the_signed_order_and_drops_zeros():
+    counters = fdms.parse_counters(V["days"][0]["counters"])
+    ordered = fdms.day_counters(counters)
+    assert [c["fiscalCounterType"] for c in ordered] == ["SaleByTax"] + ["BalanceByMoneyType"] * 3
+    assert [c.get("fiscalCounterMoneyType") for c in ordered[1:]] == ["Cash", "Card", "Other"]
+    wire_list = fdms.counters_wire(ordered)
+    assert "fiscalCounterTaxPercent" not in wire_list[0]  # exempt: no percent at all
+    assert str(wire_list[0]["fiscalCounterValue"]) == "6.00"
+
+
+def test_server_strings():
+    assert fdms.receipt_server_string("c2ln", 48377, "2019-09-19T15:43:12") == "c2ln483772019-09-19T15:43:12"
+    counters = fdms.day_counters(fdms.parse_counters(V["days"][0]["counters"]))
+    auto = fdms.day_server_string(37367, 20, "2026-09-07", "2026-09-07T22:00:00", "Auto", counters, "U0lH")
+    assert auto == "37367202026-09-072026-09-07T22:00:00AUTO" + V["days"][0]["string"][17:] + "U0lH"
+    manual = fdms.day_server_string(37367, 20, "2026-09-07", "2026-09-07T22:00:00", "Manual", counters, "U0lH")
+    assert manual.endswith("MANUAL" + V["days"][0]["string"][17:])
+
+
+# --- the rules ------------------------------------------------------------------------------------------
+
+
+def _sale(**changes):
+    raw = {
+        "receiptType": "FiscalInvoice", "receiptCurrency": "USD", "receiptGlobalNo": 11, "receiptCounter": 2,
+        "invoiceNo": "INV-11", "receiptDate": "2026-09-08T10:00:00", "receiptLinesTaxInclusive": True,
+        "receiptLines": [
+            {"receiptLineName": "Bread", "receiptLinePrice": "1.15", "receiptLineQuantity": "2", "taxPercent": "15",
+             "taxID": 3, "receiptLineHSCode": "1905"},
+            {"receiptLineName": "Water", "receiptLinePrice": "0.50", "receiptLineQuantity": "1", "taxID": 1,
+             "receiptLineHSCode": "22011000"},
+        ],
+        "receiptPayments": [{"moneyTypeCode": "Cash", "paymentAmount": "2.80"}],
+    }
+    for key in changes:
+        raw[key] = changes[key]
+    return raw
+
+
+TAXES = fdms.parse_taxes([
+    {"taxID": 1, "taxName": "Exempt", "validFrom": "2023-01-01"},
+    {"taxID": 2, "taxPercent": 0, "taxName": "Zero rated 0%", "validFrom": "2023-01-01"},
+    {"taxID": 3, "taxPercent": "15", "taxName": "Standard rated 15%", "validFrom": "2023-01-01", "validTill": "2026-12-31"},
+    {"taxID": 514, "taxPercent": 5, "taxName": "Non-VAT Withholding Tax", "validFrom": "2023-01-01"},
+])
+
+ORIGINAL = fdms.complete(fdms.parse_receipt(_sale(receiptDate="2026-09-01T10:00:00")))
+
+
+def _context(**changes):
+    args = {
+        "taxes": TAXES, "vat_payer": True, "currencies": ("USD", "ZWG"), "day_opened": "2026-09-08T07:00:00",
+        "day_max_hours": 24, "previous_in_day": {"receiptCounter": 1, "receiptGlobalNo": 10,
+                                                  "receiptDate": "2026-09-08T09:00:00"},
+        "now": "2026-09-08T10:00:00", "invoice_seen": lambda no: no == "USED",
+        "original": lambda note: {"receipt": ORIGINAL, "notes_total": 0} if note.get("receiptID") == 7 else None,
+    }
+    for key in changes:
+        args[key] = changes[key]
+    return fdms.Context(**args)
+
+
+def _codes(raw, ctx=None):
+    receipt = fdms.complete(fdms.parse_receipt(raw))
+    return [f["code"] for f in fdms.validate(receipt, ctx or _context())]
+
+
+def _credit(**changes):
+    raw = _sale(receiptType="CreditNote", receiptNotes="Returned", creditDebitNote={"receiptID": 7})
+    raw["receiptLines"] = [
+        {"receiptLineName": "Bread", "receiptLinePrice": "-1.15", "receiptLineQuantity": "1", "taxPercent": "15",
+         "taxID": 3, "receiptLineHSCode": "1905"}
+    ]
+    raw["receiptPayments"] = [{"moneyTypeCode": "Cash", "paymentAmount": "-1.15"}]
+    for key in changes:
+        raw[key] = changes[key]
+    return raw
+
+
+def test_a_clean_sale_and_credit_note_pass():
+    assert _codes(_sale()) == []
+    assert _codes(_credit()) == []
+
+
+def test_each_rule_fires():
+    lines = _sale()["receiptLines"]
+    cases = [
+        ("RCPT010", _sale(receiptCurrency="EUR"), None),
+        ("RCPT011", _sale(receiptCounter=3), None),
+        ("RCPT012", _sale(receiptGlobalNo=12), None),
+        ("RCPT013", _sale(invoiceNo="USED"), None),
+        ("RCPT014", _sale(receiptDate="2026-09-08T06:59:59"), _context(previous_in_day=None)),
+        ("RCPT015", _sale(receiptType="DebitNote", receiptNotes="x"), None),
+        ("RCPT016", _sale(receiptLines=[], receiptTotal="2.80", receiptTaxes=[]), None),
+        ("RCPT017", _sale(receiptTaxes=[]), None),
+        ("RCPT018", _sale(receiptPayments=[]), None),
+        ("RCPT019", _sale(receiptTotal="2.81"), None),
+        ("RCPT021", _sale(), _context(vat_payer=False)),
+        ("RCPT022", _sale(receiptLines=[dict(lines[0], receiptLinePrice="-1.15")]), None),
+        ("RCPT023", _sale(receiptLines=[dict(lines[0], receiptLineQuantity="-2", receiptLinePrice="-1.15")]), None),
+        ("RCPT024", _sale(receiptLines=[dict(lines[0], receiptLineTotal="2.31"), lines[1]]), None),
+        ("RCPT025", _sale(receiptLines=[dict(lines[0], taxPercent="14.5"), lines[1]]), None),
+        ("RCPT025", _sale(receiptDate="2027-01-02T10:00:00"), _context(previous_in_day=None, day_opened=None, now=None)),
+        ("RCPT026", _sale(receiptTaxes=[{"taxID": 1, "taxAmount": "0", "salesAmountWithTax": "0.50"},
+                                        {"taxID": 3, "taxPercent": 15, "taxAmount": "0.31", "salesAmountWithTax": "2.30"}]), None),
+        ("RCPT027", _sale(receiptTaxes=[{"taxID": 1, "taxAmount": "0", "salesAmountWithTax": "0.50"},
+                                        {"taxID": 3, "taxPercent": 15, "taxAmount": "0.30", "salesAmountWithTax": "2.31"}]), None),
+        ("RCPT028", _sale(receiptPayments=[{"moneyTypeCode": "Cash", "paymentAmount": "3.80"},
+                                           {"moneyTypeCode": "Card", "paymentAmount": "-1.00"}]), None),
+        ("RCPT029", _sale(creditDebitNote={"receiptID": 7}), None),
+        ("RCPT030", _sale(receiptDate="2026-09-08T09:00:00"), None),
+        ("RCPT031", _sale(receiptDate="2026-09-08T11:00:00"), None),
+        ("RCPT032", _credit(creditDebitNote={"receiptID": 8}), None),
+        ("RCPT033", _credit(receiptDate="2027-09-02T10:00:00"), _context(taxes=None, previous_in_day=None, day_opened=None, now=None)),
+        ("RCPT034", _credit(receiptNotes=None), None),
+        ("RCPT035", _credit(), _context(original=lambda note: {"receipt": ORIGINAL, "notes_total": -200})),
+        ("RCPT036", _credit(receiptLines=[dict(lines[1], receiptLinePrice="-0.50")],
+                            receiptPayments=[{"moneyTypeCode": "Cash", "paymentAmount": "-0.50"}]),
+         _context(original=lambda note: {"receipt": fdms.complete(fdms.parse_receipt(_sale(receiptLines=[lines[0]]))),
+                                         "notes_total": 0})),
+        ("RCPT037", _sale(receiptLinesTaxInclusive=False, receiptTotal="2.80",
+                          receiptPayments=[{"moneyTypeCode": "Cash", "paymentAmount": "2.80"}]), None),
+        ("RCPT038", _sale(receiptLinesTaxInclusive=False, receiptTotal="3.15",
+                          receiptTaxes=[{"taxID": 1, "taxAmount": "0", "salesAmountWithTax": "0.50"},
+                                        {"taxID": 3, "taxPercent": 15, "taxAmount": "0.35", "salesAmountWithTax": "2.66"}],
+                          receiptPayments=[{"moneyTypeCode": "Cash", "paymentAmount": "3.15"}]), None),
+        ("RCPT039", _sale(receiptPayments=[{"moneyTypeCode": "Cash", "paymentAmount": "2.79"}]), None),
+        ("RCPT040", _credit(receiptLines=[dict(lines[0], receiptLinePrice="1.15", receiptLineType="Discount",
+                                                receiptLineQuantity="1")]), None),
+        ("RCPT041", _sale(receiptDate="2026-09-09T07:00:01"), _context(now="2026-09-09T07:00:01")),
+        ("RCPT042", _credit(receiptCurrency="ZWG"), None),
+        ("RCPT043", _sale(buyerData={"buyerRegisterName": "Acme"}), None),
+        ("RCPT043", _sale(buyerData={"buyerRegisterName": "Acme", "buyerTIN": "123"}), None),
+        ("RCPT047", _sale(receiptLines=[dict(lines[0], receiptLineHSCode=None), lines[1]]), None),
+        ("RCPT048", _sale(receiptLines=[lines[0], dict(lines[1], receiptLineHSCode="2201")]), None),
+        ("RCPT048", _sale(receiptLines=[dict(lines[0], receiptLineHSCode="19051"), lines[1]]), None),
+    ]
+    for code, raw, ctx in cases:
+        codes = _codes(raw, ctx)
+        assert code in codes, code + " not found in " + str(codes)
+
+
+def test_colours_follow_the_reference():
+    assert fdms.RULES["RCPT014"][0] == "Yellow"
+    assert fdms.RULES["RCPT031"][0] == "Yellow"
+    assert fdms.RULES["RCPT041"][0] == "Yellow"
+    assert fdms.RULES["RCPT030"][0] == "Red"
+    yellow_only = fdms.validate(fdms.complete(fdms.parse_receipt(_sale(receiptDate="2026-09-08T11:00:00"))), _context())
+    assert [f["code"] for f in yellow_only] == ["RCPT031"]
+    assert fdms.blocking(yellow_only) == []
+
+
+def test_first_receipt_of_the_day_may_restart_global_numbering():
+    ctx = _context(previous_in_day=None, first_in_day=True, last_global_no=10)
+    assert _codes(_sale(receiptCounter=1, receiptGlobalNo=11), ctx) == []
+    assert _codes(_sale(receiptCounter=1, receiptGlobalNo=1), ctx) == []
+    assert "RCPT012" in _codes(_sale(receiptCounter=1, receiptGlobalNo=13), ctx)
+    assert "RCPT011" in _codes(_sale(receiptCounter=2, receiptGlobalNo=11), ctx)
+
+
+def test_structural_errors_name_the_field():
+    bad_line = dict(_sale()["receiptLines"][0], receiptLineQuantity="two")
+    error = raises("BOX_BAD_NUMBER", fdms.parse_receipt, _sale(receiptLines=[bad_line]))
+    assert error.field == "receiptLines[0].receiptLineQuantity"
+    assert raises("RCPT02", fdms.parse_receipt, _sale(receiptType="Invoice")).field == "receiptType"
+    assert raises("RCPT02", fdms.parse_receipt, _sale(invoiceNo=None)).field == "invoiceNo"
+    assert raises("RCPT02", fdms.parse_receipt, _sale(receiptLines="x")).field == "receiptLines"
+    assert raises("BOX_BAD_DATE", fdms.parse_receipt, _sale(receiptDate="2026-09-08")).field == "receiptDate"
+    assert raises("RCPT02", fdms.parse_receipt, [1, 2]).field == "receipt"
+
+
+def test_submit_receipt_body_and_enums_case_insensitively():
+    receipt = fdms.parse_receipt({"receipt": _sale(receiptType="fiscalInvoice")})
+    assert receipt["receiptType"] == "FiscalInvoice"
+    assert receipt["receiptPayments"][0]["moneyTypeCode"] == "Cash"
+
+
+def test_credit_note_is_the_exact_negation_of_the_invoice():
+    invoice = fdms.complete(fdms.parse_receipt(_sale()))
+    raw = _sale(receiptType="CreditNote", receiptNotes="Refund", creditDebitNote={"receiptID": 7})
+    raw["receiptLines"] = [dict(line, receiptLinePrice="-" + line["receiptLinePrice"]) for line in raw["receiptLines"]]
+    raw["receiptPayments"] = [{"moneyTypeCode": "Cash", "paymentAmount": "-2.80"}]
+    credit = fdms.complete(fdms.parse_receipt(raw))
+    assert credit["receiptTotal"] == -invoice["receiptTotal"]
+    for a, b in zip(credit["receiptTaxes"], invoice["receiptTaxes"]):
+        assert a["taxAmount"] == -b["taxAmount"] and a["salesAmountWithTax"] == -b["salesAmountWithTax"]
