@@ -24,14 +24,14 @@ from asn1crypto import keys as asn1_keys
 from asn1crypto import pem as asn1_pem
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11.util.ec import encode_ecdsa_signature, encode_named_curve_parameters
 from pkcs11.util.x509 import decode_x509_certificate
 
 from firmware.core.errors import FiscalError
-from hardware import ALGORITHMS, ECDSA_P256, RSA_2048
+from hardware import ALGORITHMS, ECDSA_P256, RSA_2048, signatures
 
 _PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
@@ -306,12 +306,9 @@ class FileKeyStore:
 
     def sign(self, data: bytes) -> bytes:
         """ECDSA P-256 (DER) or RSA-2048 PKCS#1 v1.5, SHA-256 over `data` itself."""
-        key = self._key
-        if isinstance(key, ec.EllipticCurvePrivateKey):
-            return key.sign(data, ec.ECDSA(hashes.SHA256()))
-        if isinstance(key, rsa.RSAPrivateKey):
-            return key.sign(data, padding.PKCS1v15(), hashes.SHA256())
-        raise _key_missing()
+        if self._key is None:
+            raise _key_missing()
+        return signatures.sign(self._key, data)
 
     def certificate_request(self, common_name: str) -> bytes:
         if self._key is None or self._algorithm is None:
