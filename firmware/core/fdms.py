@@ -185,8 +185,12 @@ def _line(raw, i):
         "receiptLineHSCode": _text(raw, "receiptLineHSCode", field + ".receiptLineHSCode", 8, required=False),
         "receiptLineName": _text(raw, "receiptLineName", field + ".receiptLineName", 200),
         "receiptLinePrice": _number(raw, "receiptLinePrice", money.price, field + ".receiptLinePrice", False),
-        "receiptLineQuantity": _number(raw, "receiptLineQuantity", money.quantity, field + ".receiptLineQuantity"),
-        "receiptLineTotal": _number(raw, "receiptLineTotal", money.amount, field + ".receiptLineTotal", False),
+        "receiptLineQuantity": _number(
+            raw, "receiptLineQuantity", money.quantity, field + ".receiptLineQuantity"
+        ),
+        "receiptLineTotal": _number(
+            raw, "receiptLineTotal", money.amount, field + ".receiptLineTotal", False
+        ),
         "taxCode": _tax_code(raw, field),
         "taxPercent": _percent(raw, "taxPercent", field + ".taxPercent"),
         "taxID": _int(raw, "taxID", field + ".taxID"),
@@ -251,7 +255,9 @@ def parse_receipt(raw):
         "buyerData": _buyer(_obj(raw, "buyerData", "buyerData", required=False)),
         "receiptNotes": _text(raw, "receiptNotes", "receiptNotes", 500, required=False),
         "receiptDate": _text(raw, "receiptDate", "receiptDate", 19, required=False),
-        "creditDebitNote": _credit_debit_note(_obj(raw, "creditDebitNote", "creditDebitNote", required=False)),
+        "creditDebitNote": _credit_debit_note(
+            _obj(raw, "creditDebitNote", "creditDebitNote", required=False)
+        ),
         "receiptLinesTaxInclusive": inclusive,
         "receiptLines": [_line(item, i) for i, item in enumerate(_list(raw, "receiptLines", "receiptLines"))],
         "receiptTaxes": None
@@ -262,7 +268,9 @@ def parse_receipt(raw):
         ],
         "receiptTotal": _number(raw, "receiptTotal", money.amount, "receiptTotal", required=False),
         "receiptPrintForm": _enum(raw.get("receiptPrintForm", "Receipt48"), PRINT_FORMS, "receiptPrintForm"),
-        "receiptDeviceSignature": _signature(_obj(raw, "receiptDeviceSignature", "receiptDeviceSignature", False)),
+        "receiptDeviceSignature": _signature(
+            _obj(raw, "receiptDeviceSignature", "receiptDeviceSignature", False)
+        ),
     }
     if receipt["receiptDate"] is not None:
         localtime.parse(receipt["receiptDate"], "receiptDate")
@@ -273,7 +281,7 @@ def parse_receipt(raw):
 
 
 def parse_taxes(applicable_taxes):
-    """GetConfig's applicableTaxes -> [{taxID, taxPercent (hundredths|None), taxName, validFrom, validTill}]."""
+    """GetConfig's applicableTaxes -> [{taxID, taxPercent (hundredths|None), taxName, validFrom/Till}]."""
     taxes = []
     for i, raw in enumerate(applicable_taxes):
         field = "applicableTaxes[" + str(i) + "]"
@@ -312,7 +320,12 @@ def tax_groups(receipt):
         key = (line["taxID"], line["taxCode"] or "")
         group = groups.get(key)
         if group is None:
-            group = {"taxCode": line["taxCode"], "taxPercent": line["taxPercent"], "taxID": line["taxID"], "sum": 0}
+            group = {
+                "taxCode": line["taxCode"],
+                "taxPercent": line["taxPercent"],
+                "taxID": line["taxID"],
+                "sum": 0,
+            }
             groups[key] = group
         group["sum"] += line["receiptLineTotal"]
     taxes = []
@@ -362,7 +375,9 @@ def complete(receipt):
         if line["receiptLineTotal"] is None:
             if line["receiptLinePrice"] is None:
                 raise FiscalError(
-                    "RCPT02", "A line needs a price or a total.", "receiptLines[" + str(i) + "].receiptLinePrice"
+                    "RCPT02",
+                    "A line needs a price or a total.",
+                    "receiptLines[" + str(i) + "].receiptLinePrice",
                 )
             line["receiptLineTotal"] = money.line_total(line["receiptLinePrice"], line["receiptLineQuantity"])
     if receipt["receiptTaxes"] is None:
@@ -462,7 +477,9 @@ def _rule_lines(receipt, ctx, out):
     for i, line in enumerate(receipt["receiptLines"]):
         field = "receiptLines[" + str(i) + "]"
         sale = line["receiptLineType"] == "Sale"
-        amount = line["receiptLinePrice"] if line["receiptLinePrice"] is not None else line["receiptLineTotal"]
+        amount = (
+            line["receiptLinePrice"] if line["receiptLinePrice"] is not None else line["receiptLineTotal"]
+        )
         if amount is not None:
             strict_ok = amount != 0 and _sign_ok(amount, kind, positive_for_sale=sale)
             if not strict_ok:
@@ -476,8 +493,11 @@ def _rule_lines(receipt, ctx, out):
                     finding(
                         "RCPT024",
                         field + ".receiptLineTotal",
-                        "Line total is " + money.format_fixed(line["receiptLineTotal"], 2)
-                        + " but price x quantity is " + money.format_fixed(want, 2) + ".",
+                        "Line total is "
+                        + money.format_fixed(line["receiptLineTotal"], 2)
+                        + " but price x quantity is "
+                        + money.format_fixed(want, 2)
+                        + ".",
                     )
                 )
         if ctx.taxes is not None:
@@ -487,7 +507,10 @@ def _rule_lines(receipt, ctx, out):
                     finding(
                         "RCPT025",
                         field + ".taxID",
-                        "Tax " + str(line["taxID"]) + " at " + (money.percent_text(line["taxPercent"]) or "exempt")
+                        "Tax "
+                        + str(line["taxID"])
+                        + " at "
+                        + (money.percent_text(line["taxPercent"]) or "exempt")
                         + " is not one of the taxes in force on the receipt date.",
                     )
                 )
@@ -503,7 +526,8 @@ def _rule_lines(receipt, ctx, out):
                     finding(
                         "RCPT048",
                         field + ".receiptLineHSCode",
-                        "HS code must be 8 digits" + ("" if needs_eight else " or 4 digits")
+                        "HS code must be 8 digits"
+                        + ("" if needs_eight else " or 4 digits")
                         + (" for a zero-rated or exempt line of a VAT payer." if needs_eight else "."),
                     )
                 )
@@ -529,14 +553,19 @@ def _rule_taxes(receipt, out):
             continue
         seen[key] = True
         if want["taxPercent"] != tax["taxPercent"]:
-            out.append(finding("RCPT025", field + ".taxPercent", "The percent differs from the lines' percent."))
+            out.append(
+                finding("RCPT025", field + ".taxPercent", "The percent differs from the lines' percent.")
+            )
         if want["taxAmount"] != tax["taxAmount"]:
             out.append(
                 finding(
                     "RCPT026",
                     field + ".taxAmount",
-                    "Tax amount is " + money.format_fixed(tax["taxAmount"], 2) + " but the group's tax is "
-                    + money.format_fixed(want["taxAmount"], 2) + ".",
+                    "Tax amount is "
+                    + money.format_fixed(tax["taxAmount"], 2)
+                    + " but the group's tax is "
+                    + money.format_fixed(want["taxAmount"], 2)
+                    + ".",
                 )
             )
         if want["salesAmountWithTax"] != tax["salesAmountWithTax"]:
@@ -544,8 +573,11 @@ def _rule_taxes(receipt, out):
                 finding(
                     "RCPT027",
                     field + ".salesAmountWithTax",
-                    "Sales amount with tax is " + money.format_fixed(tax["salesAmountWithTax"], 2)
-                    + " but the group's lines give " + money.format_fixed(want["salesAmountWithTax"], 2) + ".",
+                    "Sales amount with tax is "
+                    + money.format_fixed(tax["salesAmountWithTax"], 2)
+                    + " but the group's lines give "
+                    + money.format_fixed(want["salesAmountWithTax"], 2)
+                    + ".",
                 )
             )
     for key in expected:
@@ -573,10 +605,18 @@ def _rule_totals(receipt, out):
         if total != want:
             out.append(finding("RCPT037", "receiptTotal", _differs("the lines and taxes", total, want)))
     if taxes and total != _sum(taxes, "salesAmountWithTax"):
-        out.append(finding("RCPT038", "receiptTotal", _differs("the tax table", total, _sum(taxes, "salesAmountWithTax"))))
+        out.append(
+            finding(
+                "RCPT038", "receiptTotal", _differs("the tax table", total, _sum(taxes, "salesAmountWithTax"))
+            )
+        )
     payments = receipt["receiptPayments"]
     if payments and total != _sum(payments, "paymentAmount"):
-        out.append(finding("RCPT039", "receiptTotal", _differs("the payments", total, _sum(payments, "paymentAmount"))))
+        out.append(
+            finding(
+                "RCPT039", "receiptTotal", _differs("the payments", total, _sum(payments, "paymentAmount"))
+            )
+        )
     for i, payment in enumerate(payments):
         if not _sign_ok(payment["paymentAmount"], kind):
             out.append(finding("RCPT028", "receiptPayments[" + str(i) + "].paymentAmount"))
@@ -586,8 +626,13 @@ def _rule_totals(receipt, out):
 
 def _differs(what, total, want):
     return (
-        "Receipt total is " + money.format_fixed(total, 2) + " but " + what + " add up to "
-        + money.format_fixed(want, 2) + "."
+        "Receipt total is "
+        + money.format_fixed(total, 2)
+        + " but "
+        + what
+        + " add up to "
+        + money.format_fixed(want, 2)
+        + "."
     )
 
 
@@ -607,7 +652,9 @@ def _rule_sequence(receipt, ctx, out):
             allowed = (ctx.last_global_no + 1, 1)
         if allowed is not None and global_no not in allowed:
             out.append(
-                finding("RCPT012", "receiptGlobalNo", "Receipt global number should be " + str(allowed[0]) + ".")
+                finding(
+                    "RCPT012", "receiptGlobalNo", "Receipt global number should be " + str(allowed[0]) + "."
+                )
             )
     date = receipt["receiptDate"]
     if date is None:
@@ -615,7 +662,11 @@ def _rule_sequence(receipt, ctx, out):
     last = prev["receiptDate"] if prev else ctx.last_receipt_date
     if last is not None and localtime.seconds(date) <= localtime.seconds(last):
         out.append(
-            finding("RCPT030", "receiptDate", "Receipt date must be later than the previous receipt's " + last + ".")
+            finding(
+                "RCPT030",
+                "receiptDate",
+                "Receipt date must be later than the previous receipt's " + last + ".",
+            )
         )
     if ctx.day_opened is not None:
         if localtime.seconds(date) < localtime.seconds(ctx.day_opened):
@@ -659,7 +710,8 @@ def _rule_note(receipt, ctx, out):
                 finding(
                     "RCPT035",
                     "receiptTotal",
-                    "Only " + money.format_fixed(original["receiptTotal"] + found.get("notes_total", 0), 2)
+                    "Only "
+                    + money.format_fixed(original["receiptTotal"] + found.get("notes_total", 0), 2)
                     + " of the original invoice is left to credit.",
                 )
             )
@@ -681,7 +733,9 @@ def _rule_buyer(receipt, out):
         out.append(finding("RCPT043", "buyerData.buyerTIN", "A buyer's TIN has exactly 10 characters."))
     vat = buyer.get("vatNumber")
     if vat is not None and (not isinstance(vat, str) or len(vat) != 9):
-        out.append(finding("RCPT043", "buyerData.vatNumber", "A buyer's VAT number has exactly 9 characters."))
+        out.append(
+            finding("RCPT043", "buyerData.vatNumber", "A buyer's VAT number has exactly 9 characters.")
+        )
 
 
 def validate(receipt, ctx=None):
@@ -830,11 +884,15 @@ def parse_counters(raw_list):
         field = "fiscalDayCounters[" + str(i) + "]"
         if not isinstance(raw, dict):
             raise FiscalError("RCPT02", "Must be an object.", field)
-        type_index = COUNTER_TYPES.index(_enum(raw.get("fiscalCounterType"), COUNTER_TYPES, field + ".fiscalCounterType"))
+        type_index = COUNTER_TYPES.index(
+            _enum(raw.get("fiscalCounterType"), COUNTER_TYPES, field + ".fiscalCounterType")
+        )
         currency = _text(raw, "fiscalCounterCurrency", field + ".fiscalCounterCurrency", 3).upper()
         value = _number(raw, "fiscalCounterValue", money.amount, field + ".fiscalCounterValue")
         if type_index == BALANCE:
-            money_type = _enum(raw.get("fiscalCounterMoneyType"), MONEY_TYPES, field + ".fiscalCounterMoneyType")
+            money_type = _enum(
+                raw.get("fiscalCounterMoneyType"), MONEY_TYPES, field + ".fiscalCounterMoneyType"
+            )
             key = (BALANCE, currency, MONEY_TYPES.index(money_type), -1)
         else:
             tax_id = _int(raw, "fiscalCounterTaxID", field + ".fiscalCounterTaxID")
@@ -863,7 +921,9 @@ def day_string(device_id, day_no, day_date, counter_list):
     return str(device_id) + str(day_no) + day_date + "".join([counter_text(c) for c in counter_list])
 
 
-def day_server_string(device_id, day_no, day_date, closed_at, reconciliation_mode, counter_list, device_signature_b64):
+def day_server_string(
+    device_id, day_no, day_date, closed_at, reconciliation_mode, counter_list, device_signature_b64
+):
     """What FDMS signs for a closed day (section 7.5); the device signature is left out for a MANUAL close."""
     mode = reconciliation_mode.upper()
     return (
@@ -949,12 +1009,10 @@ def qr_data(signature_bytes):
 
 
 def qr_url(qr_base, device_id, receipt_date, global_no, data):
-    """qrUrl/ + deviceID (10 digits) + receipt date ddMMyyyy + globalNo (10 digits) + qrData (see `qr_data`)."""
+    """qrUrl/ + deviceID (10 digits) + receipt date ddMMyyyy + globalNo (10 digits) + `qr_data`."""
     year, month, day = receipt_date[0:4], receipt_date[5:7], receipt_date[8:10]
     base = qr_base if qr_base.endswith("/") else qr_base + "/"
-    return (
-        base + "%010d" % device_id + day + month + year + "%010d" % global_no + data
-    )
+    return base + "%010d" % device_id + day + month + year + "%010d" % global_no + data
 
 
 def verification_code(data):

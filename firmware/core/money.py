@@ -1,7 +1,7 @@
 """Exact fixed-point numbers: amounts in cents, quantities and prices in micro-units, percents in hundredths.
 
 Money never touches a float. Inputs are decimal strings ("12.34", "-0.5") or whole numbers (JSON integers),
-parsed digit by digit; a float is refused because it may already have lost the value (19.99 * 100 == 1998.99...).
+parsed digit by digit; a float is refused because it may already have lost the value (19.99 * 100 < 1999).
 Rounding is half away from zero, so a credit note's amounts are exactly the negated invoice's.
 """
 
@@ -111,9 +111,10 @@ class Fixed:
         return format_short(self.units, self.places) if self.trim else format_fixed(self.units, self.places)
 
     def __eq__(self, other):
-        return isinstance(other, Fixed) and self.units * _POW10[other.places] == other.units * _POW10[
-            self.places
-        ]
+        return (
+            isinstance(other, Fixed)
+            and self.units * _POW10[other.places] == other.units * _POW10[self.places]
+        )
 
     def __repr__(self):
         return "Fixed(" + str(self) + ")"

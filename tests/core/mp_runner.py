@@ -2,7 +2,7 @@
 
 Usage (from the project root): micropython tests/core/mp_runner.py
 Imports every core module first, so a module using something MicroPython lacks fails the build, then calls
-every `test_*` function of every tests/core/test_*.py. Prints one 'N passed, N failed' line; exit 1 on failure.
+every `test_*` function of every tests/core/test_*.py. Prints 'N passed, N failed'; exit 1 on failure.
 """
 
 import os

@@ -4,8 +4,20 @@ from firmware.core import money, wire
 
 
 def test_parse_amounts_exactly():
-    cases = [("19.99", 1999), ("1.15", 115), ("0.29", 29), ("-9450.00", -945000), ("0.05", 5), ("12.3", 1230),
-             (".5", 50), ("+7", 700), ("-0.00", 0), (500, 50000), (0, 0), ("1.230", 123)]
+    cases = [
+        ("19.99", 1999),
+        ("1.15", 115),
+        ("0.29", 29),
+        ("-9450.00", -945000),
+        ("0.05", 5),
+        ("12.3", 1230),
+        (".5", 50),
+        ("+7", 700),
+        ("-0.00", 0),
+        (500, 50000),
+        (0, 0),
+        ("1.230", 123),
+    ]
     for text, cents in cases:
         assert money.amount(text) == cents, text
 
@@ -66,6 +78,8 @@ def test_percent_text_for_signatures():
 
 
 def test_exact_json_numbers():
-    text = wire.dumps({"b": money.cents(-5), "a": [money.micros(1500000), money.hundredths(0), None, True, "x\"y"]})
+    text = wire.dumps(
+        {"b": money.cents(-5), "a": [money.micros(1500000), money.hundredths(0), None, True, 'x"y']}
+    )
     assert text == '{"a":[1.5,0.00,null,true,"x\\"y"],"b":-0.05}'
     assert wire.dumps({"name": "Caf\u00e9\n"}) == '{"name":"Caf\u00e9\\n"}'

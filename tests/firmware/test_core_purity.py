@@ -33,7 +33,9 @@ def test_imports_only_the_portable_stdlib_and_itself(path):
 def test_no_floats_no_round(path):
     tree = ast.parse(path.read_text())
     for node in ast.walk(tree):
-        assert not (isinstance(node, ast.Constant) and isinstance(node.value, float)), f"float literal in {path.name}"
+        assert not (isinstance(node, ast.Constant) and isinstance(node.value, float)), (
+            f"float literal in {path.name}"
+        )
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             assert node.func.id not in FORBIDDEN_CALLS, f"{node.func.id}() in {path.name}:{node.lineno}"
         assert not isinstance(node, ast.BinOp) or not isinstance(node.op, ast.Div), (

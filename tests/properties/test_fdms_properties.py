@@ -46,14 +46,25 @@ def baskets(draw, receipt_type="FiscalInvoice"):
             lines.append((tax_id, pct, "Discount", -sign * discount * 10_000, 1_000_000))
     raw_lines = []
     for i, (tax_id, pct, kind, price, qty) in enumerate(lines):
-        line = {"receiptLineType": kind, "receiptLineName": "item %d" % i, "receiptLinePrice": dec(price, 6),
-                "receiptLineQuantity": dec(qty, 6), "taxID": tax_id}
+        line = {
+            "receiptLineType": kind,
+            "receiptLineName": "item %d" % i,
+            "receiptLinePrice": dec(price, 6),
+            "receiptLineQuantity": dec(qty, 6),
+            "taxID": tax_id,
+        }
         if pct is not None:
             line["taxPercent"] = pct
         raw_lines.append(line)
-    raw = {"receiptType": receipt_type, "receiptCurrency": currency, "invoiceNo": "P-1",
-           "receiptDate": "2026-09-08T10:00:00", "receiptLinesTaxInclusive": inclusive,
-           "receiptLines": raw_lines, "receiptPayments": []}
+    raw = {
+        "receiptType": receipt_type,
+        "receiptCurrency": currency,
+        "invoiceNo": "P-1",
+        "receiptDate": "2026-09-08T10:00:00",
+        "receiptLinesTaxInclusive": inclusive,
+        "receiptLines": raw_lines,
+        "receiptPayments": [],
+    }
     if receipt_type != "FiscalInvoice":
         raw["creditDebitNote"] = {"receiptID": 1}
         raw["receiptNotes"] = "Note"
@@ -65,8 +76,10 @@ def pay(receipt, split):
     """Two payments adding up to the total: split % by card, the rest cash."""
     total = receipt["receiptTotal"]
     card = total * split // 100
-    receipt["receiptPayments"] = [{"moneyTypeCode": "Card", "paymentAmount": card},
-                                  {"moneyTypeCode": "Cash", "paymentAmount": total - card}]
+    receipt["receiptPayments"] = [
+        {"moneyTypeCode": "Card", "paymentAmount": card},
+        {"moneyTypeCode": "Cash", "paymentAmount": total - card},
+    ]
 
 
 def expected(raw):
@@ -99,7 +112,10 @@ def check_identities(raw, split):
     pay(receipt, split)
     line_totals, taxes, total = expected(raw)
     assert [line["receiptLineTotal"] for line in receipt["receiptLines"]] == line_totals  # RCPT024
-    got = {(t["taxID"], t["taxCode"] or ""): (t["taxAmount"], t["salesAmountWithTax"]) for t in receipt["receiptTaxes"]}
+    got = {
+        (t["taxID"], t["taxCode"] or ""): (t["taxAmount"], t["salesAmountWithTax"])
+        for t in receipt["receiptTaxes"]
+    }
     assert got == taxes  # RCPT026, RCPT027
     assert receipt["receiptTotal"] == total  # RCPT019 / RCPT037
     assert total == sum(t["salesAmountWithTax"] for t in receipt["receiptTaxes"])  # RCPT038
@@ -137,7 +153,8 @@ def test_credit_note_mirrors_its_invoice_exactly(case):
     note = fdms.complete(fdms.parse_receipt(credit))
     assert note["receiptTotal"] == -invoice["receiptTotal"]
     assert [(-t["taxAmount"], -t["salesAmountWithTax"]) for t in note["receiptTaxes"]] == [
-        (t["taxAmount"], t["salesAmountWithTax"]) for t in invoice["receiptTaxes"]]
+        (t["taxAmount"], t["salesAmountWithTax"]) for t in invoice["receiptTaxes"]
+    ]
 
 
 @settings(max_examples=1_000, deadline=None)
@@ -166,14 +183,25 @@ def test_counters_equal_a_recomputation(cases):
     ordered = fdms.day_counters(counters)
     for currency in CURRENCIES:
         mine = [r for r in receipts if r["receiptCurrency"] == currency]
-        sales = sum(c["fiscalCounterValue"] for c in ordered
-                    if c["fiscalCounterType"] == "SaleByTax" and c["fiscalCounterCurrency"] == currency)
-        balance = sum(c["fiscalCounterValue"] for c in ordered
-                      if c["fiscalCounterType"] == "BalanceByMoneyType" and c["fiscalCounterCurrency"] == currency)
+        sales = sum(
+            c["fiscalCounterValue"]
+            for c in ordered
+            if c["fiscalCounterType"] == "SaleByTax" and c["fiscalCounterCurrency"] == currency
+        )
+        balance = sum(
+            c["fiscalCounterValue"]
+            for c in ordered
+            if c["fiscalCounterType"] == "BalanceByMoneyType" and c["fiscalCounterCurrency"] == currency
+        )
         assert sales == sum(r["receiptTotal"] for r in mine)
         assert balance == sum(r["receiptTotal"] for r in mine)
     assert all(c["fiscalCounterValue"] != 0 for c in ordered)
-    keys = [(fdms.COUNTER_TYPES.index(c["fiscalCounterType"]), c["fiscalCounterCurrency"],
-             c.get("fiscalCounterTaxID", fdms.MONEY_TYPES.index(c.get("fiscalCounterMoneyType", "Cash"))))
-            for c in ordered]
+    keys = [
+        (
+            fdms.COUNTER_TYPES.index(c["fiscalCounterType"]),
+            c["fiscalCounterCurrency"],
+            c.get("fiscalCounterTaxID", fdms.MONEY_TYPES.index(c.get("fiscalCounterMoneyType", "Cash"))),
+        )
+        for c in ordered
+    ]
     assert keys == sorted(keys)

@@ -1,0 +1,318 @@
+"""`fiscalbox explain`: the strings and hashes of the shared vectors, findings, signing, and bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from firmware.core import fdms
+from hardware import signatures
+from host_tools.cli import main
+
+VECTORS = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "fdms.json").read_text())
+SPEC = VECTORS["receipts"][0]
+
+
+def run(args, stdin=None, env=None):
+    return CliRunner().invoke(main, args, input=stdin, env=env)
+
+
+def write(tmp_path, name, value):
+    path = tmp_path / name
+    path.write_text(value if isinstance(value, str) else json.dumps(value))
+    return str(path)
+
+
+def key_files(tmp_path, key, passphrase=None):
+    encryption = (
+        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
+    )
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return write(tmp_path, "key.pem", private.decode()), write(tmp_path, "pub.pem", public.decode())
+
+
+def test_receipt_vector_string_and_hash(tmp_path):
+    file = write(tmp_path, "r.json", {"receipt": SPEC["receipt"]})
+    result = run(
+        ["explain", "receipt", file, "--device-id", "321", "--previous-hash", SPEC["previous_hash"], "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["string"] == SPEC["string"]
+    assert report["hash"] == SPEC["hash"]
+    assert report["findings"] == []
+
+
+def test_human_output_shows_string_hash_and_taxes(tmp_path):
+    file = write(tmp_path, "r.json", SPEC["receipt"])
+    result = run(["explain", "receipt", file, "--device-id", "321", "--previous-hash", SPEC["previous_hash"]])
+    assert result.exit_code == 0
+    assert SPEC["string"] in result.stdout and SPEC["hash"] in result.stdout
+    assert "C15.0015000115000" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "make_key",
+    [
+        lambda: ec.generate_private_key(ec.SECP256R1()),
+        lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
+    ],
+    ids=["ecdsa", "rsa"],
+)
+def test_signing_with_a_key_gives_a_verifiable_signature_and_qr(tmp_path, make_key):
+    key = make_key()
+    key_path, _ = key_files(tmp_path, key)
+    file = write(tmp_path, "r.json", SPEC["receipt"])
+    result = run(
+        [
+            "explain",
+            "receipt",
+            file,
+            "--device-id",
+            "321",
+            "--key",
+            key_path,
+            "--json",
+            "--qr-url",
+            "https://fdmstest.zimra.co.zw",
+        ]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    signature = fdms.unb64(report["signature"])
+    assert signatures.verify(key.public_key(), report["string"].encode(), signature)
+    assert not report["string"].endswith("=")  # no previous hash: the first receipt of the day
+    assert report["qr_url"] == "https://fdmstest.zimra.co.zw/0000000321190920190000000432" + fdms.qr_data(
+        signature
+    )
+    assert report["verification_code"].replace("-", "") == fdms.qr_data(signature)
+
+
+def test_encrypted_key_takes_the_passphrase_from_the_environment(tmp_path):
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_path, _ = key_files(tmp_path, key, passphrase=b"s3cret")
+    file = write(tmp_path, "r.json", SPEC["receipt"])
+    without = run(["explain", "receipt", file, "--device-id", "321", "--key", key_path])
+    assert without.exit_code == 2 and "BOX_KEY_PASSPHRASE" in without.stderr
+    with_it = run(
+        ["explain", "receipt", file, "--device-id", "321", "--key", key_path, "--json"],
+        env={"FISCALBOX_KEY_PASSPHRASE": "s3cret"},
+    )
+    assert with_it.exit_code == 0 and "signature" in json.loads(with_it.stdout)
+
+
+def test_a_sent_signature_is_verified_against_the_certificate(tmp_path):
+    key = ec.generate_private_key(ec.SECP256R1())
+    other = ec.generate_private_key(ec.SECP256R1())
+    _, pub_path = key_files(tmp_path, key)
+    good = fdms.b64(signatures.sign(key, SPEC["string"].encode()))
+    bad = fdms.b64(signatures.sign(other, SPEC["string"].encode()))
+    for signature, valid in ((good, True), (bad, False)):
+        body = dict(SPEC["receipt"], receiptDeviceSignature={"hash": SPEC["hash"], "signature": signature})
+        file = write(tmp_path, "r.json", body)
+        result = run(
+            [
+                "explain",
+                "receipt",
+                file,
+                "--device-id",
+                "321",
+                "--previous-hash",
+                SPEC["previous_hash"],
+                "--cert",
+                pub_path,
+                "--json",
+            ]
+        )
+        report = json.loads(result.stdout)
+        assert report["signature_valid"] is valid
+        assert result.exit_code == (0 if valid else 1)
+        assert ("RCPT020" in [f["code"] for f in report["findings"]]) is not valid
+
+
+def test_a_wrong_hash_in_the_receipt_is_named(tmp_path):
+    body = dict(
+        SPEC["receipt"],
+        receiptDeviceSignature={"hash": "zDxEalWUpwX2BcsYxRUAEfY/13OaCrTwDt01So3a6uU=", "signature": "YWJj"},
+    )
+    file = write(tmp_path, "r.json", body)
+    result = run(
+        ["explain", "receipt", file, "--device-id", "321", "--previous-hash", SPEC["previous_hash"], "--json"]
+    )
+    assert result.exit_code == 1
+    finding = json.loads(result.stdout)["findings"][0]
+    assert finding["code"] == "RCPT020" and finding["field"] == "receiptDeviceSignature.hash"
+
+
+def test_red_findings_fail_the_exit_status(tmp_path):
+    file = write(tmp_path, "r.json", dict(SPEC["receipt"], receiptTotal="9450.01"))
+    result = run(["explain", "receipt", file, "--device-id", "321", "--json"])
+    assert result.exit_code == 1
+    codes = [f["code"] for f in json.loads(result.stdout)["findings"]]
+    assert "RCPT019" in codes and "RCPT039" in codes
+
+
+@pytest.mark.parametrize(
+    "text, code, field",
+    [
+        ("{not json", "BOX_BAD_JSON", None),
+        (json.dumps(dict(SPEC["receipt"], receiptLines="x")), "RCPT02", "receiptLines"),
+        (json.dumps({k: v for k, v in SPEC["receipt"].items() if k != "invoiceNo"}), "RCPT02", "invoiceNo"),
+        (json.dumps(dict(SPEC["receipt"], receiptTotal=[1])), "BOX_BAD_NUMBER", "receiptTotal"),
+        (json.dumps(dict(SPEC["receipt"], receiptDate="19/09/2019")), "BOX_BAD_DATE", "receiptDate"),
+        ("[1, 2]", "RCPT02", "receipt"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_field_and_exit_2(text, code, field):
+    result = run(["explain", "receipt", "-", "--device-id", "321"], stdin=text)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and code in lines[0]
+    if field:
+        assert f"{field}:" in lines[0]
+    assert result.stdout == ""
+
+
+def test_day_vectors(tmp_path):
+    for case in VECTORS["days"]:
+        if "counters" not in case:
+            continue
+        file = write(
+            tmp_path, "d.json", {"fiscalDayNo": case["day_no"], "fiscalDayCounters": case["counters"]}
+        )
+        result = run(
+            [
+                "explain",
+                "day",
+                file,
+                "--device-id",
+                str(case["device_id"]),
+                "--day-date",
+                case["day_date"],
+                "--json",
+            ]
+        )
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert report["string"] == case["string"]
+        assert report["hash"] == fdms.hash_b64(case["string"])
+
+
+def test_day_flags_zero_counters_and_json_order(tmp_path):
+    case = VECTORS["days"][0]
+    file = write(tmp_path, "d.json", case["counters"])
+    result = run(
+        [
+            "explain",
+            "day",
+            file,
+            "--device-id",
+            "37367",
+            "--day-no",
+            "20",
+            "--day-date",
+            "2026-09-07",
+            "--json",
+        ]
+    )
+    codes = [f["code"] for f in json.loads(result.stdout)["findings"]]
+    assert codes == ["BOX_ZERO_COUNTER", "BOX_COUNTER_ORDER"]
+    ordered = [c for c in fdms.day_counters(fdms.parse_counters(case["counters"]))]
+    file = write(tmp_path, "d2.json", json.loads(json.dumps(fdms.counters_wire(ordered), default=str)))
+    clean = run(
+        [
+            "explain",
+            "day",
+            file,
+            "--device-id",
+            "37367",
+            "--day-no",
+            "20",
+            "--day-date",
+            "2026-09-07",
+            "--json",
+        ]
+    )
+    assert json.loads(clean.stdout)["findings"] == []
+
+
+def test_day_signature_checked_and_made(tmp_path):
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key_path, pub_path = key_files(tmp_path, key)
+    counters = fdms.counters_wire(fdms.day_counters(fdms.parse_counters([])))
+    body = {
+        "fiscalDayNo": 21,
+        "fiscalDayCounters": counters,
+        "fiscalDayDeviceSignature": {
+            "hash": fdms.hash_b64("37367212026-09-08"),
+            "signature": fdms.b64(signatures.sign(key, b"37367212026-09-08")),
+        },
+    }
+    file = write(tmp_path, "d.json", body)
+    ok = run(
+        [
+            "explain",
+            "day",
+            file,
+            "--device-id",
+            "37367",
+            "--day-date",
+            "2026-09-08",
+            "--cert",
+            pub_path,
+            "--json",
+        ]
+    )
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["signature_valid"] is True
+    wrong_date = run(
+        [
+            "explain",
+            "day",
+            file,
+            "--device-id",
+            "37367",
+            "--day-date",
+            "2026-09-09",
+            "--cert",
+            pub_path,
+            "--json",
+        ]
+    )
+    report = json.loads(wrong_date.stdout)
+    assert wrong_date.exit_code == 1 and report["signature_valid"] is False
+    assert "BadCertificateSignature" in [f["code"] for f in report["findings"]]
+    signed = run(
+        [
+            "explain",
+            "day",
+            file,
+            "--device-id",
+            "37367",
+            "--day-date",
+            "2026-09-08",
+            "--key",
+            key_path,
+            "--json",
+        ]
+    )
+    made = fdms.unb64(json.loads(signed.stdout)["signature"])
+    assert signatures.verify(key.public_key(), b"37367212026-09-08", made)
+
+
+@pytest.mark.parametrize(
+    "args, code",
+    [
+        (["--day-date", "2026-09-08"], "fiscalDayNo"),
+        (["--day-no", "3", "--day-date", "08/09/2026"], "BOX_BAD_DATE"),
+    ],
+)
+def test_day_bad_input(tmp_path, args, code):
+    file = write(tmp_path, "d.json", [])
+    result = run(["explain", "day", file, "--device-id", "1", *args])
+    assert result.exit_code == 2 and code in result.stderr
