@@ -77,79 +77,75 @@ RULES = {
 # Parsing: FDMS JSON (or a POS sale in the same shape) -> the exact internal form
 
 
-def _enum(value, names, field):
+def _enum(obj, key, names, where="", default=None):
+    value = obj.get(key, default)
+    if value in names:
+        return value
     if isinstance(value, str):
         for name in names:
             if name.lower() == value.lower():
                 return name
-    raise FiscalError("RCPT02", "Must be one of " + ", ".join(names) + ".", field)
+    raise FiscalError("RCPT02", "Must be one of " + ", ".join(names) + ".", where + key)
 
 
-def _text(obj, key, field, limit, required=True):
+def _missing(required, where, key):
+    if required:
+        raise FiscalError("RCPT02", "This field is required.", where + key)
+
+
+def _text(obj, key, limit, where="", required=True):
     value = obj.get(key)
     if value is None or value == "":
-        if required:
-            raise FiscalError("RCPT02", "This field is required.", field)
-        return None
+        return _missing(required, where, key)
     if not isinstance(value, str):
-        raise FiscalError("RCPT02", "Must be text.", field)
+        raise FiscalError("RCPT02", "Must be text.", where + key)
     if len(value) > limit:
-        raise FiscalError("RCPT02", "Must be at most " + str(limit) + " characters.", field)
+        raise FiscalError("RCPT02", "Must be at most " + str(limit) + " characters.", where + key)
     return value
 
 
-def _int(obj, key, field, required=True):
+def _int(obj, key, where="", required=True):
     value = obj.get(key)
     if value is None:
-        if required:
-            raise FiscalError("RCPT02", "This field is required.", field)
-        return None
+        return _missing(required, where, key)
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, str) and value.isdigit():
             return int(value)
-        raise FiscalError("RCPT02", "Must be a whole number.", field)
+        raise FiscalError("RCPT02", "Must be a whole number.", where + key)
     return value
 
 
-def _obj(obj, key, field, required=True):
+def _obj(obj, key, where=""):
+    """An optional nested object."""
     value = obj.get(key)
-    if value is None:
-        if required:
-            raise FiscalError("RCPT02", "This field is required.", field)
-        return None
-    if not isinstance(value, dict):
-        raise FiscalError("RCPT02", "Must be an object.", field)
+    if value is not None and not isinstance(value, dict):
+        raise FiscalError("RCPT02", "Must be an object.", where + key)
     return value
 
 
-def _list(obj, key, field):
+def _list(obj, key):
+    """A list of objects; missing is empty, for the rules (RCPT016-018) to report."""
     value = obj.get(key)
     if value is None:
         return []
     if not isinstance(value, list):
-        raise FiscalError("RCPT02", "Must be a list.", field)
+        raise FiscalError("RCPT02", "Must be a list.", key)
     for i, item in enumerate(value):
         if not isinstance(item, dict):
-            raise FiscalError("RCPT02", "Must be an object.", field + "[" + str(i) + "]")
+            raise FiscalError("RCPT02", "Must be an object.", key + "[" + str(i) + "]")
     return value
 
 
-def _number(obj, key, parse, field, required=True):
+def _number(obj, key, places, where="", required=True):
+    """An exact number with `places` decimals; the field is named only when something is wrong."""
     value = obj.get(key)
     if value is None:
-        if required:
-            raise FiscalError("RCPT02", "This field is required.", field)
-        return None
-    return parse(value, field)
-
-
-def _percent(obj, key, field):
-    """taxPercent: absent means exempt (None); 0 is zero-rated."""
-    return _number(obj, key, money.percent, field, required=False)
-
-
-def _tax_code(obj, field):
-    return _text(obj, "taxCode", field + ".taxCode", 3, required=False)
+        return _missing(required, where, key)
+    try:
+        return money.parse_fixed(value, places)
+    except FiscalError as error:
+        error.field = where + key
+        raise
 
 
 def _buyer(raw):
@@ -167,63 +163,56 @@ def _buyer(raw):
 def _credit_debit_note(raw):
     if raw is None:
         return None
-    field = "creditDebitNote"
+    where = "creditDebitNote."
     return {
-        "receiptID": _int(raw, "receiptID", field + ".receiptID", required=False),
-        "deviceID": _int(raw, "deviceID", field + ".deviceID", required=False),
-        "receiptGlobalNo": _int(raw, "receiptGlobalNo", field + ".receiptGlobalNo", required=False),
-        "fiscalDayNo": _int(raw, "fiscalDayNo", field + ".fiscalDayNo", required=False),
+        "receiptID": _int(raw, "receiptID", where, False),
+        "deviceID": _int(raw, "deviceID", where, False),
+        "receiptGlobalNo": _int(raw, "receiptGlobalNo", where, False),
+        "fiscalDayNo": _int(raw, "fiscalDayNo", where, False),
     }
 
 
 def _line(raw, i):
-    field = "receiptLines[" + str(i) + "]"
-    line_type = raw.get("receiptLineType", "Sale")
+    where = "receiptLines[" + str(i) + "]."
     return {
-        "receiptLineType": _enum(line_type, LINE_TYPES, field + ".receiptLineType"),
-        "receiptLineNo": _int(raw, "receiptLineNo", field + ".receiptLineNo", required=False),
-        "receiptLineHSCode": _text(raw, "receiptLineHSCode", field + ".receiptLineHSCode", 8, required=False),
-        "receiptLineName": _text(raw, "receiptLineName", field + ".receiptLineName", 200),
-        "receiptLinePrice": _number(raw, "receiptLinePrice", money.price, field + ".receiptLinePrice", False),
-        "receiptLineQuantity": _number(
-            raw, "receiptLineQuantity", money.quantity, field + ".receiptLineQuantity"
-        ),
-        "receiptLineTotal": _number(
-            raw, "receiptLineTotal", money.amount, field + ".receiptLineTotal", False
-        ),
-        "taxCode": _tax_code(raw, field),
-        "taxPercent": _percent(raw, "taxPercent", field + ".taxPercent"),
-        "taxID": _int(raw, "taxID", field + ".taxID"),
+        "receiptLineType": _enum(raw, "receiptLineType", LINE_TYPES, where, "Sale"),
+        "receiptLineNo": _int(raw, "receiptLineNo", where, False),
+        "receiptLineHSCode": _text(raw, "receiptLineHSCode", 8, where, False),
+        "receiptLineName": _text(raw, "receiptLineName", 200, where),
+        "receiptLinePrice": _number(raw, "receiptLinePrice", money.PRICE_PLACES, where, False),
+        "receiptLineQuantity": _number(raw, "receiptLineQuantity", money.QUANTITY_PLACES, where),
+        "receiptLineTotal": _number(raw, "receiptLineTotal", money.AMOUNT_PLACES, where, False),
+        "taxCode": _text(raw, "taxCode", 3, where, False),
+        # Absent taxPercent means exempt (None); 0 is zero-rated.
+        "taxPercent": _number(raw, "taxPercent", money.PERCENT_PLACES, where, False),
+        "taxID": _int(raw, "taxID", where),
     }
 
 
 def _tax(raw, i):
-    field = "receiptTaxes[" + str(i) + "]"
+    where = "receiptTaxes[" + str(i) + "]."
     return {
-        "taxCode": _tax_code(raw, field),
-        "taxPercent": _percent(raw, "taxPercent", field + ".taxPercent"),
-        "taxID": _int(raw, "taxID", field + ".taxID"),
-        "taxAmount": _number(raw, "taxAmount", money.amount, field + ".taxAmount"),
-        "salesAmountWithTax": _number(raw, "salesAmountWithTax", money.amount, field + ".salesAmountWithTax"),
+        "taxCode": _text(raw, "taxCode", 3, where, False),
+        "taxPercent": _number(raw, "taxPercent", money.PERCENT_PLACES, where, False),
+        "taxID": _int(raw, "taxID", where),
+        "taxAmount": _number(raw, "taxAmount", money.AMOUNT_PLACES, where),
+        "salesAmountWithTax": _number(raw, "salesAmountWithTax", money.AMOUNT_PLACES, where),
     }
 
 
 def _payment(raw, i):
-    field = "receiptPayments[" + str(i) + "]"
+    where = "receiptPayments[" + str(i) + "]."
     return {
-        "moneyTypeCode": _enum(raw.get("moneyTypeCode"), MONEY_TYPES, field + ".moneyTypeCode"),
-        "paymentAmount": _number(raw, "paymentAmount", money.amount, field + ".paymentAmount"),
+        "moneyTypeCode": _enum(raw, "moneyTypeCode", MONEY_TYPES, where),
+        "paymentAmount": _number(raw, "paymentAmount", money.AMOUNT_PLACES, where),
     }
 
 
 def _signature(raw):
     if raw is None:
         return None
-    field = "receiptDeviceSignature"
-    return {
-        "hash": _text(raw, "hash", field + ".hash", 100),
-        "signature": _text(raw, "signature", field + ".signature", 1000),
-    }
+    where = "receiptDeviceSignature."
+    return {"hash": _text(raw, "hash", 100, where), "signature": _text(raw, "signature", 1000, where)}
 
 
 def unwrap_receipt(body):
@@ -241,36 +230,29 @@ def parse_receipt(raw):
     totals may be missing, for `complete` to fill.
     """
     raw = unwrap_receipt(raw)
-    currency = _text(raw, "receiptCurrency", "receiptCurrency", 3)
     inclusive = raw.get("receiptLinesTaxInclusive", True)
     if inclusive is not True and inclusive is not False:
         raise FiscalError("RCPT02", "Must be true or false.", "receiptLinesTaxInclusive")
     taxes = raw.get("receiptTaxes")
     receipt = {
-        "receiptType": _enum(raw.get("receiptType"), RECEIPT_TYPES, "receiptType"),
-        "receiptCurrency": currency.upper(),
-        "receiptCounter": _int(raw, "receiptCounter", "receiptCounter", required=False),
-        "receiptGlobalNo": _int(raw, "receiptGlobalNo", "receiptGlobalNo", required=False),
-        "invoiceNo": _text(raw, "invoiceNo", "invoiceNo", 50),
-        "buyerData": _buyer(_obj(raw, "buyerData", "buyerData", required=False)),
-        "receiptNotes": _text(raw, "receiptNotes", "receiptNotes", 500, required=False),
-        "receiptDate": _text(raw, "receiptDate", "receiptDate", 19, required=False),
-        "creditDebitNote": _credit_debit_note(
-            _obj(raw, "creditDebitNote", "creditDebitNote", required=False)
-        ),
+        "receiptType": _enum(raw, "receiptType", RECEIPT_TYPES),
+        "receiptCurrency": _text(raw, "receiptCurrency", 3).upper(),
+        "receiptCounter": _int(raw, "receiptCounter", "", False),
+        "receiptGlobalNo": _int(raw, "receiptGlobalNo", "", False),
+        "invoiceNo": _text(raw, "invoiceNo", 50),
+        "buyerData": _buyer(_obj(raw, "buyerData")),
+        "receiptNotes": _text(raw, "receiptNotes", 500, "", False),
+        "receiptDate": _text(raw, "receiptDate", 19, "", False),
+        "creditDebitNote": _credit_debit_note(_obj(raw, "creditDebitNote")),
         "receiptLinesTaxInclusive": inclusive,
-        "receiptLines": [_line(item, i) for i, item in enumerate(_list(raw, "receiptLines", "receiptLines"))],
+        "receiptLines": [_line(item, i) for i, item in enumerate(_list(raw, "receiptLines"))],
         "receiptTaxes": None
         if taxes is None
-        else [_tax(item, i) for i, item in enumerate(_list(raw, "receiptTaxes", "receiptTaxes"))],
-        "receiptPayments": [
-            _payment(item, i) for i, item in enumerate(_list(raw, "receiptPayments", "receiptPayments"))
-        ],
-        "receiptTotal": _number(raw, "receiptTotal", money.amount, "receiptTotal", required=False),
-        "receiptPrintForm": _enum(raw.get("receiptPrintForm", "Receipt48"), PRINT_FORMS, "receiptPrintForm"),
-        "receiptDeviceSignature": _signature(
-            _obj(raw, "receiptDeviceSignature", "receiptDeviceSignature", False)
-        ),
+        else [_tax(item, i) for i, item in enumerate(_list(raw, "receiptTaxes"))],
+        "receiptPayments": [_payment(item, i) for i, item in enumerate(_list(raw, "receiptPayments"))],
+        "receiptTotal": _number(raw, "receiptTotal", money.AMOUNT_PLACES, "", False),
+        "receiptPrintForm": _enum(raw, "receiptPrintForm", PRINT_FORMS, "", "Receipt48"),
+        "receiptDeviceSignature": _signature(_obj(raw, "receiptDeviceSignature")),
     }
     if receipt["receiptDate"] is not None:
         localtime.parse(receipt["receiptDate"], "receiptDate")
@@ -284,13 +266,13 @@ def parse_taxes(applicable_taxes):
     """GetConfig's applicableTaxes -> [{taxID, taxPercent (hundredths|None), taxName, validFrom/Till}]."""
     taxes = []
     for i, raw in enumerate(applicable_taxes):
-        field = "applicableTaxes[" + str(i) + "]"
+        where = "applicableTaxes[" + str(i) + "]."
         if not isinstance(raw, dict):
-            raise FiscalError("RCPT02", "Must be an object.", field)
+            raise FiscalError("RCPT02", "Must be an object.", where[:-1])
         taxes.append(
             {
-                "taxID": _int(raw, "taxID", field + ".taxID"),
-                "taxPercent": _percent(raw, "taxPercent", field + ".taxPercent"),
+                "taxID": _int(raw, "taxID", where),
+                "taxPercent": _number(raw, "taxPercent", money.PERCENT_PLACES, where, False),
                 "taxName": raw.get("taxName") or "",
                 "validFrom": raw.get("validFrom") or raw.get("taxValidFrom"),
                 "validTill": raw.get("validTill") or raw.get("taxValidTill"),
@@ -436,6 +418,10 @@ class Context:
         self.future_skew_seconds = future_skew_seconds
         self.invoice_seen = invoice_seen
         self.original = original
+        # Limits in seconds, computed once, so each date rule is one comparison.
+        opened_known = day_opened is not None and day_max_hours is not None
+        self.day_end = localtime.seconds(day_opened) + day_max_hours * 3600 if opened_known else None
+        self.latest = None if now is None else localtime.seconds(now) + future_skew_seconds
 
 
 def finding(code, field=None, detail=None):
@@ -659,8 +645,9 @@ def _rule_sequence(receipt, ctx, out):
     date = receipt["receiptDate"]
     if date is None:
         return
+    # Dates are all YYYY-MM-DDTHH:mm:ss strings, so text order is time order.
     last = prev["receiptDate"] if prev else ctx.last_receipt_date
-    if last is not None and localtime.seconds(date) <= localtime.seconds(last):
+    if last is not None and date <= last:
         out.append(
             finding(
                 "RCPT030",
@@ -668,15 +655,14 @@ def _rule_sequence(receipt, ctx, out):
                 "Receipt date must be later than the previous receipt's " + last + ".",
             )
         )
-    if ctx.day_opened is not None:
-        if localtime.seconds(date) < localtime.seconds(ctx.day_opened):
-            out.append(finding("RCPT014", "receiptDate"))
-        if ctx.day_max_hours is not None:
-            end = localtime.seconds(ctx.day_opened) + ctx.day_max_hours * 3600
-            if localtime.seconds(date) > end:
-                out.append(finding("RCPT041", "receiptDate"))
-    if ctx.now is not None and localtime.seconds(date) > localtime.seconds(ctx.now) + ctx.future_skew_seconds:
-        out.append(finding("RCPT031", "receiptDate"))
+    if ctx.day_opened is not None and date < ctx.day_opened:
+        out.append(finding("RCPT014", "receiptDate"))
+    if ctx.day_end is not None or ctx.latest is not None:
+        at = localtime.seconds(date)
+        if ctx.day_end is not None and at > ctx.day_end:
+            out.append(finding("RCPT041", "receiptDate"))
+        if ctx.latest is not None and at > ctx.latest:
+            out.append(finding("RCPT031", "receiptDate"))
 
 
 def _rule_note(receipt, ctx, out):
@@ -881,22 +867,18 @@ def parse_counters(raw_list):
     """FDMS FiscalDayCounter JSON -> counters keyed like `update_counters` (summing duplicates)."""
     counters = new_counters()
     for i, raw in enumerate(raw_list):
-        field = "fiscalDayCounters[" + str(i) + "]"
+        where = "fiscalDayCounters[" + str(i) + "]."
         if not isinstance(raw, dict):
-            raise FiscalError("RCPT02", "Must be an object.", field)
-        type_index = COUNTER_TYPES.index(
-            _enum(raw.get("fiscalCounterType"), COUNTER_TYPES, field + ".fiscalCounterType")
-        )
-        currency = _text(raw, "fiscalCounterCurrency", field + ".fiscalCounterCurrency", 3).upper()
-        value = _number(raw, "fiscalCounterValue", money.amount, field + ".fiscalCounterValue")
+            raise FiscalError("RCPT02", "Must be an object.", where[:-1])
+        type_index = COUNTER_TYPES.index(_enum(raw, "fiscalCounterType", COUNTER_TYPES, where))
+        currency = _text(raw, "fiscalCounterCurrency", 3, where).upper()
+        value = _number(raw, "fiscalCounterValue", money.AMOUNT_PLACES, where)
         if type_index == BALANCE:
-            money_type = _enum(
-                raw.get("fiscalCounterMoneyType"), MONEY_TYPES, field + ".fiscalCounterMoneyType"
-            )
+            money_type = _enum(raw, "fiscalCounterMoneyType", MONEY_TYPES, where)
             key = (BALANCE, currency, MONEY_TYPES.index(money_type), -1)
         else:
-            tax_id = _int(raw, "fiscalCounterTaxID", field + ".fiscalCounterTaxID")
-            pct = _percent(raw, "fiscalCounterTaxPercent", field + ".fiscalCounterTaxPercent")
+            tax_id = _int(raw, "fiscalCounterTaxID", where)
+            pct = _number(raw, "fiscalCounterTaxPercent", money.PERCENT_PLACES, where, False)
             key = (type_index, currency, tax_id, _pct_key(pct))
         _add(counters, key, value)
     return counters

@@ -39,10 +39,10 @@ def parse(text, field="receiptDate"):
     """(year, month, day, hour, minute, second) from `YYYY-MM-DDTHH:mm:ss`; refuses any other shape."""
     ok = isinstance(text, str) and len(text) == 19 and text[4] == "-" and text[7] == "-" and text[10] == "T"
     ok = ok and text[13] == ":" and text[16] == ":"
-    digits = (text[0:4], text[5:7], text[8:10], text[11:13], text[14:16], text[17:19]) if ok else ()
-    if not ok or not all(part.isdigit() for part in digits):
+    if not ok or not (text[0:4] + text[5:7] + text[8:10] + text[11:13] + text[14:16] + text[17:19]).isdigit():
         raise FiscalError("BOX_BAD_DATE", "Dates must be local time as YYYY-MM-DDTHH:mm:ss.", field)
-    year, month, day, hour, minute, second = [int(part) for part in digits]
+    year, month, day = int(text[0:4]), int(text[5:7]), int(text[8:10])
+    hour, minute, second = int(text[11:13]), int(text[14:16]), int(text[17:19])
     last = 29 if month == 2 and _leap(year) else (_DAYS_IN_MONTH[month - 1] if 1 <= month <= 12 else 0)
     if not (1 <= day <= last and hour < 24 and minute < 60 and second < 60):
         raise FiscalError("BOX_BAD_DATE", "'" + text + "' is not a real date and time.", field)

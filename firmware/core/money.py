@@ -13,38 +13,37 @@ PRICE_PLACES = 6  # FDMS receiptLinePrice is decimal(25,6)
 PERCENT_PLACES = 2  # hundredths of a percent: 15.5 % -> 1550
 
 _POW10 = [10**i for i in range(19)]
+_ZEROS = "0" * 18
 
 
 def parse_fixed(value, places, field="amount"):
     """The integer number of 10**-places units in `value`; refuses anything not exact."""
-    if isinstance(value, bool) or value is None:
-        raise FiscalError("BOX_BAD_NUMBER", "A number is required here.", field)
-    if isinstance(value, int):
-        return value * _POW10[places]
-    if isinstance(value, Fixed):
-        return value.rescale(places, field)
-    if not isinstance(value, str):
+    if type(value) is not str:
+        if isinstance(value, bool) or value is None:
+            raise FiscalError("BOX_BAD_NUMBER", "A number is required here.", field)
+        if isinstance(value, int):
+            return value * _POW10[places]
+        if isinstance(value, Fixed):
+            return value.rescale(places, field)
         raise FiscalError(
             "BOX_BAD_NUMBER", "Send this number as an exact decimal, not a binary float.", field
         )
-    text = value.strip()
-    negative = text.startswith("-")
-    if negative or text.startswith("+"):
-        text = text[1:]
-    whole, dot, frac = text.partition(".")
-    if not whole:
-        whole = "0" if frac else ""
+    sign = value[:1]
+    whole, dot, frac = (value[1:] if sign == "-" or sign == "+" else value).partition(".")
+    if not whole and frac:
+        whole = "0"
     if not whole.isdigit() or (dot and not frac.isdigit()):
         raise FiscalError("BOX_BAD_NUMBER", "'" + value + "' is not a decimal number.", field)
-    frac = frac.rstrip("0")
     if len(frac) > places:
-        raise FiscalError(
-            "BOX_BAD_NUMBER",
-            "'" + value + "' has more than " + str(places) + " decimal places.",
-            field,
-        )
-    units = int(whole) * _POW10[places] + (int(frac) * _POW10[places - len(frac)] if frac else 0)
-    return -units if negative else units
+        if frac[places:].strip("0"):
+            raise FiscalError(
+                "BOX_BAD_NUMBER",
+                "'" + value + "' has more than " + str(places) + " decimal places.",
+                field,
+            )
+        frac = frac[:places]
+    units = int(whole + frac + _ZEROS[: places - len(frac)])
+    return -units if sign == "-" else units
 
 
 def format_fixed(units, places):
