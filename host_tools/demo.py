@@ -212,7 +212,8 @@ def main() -> None:
         data = fdms.qr_data(fdms.unb64(receipt["receiptDeviceSignature"]["signature"]))
         total = money.format_fixed(receipt["receiptTotal"], 2)
         print(
-            f"#{receipt['receiptGlobalNo']} {receipt['receiptType']:<13} {receipt['receiptCurrency']} {total:>9}"
+            f"#{receipt['receiptGlobalNo']} {receipt['receiptType']:<13} "
+            f"{receipt['receiptCurrency']} {total:>9}"
             f"  code {fdms.verification_code(data)}  -> {path}"
         )
     try:
@@ -248,7 +249,8 @@ def main() -> None:
     close_path = OUT / "close-day.json"
     close_path.write_text(wire.dumps(close) + "\n")
     print(
-        f"\nCloseDay body for day {DAY_NO} ({len(day.issued)} receipts, first {first['invoiceNo']}) -> {close_path}"
+        f"\nCloseDay body for day {DAY_NO} ({len(day.issued)} receipts, "
+        f"first {first['invoiceNo']}) -> {close_path}"
     )
     explain(
         "day",
