@@ -328,6 +328,9 @@ class FileKeyStore:
     def certificate_pem(self) -> bytes | None:
         return self._certificate
 
+    def close(self) -> None:
+        """Nothing to release: the key lives in memory until the process ends."""
+
     def tls_key_material(self) -> TlsKeyMaterial:
         """Paths and password for mutual TLS: `ctx.load_cert_chain(m.certfile, m.keyfile, m.password)`."""
         if self._key is None:

@@ -1,0 +1,90 @@
+"""The box's configuration: one TOML file, with environment overrides for what differs per install.
+
+`FISCALBOX_<SECTION>_<KEY>` overrides `[section] key` (e.g. FISCALBOX_KEYS_STORE=pkcs11), so a service unit
+or a test can change one setting without editing the file. Secrets are never in the file: it names the
+environment variables that hold them (the key passphrase, the token PIN).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from firmware.core.errors import FiscalError
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "device": {"id": 0, "serial": "", "model_name": "fiscalbox", "model_version": "1.0"},
+    "keys": {
+        "store": "file",
+        "directory": "/var/lib/fiscalbox/keys",
+        "passphrase_env": "FISCALBOX_KEY_PASSPHRASE",
+        "pkcs11_module": "/usr/lib/softhsm/libsofthsm2.so",
+        "token_label": "fiscal",
+        "pin_env": "FISCALBOX_TOKEN_PIN",
+        "key_label": "fiscalbox-device",
+    },
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The settings in force, as plain values, each section a dict."""
+
+    device: dict[str, Any]
+    keys: dict[str, Any]
+
+    def secret(self, section: str, env_key: str, environ: Mapping[str, str]) -> str:
+        """The secret held in the environment variable the config names; refused clearly when absent."""
+        name = getattr(self, section)[env_key]
+        value = environ.get(name)
+        if not value:
+            raise FiscalError("BOX_CONFIG", f"Set the environment variable {name} ({section}.{env_key}).")
+        return value
+
+
+def _coerce(value: str, like: Any, where: str) -> Any:
+    if isinstance(like, bool):
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise FiscalError("BOX_CONFIG", f"{where} must be true or false.", where)
+        return value.lower() in ("true", "1", "yes")
+    if isinstance(like, int):
+        if not value.lstrip("-").isdigit():
+            raise FiscalError("BOX_CONFIG", f"{where} must be a whole number.", where)
+        return int(value)
+    return value
+
+
+def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Defaults, then the file (if given), then the environment; unknown keys and wrong types are refused."""
+    environ = os.environ if environ is None else environ
+    merged = {section: dict(values) for section, values in DEFAULTS.items()}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as error:
+            raise FiscalError(
+                "BOX_CONFIG", f"Cannot read the configuration {path}: {error.strerror}."
+            ) from None
+        except tomllib.TOMLDecodeError as error:
+            raise FiscalError("BOX_CONFIG", f"The configuration {path} is not valid TOML: {error}.") from None
+        for section, values in data.items():
+            if section not in merged or not isinstance(values, dict):
+                raise FiscalError("BOX_CONFIG", f"Unknown configuration section [{section}].", section)
+            for key, value in values.items():
+                where = f"{section}.{key}"
+                if key not in merged[section]:
+                    raise FiscalError("BOX_CONFIG", f"Unknown configuration key {where}.", where)
+                if type(value) is not type(DEFAULTS[section][key]):
+                    kind = type(DEFAULTS[section][key]).__name__
+                    raise FiscalError("BOX_CONFIG", f"{where} must be of type {kind}.", where)
+                merged[section][key] = value
+    for section, values in merged.items():
+        for key in values:
+            name = f"FISCALBOX_{section.upper()}_{key.upper()}"
+            if name in environ:
+                values[key] = _coerce(environ[name], DEFAULTS[section][key], f"{section}.{key}")
+    return Config(**merged)
