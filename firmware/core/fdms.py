@@ -88,15 +88,16 @@ def _enum(obj, key, names, where="", default=None):
     raise FiscalError("RCPT02", "Must be one of " + ", ".join(names) + ".", where + key)
 
 
-def _missing(required, where, key):
-    if required:
-        raise FiscalError("RCPT02", "This field is required.", where + key)
+def _missing(where, key):
+    raise FiscalError("RCPT02", "This field is required.", where + key)
 
 
 def _text(obj, key, limit, where="", required=True):
     value = obj.get(key)
     if value is None or value == "":
-        return _missing(required, where, key)
+        if required:
+            _missing(where, key)
+        return None
     if not isinstance(value, str):
         raise FiscalError("RCPT02", "Must be text.", where + key)
     if len(value) > limit:
@@ -107,7 +108,9 @@ def _text(obj, key, limit, where="", required=True):
 def _int(obj, key, where="", required=True):
     value = obj.get(key)
     if value is None:
-        return _missing(required, where, key)
+        if required:
+            _missing(where, key)
+        return None
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, str) and value.isdigit():
             return int(value)
@@ -140,7 +143,9 @@ def _number(obj, key, places, where="", required=True):
     """An exact number with `places` decimals; the field is named only when something is wrong."""
     value = obj.get(key)
     if value is None:
-        return _missing(required, where, key)
+        if required:
+            _missing(where, key)
+        return None
     try:
         return money.parse_fixed(value, places)
     except FiscalError as error:
@@ -351,6 +356,22 @@ def complete(receipt):
 
     Values the sender gave are kept as given, so that `validate` can tell the sender when they are wrong.
     """
+    _complete(receipt)
+    return receipt
+
+
+def prepare(raw, ctx=None):
+    """parse + complete + validate, computing the tax groups once: the box's path for each sale.
+
+    Returns (receipt, findings).
+    """
+    receipt = parse_receipt(raw)
+    groups = _complete(receipt)
+    return receipt, validate(receipt, ctx, groups)
+
+
+def _complete(receipt):
+    """`complete`, returning the tax groups the lines imply (whether or not the sender gave taxes)."""
     for i, line in enumerate(receipt["receiptLines"]):
         if line["receiptLineNo"] is None:
             line["receiptLineNo"] = i + 1
@@ -362,13 +383,14 @@ def complete(receipt):
                     "receiptLines[" + str(i) + "].receiptLinePrice",
                 )
             line["receiptLineTotal"] = money.line_total(line["receiptLinePrice"], line["receiptLineQuantity"])
+    groups = tax_groups(receipt)
     if receipt["receiptTaxes"] is None:
-        receipt["receiptTaxes"] = tax_groups(receipt)
+        receipt["receiptTaxes"] = groups
     else:
         receipt["receiptTaxes"] = sorted(receipt["receiptTaxes"], key=_tax_order)
     if receipt["receiptTotal"] is None:
         receipt["receiptTotal"] = expected_total(receipt, receipt["receiptTaxes"])
-    return receipt
+    return groups
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -418,10 +440,10 @@ class Context:
         self.future_skew_seconds = future_skew_seconds
         self.invoice_seen = invoice_seen
         self.original = original
-        # Limits in seconds, computed once, so each date rule is one comparison.
+        # The day's end once per day; the box keeps one Context a day and moves previous_in_day,
+        # first_in_day and now along with each receipt.
         opened_known = day_opened is not None and day_max_hours is not None
-        self.day_end = localtime.seconds(day_opened) + day_max_hours * 3600 if opened_known else None
-        self.latest = None if now is None else localtime.seconds(now) + future_skew_seconds
+        self.day_end = localtime.add_hours(day_opened, day_max_hours) if opened_known else None
 
 
 def finding(code, field=None, detail=None):
@@ -458,27 +480,28 @@ def _sign_ok(value, receipt_type, positive_for_sale=True):
     return value >= 0 if positive_for_sale else value <= 0
 
 
+def _at(i, key):
+    """The name of a line's field, built only when a finding needs it."""
+    return "receiptLines[" + str(i) + "]." + key
+
+
 def _rule_lines(receipt, ctx, out):
     kind = receipt["receiptType"]
     for i, line in enumerate(receipt["receiptLines"]):
-        field = "receiptLines[" + str(i) + "]"
-        sale = line["receiptLineType"] == "Sale"
-        amount = (
-            line["receiptLinePrice"] if line["receiptLinePrice"] is not None else line["receiptLineTotal"]
-        )
+        price = line["receiptLinePrice"]
+        amount = price if price is not None else line["receiptLineTotal"]
         if amount is not None:
-            strict_ok = amount != 0 and _sign_ok(amount, kind, positive_for_sale=sale)
-            if not strict_ok:
-                out.append(finding("RCPT022", field + ".receiptLinePrice"))
+            if amount == 0 or not _sign_ok(amount, kind, line["receiptLineType"] == "Sale"):
+                out.append(finding("RCPT022", _at(i, "receiptLinePrice")))
         if line["receiptLineQuantity"] <= 0:
-            out.append(finding("RCPT023", field + ".receiptLineQuantity"))
-        if line["receiptLinePrice"] is not None and line["receiptLineTotal"] is not None:
-            want = money.line_total(line["receiptLinePrice"], line["receiptLineQuantity"])
+            out.append(finding("RCPT023", _at(i, "receiptLineQuantity")))
+        if price is not None and line["receiptLineTotal"] is not None:
+            want = money.line_total(price, line["receiptLineQuantity"])
             if want != line["receiptLineTotal"]:
                 out.append(
                     finding(
                         "RCPT024",
-                        field + ".receiptLineTotal",
+                        _at(i, "receiptLineTotal"),
                         "Line total is "
                         + money.format_fixed(line["receiptLineTotal"], 2)
                         + " but price x quantity is "
@@ -492,7 +515,7 @@ def _rule_lines(receipt, ctx, out):
                 out.append(
                     finding(
                         "RCPT025",
-                        field + ".taxID",
+                        _at(i, "taxID"),
                         "Tax "
                         + str(line["taxID"])
                         + " at "
@@ -501,17 +524,17 @@ def _rule_lines(receipt, ctx, out):
                     )
                 )
             elif ctx.vat_payer is False and is_vat_tax(tax):
-                out.append(finding("RCPT021", field + ".taxID"))
+                out.append(finding("RCPT021", _at(i, "taxID")))
         hs = line["receiptLineHSCode"]
         if ctx.vat_payer and not hs:
-            out.append(finding("RCPT047", field + ".receiptLineHSCode"))
+            out.append(finding("RCPT047", _at(i, "receiptLineHSCode")))
         if hs:
             needs_eight = ctx.vat_payer and not line["taxPercent"]
             if not hs.isdigit() or len(hs) not in ((8,) if needs_eight else (4, 8)):
                 out.append(
                     finding(
                         "RCPT048",
-                        field + ".receiptLineHSCode",
+                        _at(i, "receiptLineHSCode"),
                         "HS code must be 8 digits"
                         + ("" if needs_eight else " or 4 digits")
                         + (" for a zero-rated or exempt line of a VAT payer." if needs_eight else "."),
@@ -522,12 +545,12 @@ def _rule_lines(receipt, ctx, out):
         out.append(finding("RCPT025", "receiptLines", "A tax code must be on every line or on none."))
 
 
-def _rule_taxes(receipt, out):
+def _rule_taxes(receipt, out, groups):
     given = receipt["receiptTaxes"] or []
     if not given:
         return
     expected = {}
-    for tax in tax_groups(receipt):
+    for tax in groups if groups is not None else tax_groups(receipt):
         expected[_tax_order(tax)] = tax
     seen = {}
     for i, tax in enumerate(given):
@@ -657,11 +680,10 @@ def _rule_sequence(receipt, ctx, out):
         )
     if ctx.day_opened is not None and date < ctx.day_opened:
         out.append(finding("RCPT014", "receiptDate"))
-    if ctx.day_end is not None or ctx.latest is not None:
-        at = localtime.seconds(date)
-        if ctx.day_end is not None and at > ctx.day_end:
-            out.append(finding("RCPT041", "receiptDate"))
-        if ctx.latest is not None and at > ctx.latest:
+    if ctx.day_end is not None and date > ctx.day_end:
+        out.append(finding("RCPT041", "receiptDate"))
+    if ctx.now is not None and date > ctx.now:  # only then is the allowed skew worth computing
+        if localtime.seconds(date) > localtime.seconds(ctx.now) + ctx.future_skew_seconds:
             out.append(finding("RCPT031", "receiptDate"))
 
 
@@ -724,8 +746,11 @@ def _rule_buyer(receipt, out):
         )
 
 
-def validate(receipt, ctx=None):
-    """Every finding FDMS would report for this completed receipt, in rule order; [] when it is clean."""
+def validate(receipt, ctx=None, groups=None):
+    """Every finding FDMS would report for this completed receipt, in rule order; [] when it is clean.
+
+    `groups`: the tax groups of the lines when the caller has them already (see `prepare`).
+    """
     ctx = ctx or Context()
     out = []
     if ctx.currencies is not None and receipt["receiptCurrency"] not in ctx.currencies:
@@ -741,10 +766,11 @@ def validate(receipt, ctx=None):
     _rule_sequence(receipt, ctx, out)
     _rule_note(receipt, ctx, out)
     _rule_lines(receipt, ctx, out)
-    _rule_taxes(receipt, out)
+    _rule_taxes(receipt, out, groups)
     _rule_totals(receipt, out)
     _rule_buyer(receipt, out)
-    out.sort(key=lambda f: f["code"])
+    if len(out) > 1:
+        out.sort(key=lambda f: f["code"])
     return out
 
 
@@ -769,8 +795,8 @@ def unb64(text, field="signature"):
 
 
 def hash_b64(text):
-    """FDMS's `hash`: base64 of SHA-256 over the UTF-8 bytes of the string."""
-    return b64(hashlib.sha256(text.encode()).digest())
+    """FDMS's `hash`: base64 of SHA-256 over the UTF-8 bytes of the string (str, or those bytes)."""
+    return b64(hashlib.sha256(text if isinstance(text, bytes) else text.encode()).digest())
 
 
 def receipt_taxes_text(taxes):

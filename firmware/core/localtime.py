@@ -37,12 +37,18 @@ def _civil_from_days(days):
 
 def parse(text, field="receiptDate"):
     """(year, month, day, hour, minute, second) from `YYYY-MM-DDTHH:mm:ss`; refuses any other shape."""
-    ok = isinstance(text, str) and len(text) == 19 and text[4] == "-" and text[7] == "-" and text[10] == "T"
-    ok = ok and text[13] == ":" and text[16] == ":"
-    if not ok or not (text[0:4] + text[5:7] + text[8:10] + text[11:13] + text[14:16] + text[17:19]).isdigit():
+    digits = ""
+    shaped = isinstance(text, str) and len(text) == 19
+    if shaped and text[4] + text[7] + text[10] + text[13] + text[16] == "--T::":
+        digits = text[0:4] + text[5:7] + text[8:10] + text[11:13] + text[14:16] + text[17:19]
+    if not digits.isdigit():
         raise FiscalError("BOX_BAD_DATE", "Dates must be local time as YYYY-MM-DDTHH:mm:ss.", field)
-    year, month, day = int(text[0:4]), int(text[5:7]), int(text[8:10])
-    hour, minute, second = int(text[11:13]), int(text[14:16]), int(text[17:19])
+    number = int(digits)  # one conversion, then split: YYYYMMDDhhmmss
+    year, rest = divmod(number, 10000000000)
+    month, rest = divmod(rest, 100000000)
+    day, rest = divmod(rest, 1000000)
+    hour, rest = divmod(rest, 10000)
+    minute, second = divmod(rest, 100)
     last = 29 if month == 2 and _leap(year) else (_DAYS_IN_MONTH[month - 1] if 1 <= month <= 12 else 0)
     if not (1 <= day <= last and hour < 24 and minute < 60 and second < 60):
         raise FiscalError("BOX_BAD_DATE", "'" + text + "' is not a real date and time.", field)

@@ -18,7 +18,11 @@ _ZEROS = "0" * 18
 
 def parse_fixed(value, places, field="amount"):
     """The integer number of 10**-places units in `value`; refuses anything not exact."""
-    if type(value) is not str:
+    if type(value) is str:
+        whole, dot, frac = value.partition(".")
+        if whole.isdigit() and len(frac) <= places and (frac.isdigit() or not dot):
+            return int(whole + frac + _ZEROS[: places - len(frac)])  # the common case: plain and positive
+    else:
         if isinstance(value, bool) or value is None:
             raise FiscalError("BOX_BAD_NUMBER", "A number is required here.", field)
         if isinstance(value, int):
