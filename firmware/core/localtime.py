@@ -71,12 +71,6 @@ def add_hours(text, hours):
     return format_seconds(seconds(text) + hours * 3600)
 
 
-def date_part(text):
-    """`YYYY-MM-DD` of a local date-time: the fiscal day's date in the day signature."""
-    parse(text)
-    return text[:10]
-
-
 def months_before(text, months):
     """The same local time `months` calendar months earlier (day clamped to the month's end)."""
     year, month, day, hour, minute, second = parse(text)

@@ -113,12 +113,6 @@ class Fixed:
     def __str__(self):
         return format_short(self.units, self.places) if self.trim else format_fixed(self.units, self.places)
 
-    def __eq__(self, other):
-        return (
-            isinstance(other, Fixed)
-            and self.units * _POW10[other.places] == other.units * _POW10[self.places]
-        )
-
     def __repr__(self):
         return "Fixed(" + str(self) + ")"
 
