@@ -116,6 +116,7 @@ def _print_report(report: dict[str, Any]) -> None:
         console.print(f"[bold]Signature sent:[/bold] {verdict}")
     for key, label in (
         ("signature", "Signature (base64)"),
+        ("signature_made", "Signature made with --key"),
         ("qr_url", "QR URL"),
         ("verification_code", "Verification code"),
     ):

@@ -92,13 +92,16 @@ def explain_receipt(
         signature_b64 = sent["signature"]
     signature = fdms.unb64(signature_b64, "signature") if signature_b64 else None
     if private_key is not None:
-        if signature is not None:
+        made = signatures.sign(private_key, text.encode())
+        if signature is None:
+            signature = made
+        else:
             _signature_checks(text, signature, private_key.public_key(), report, "RCPT020")
-        signature = signatures.sign(private_key, text.encode())
-        report["signature"] = fdms.b64(signature)
+            report["signature_made"] = fdms.b64(made)
     else:
         _signature_checks(text, signature, public_key, report, "RCPT020")
     if signature is not None:
+        # The QR of a receipt that carries a signature is that signature's: a fresh ECDSA one would differ.
         data = fdms.qr_data(signature)
         report["signature"] = fdms.b64(signature)
         report["qr_data"] = data

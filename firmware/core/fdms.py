@@ -112,7 +112,7 @@ def _int(obj, key, where="", required=True):
             _missing(where, key)
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.isdigit():
+        if isinstance(value, str) and money.is_digits(value) and len(value) <= 19:
             return int(value)
         raise FiscalError("RCPT02", "Must be a whole number.", where + key)
     return value
@@ -530,7 +530,7 @@ def _rule_lines(receipt, ctx, out):
             out.append(finding("RCPT047", _at(i, "receiptLineHSCode")))
         if hs:
             needs_eight = ctx.vat_payer and not line["taxPercent"]
-            if not hs.isdigit() or len(hs) not in ((8,) if needs_eight else (4, 8)):
+            if not money.is_digits(hs) or len(hs) not in ((8,) if needs_eight else (4, 8)):
                 out.append(
                     finding(
                         "RCPT048",
@@ -540,6 +540,13 @@ def _rule_lines(receipt, ctx, out):
                         + (" for a zero-rated or exempt line of a VAT payer." if needs_eight else "."),
                     )
                 )
+    percents = {}
+    for i, line in enumerate(receipt["receiptLines"]):
+        first = percents.setdefault(line["taxID"], line["taxPercent"])
+        if first != line["taxPercent"]:
+            out.append(
+                finding("RCPT025", _at(i, "taxPercent"), "Lines of one tax ID carry different percents.")
+            )
     codes = [line["taxCode"] is None for line in receipt["receiptLines"]]
     if codes and any(codes) and not all(codes):
         out.append(finding("RCPT025", "receiptLines", "A tax code must be on every line or on none."))
@@ -694,11 +701,17 @@ def _rule_note(receipt, ctx, out):
         if note is not None:
             out.append(finding("RCPT029", "creditDebitNote"))
         return
-    if note is None or (note["receiptID"] is None and note["receiptGlobalNo"] is None):
-        out.append(finding("RCPT015", "creditDebitNote"))
-        return
     if not receipt["receiptNotes"]:
         out.append(finding("RCPT034", "receiptNotes"))
+    # The original is named by its FDMS receiptID, or by device, global number and fiscal day together.
+    by_place = note is not None and None not in (
+        note["deviceID"],
+        note["receiptGlobalNo"],
+        note["fiscalDayNo"],
+    )
+    if note is None or (note["receiptID"] is None and not by_place):
+        out.append(finding("RCPT015", "creditDebitNote"))
+        return
     if ctx.original is None:
         return
     found = ctx.original(note)
@@ -733,7 +746,8 @@ def _rule_buyer(receipt, out):
     buyer = receipt["buyerData"]
     if buyer is None:
         return
-    if not buyer.get("buyerRegisterName") or not buyer.get("buyerTIN"):
+    name = buyer.get("buyerRegisterName")
+    if not name or not isinstance(name, str) or len(name) > 250 or not buyer.get("buyerTIN"):
         out.append(finding("RCPT043", "buyerData", "A buyer needs both buyerRegisterName and buyerTIN."))
         return
     tin = buyer["buyerTIN"]
@@ -891,6 +905,8 @@ def day_counters(counters):
 
 def parse_counters(raw_list):
     """FDMS FiscalDayCounter JSON -> counters keyed like `update_counters` (summing duplicates)."""
+    if not isinstance(raw_list, list):
+        raise FiscalError("RCPT02", "Must be a list.", "fiscalDayCounters")
     counters = new_counters()
     for i, raw in enumerate(raw_list):
         where = "fiscalDayCounters[" + str(i) + "]."

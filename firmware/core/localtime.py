@@ -4,6 +4,7 @@ The core gets these strings from the box, which owns the clock and the time zone
 their shape, order them, and add hours (the day's maximum length).
 """
 
+from firmware.core import money
 from firmware.core.errors import FiscalError
 
 _DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
@@ -41,7 +42,7 @@ def parse(text, field="receiptDate"):
     shaped = isinstance(text, str) and len(text) == 19
     if shaped and text[4] + text[7] + text[10] + text[13] + text[16] == "--T::":
         digits = text[0:4] + text[5:7] + text[8:10] + text[11:13] + text[14:16] + text[17:19]
-    if not digits.isdigit():
+    if not money.is_digits(digits):
         raise FiscalError("BOX_BAD_DATE", "Dates must be local time as YYYY-MM-DDTHH:mm:ss.", field)
     number = int(digits)  # one conversion, then split: YYYYMMDDhhmmss
     year, rest = divmod(number, 10000000000)

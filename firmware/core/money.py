@@ -16,11 +16,20 @@ _POW10 = [10**i for i in range(19)]
 _ZEROS = "0" * 18
 
 
+MAX_WHOLE_DIGITS = 19  # FDMS decimal(25,6) leaves 19 digits before the point
+
+
+def is_digits(text):
+    """ASCII digits only: str.isdigit() also accepts '²' or Arabic-Indic digits, which must never pass."""
+    return text.isdigit() and len(text.encode()) == len(text)
+
+
 def parse_fixed(value, places, field="amount"):
     """The integer number of 10**-places units in `value`; refuses anything not exact."""
     if type(value) is str:
         whole, dot, frac = value.partition(".")
-        if whole.isdigit() and len(frac) <= places and (frac.isdigit() or not dot):
+        plain = len(whole) <= MAX_WHOLE_DIGITS and len(frac) <= places
+        if plain and is_digits(whole) and (not dot or is_digits(frac)):
             return int(whole + frac + _ZEROS[: places - len(frac)])  # the common case: plain and positive
     else:
         if isinstance(value, bool) or value is None:
@@ -36,8 +45,10 @@ def parse_fixed(value, places, field="amount"):
     whole, dot, frac = (value[1:] if sign == "-" or sign == "+" else value).partition(".")
     if not whole and frac:
         whole = "0"
-    if not whole.isdigit() or (dot and not frac.isdigit()):
-        raise FiscalError("BOX_BAD_NUMBER", "'" + value + "' is not a decimal number.", field)
+    if not is_digits(whole) or (dot and not is_digits(frac)):
+        raise FiscalError("BOX_BAD_NUMBER", "'" + value[:40] + "' is not a decimal number.", field)
+    if len(whole.lstrip("0")) > MAX_WHOLE_DIGITS:
+        raise FiscalError("BOX_BAD_NUMBER", "This number is too large.", field)
     if len(frac) > places:
         if frac[places:].strip("0"):
             raise FiscalError(

@@ -375,3 +375,46 @@ def test_credit_note_is_the_exact_negation_of_the_invoice():
     assert len(credit["receiptTaxes"]) == len(invoice["receiptTaxes"])
     for a, b in zip(credit["receiptTaxes"], invoice["receiptTaxes"]):  # noqa: B905 (MicroPython's zip)
         assert a["taxAmount"] == -b["taxAmount"] and a["salesAmountWithTax"] == -b["salesAmountWithTax"]
+
+
+def test_malformed_values_are_fiscal_errors_naming_the_field():
+    assert raises("RCPT02", fdms.parse_receipt, _sale(receiptCounter="\u00b2")).field == "receiptCounter"
+    payment = [{"moneyTypeCode": "Cash", "paymentAmount": "\u00b2"}]
+    error = raises("BOX_BAD_NUMBER", fdms.parse_receipt, _sale(receiptPayments=payment))
+    assert error.field == "receiptPayments[0].paymentAmount"
+    raises("RCPT02", fdms.parse_counters, None)
+    raises("RCPT02", fdms.parse_counters, [5])
+    bad_value = [
+        {
+            "fiscalCounterType": "SaleByTax",
+            "fiscalCounterCurrency": "USD",
+            "fiscalCounterTaxID": 1,
+            "fiscalCounterValue": "\u00b2",
+        }
+    ]
+    assert (
+        raises("BOX_BAD_NUMBER", fdms.parse_counters, bad_value).field
+        == "fiscalDayCounters[0].fiscalCounterValue"
+    )
+
+
+def test_a_note_names_its_original_fully():
+    assert _codes(_credit(creditDebitNote={"receiptID": 7})) == []
+    place = {"deviceID": 1, "receiptGlobalNo": 7, "fiscalDayNo": 3}
+    codes = _codes(_credit(creditDebitNote=place), _context(original=None))
+    assert "RCPT015" not in codes
+    for partial in ({"receiptGlobalNo": 7}, {"deviceID": 1, "receiptGlobalNo": 7}):
+        assert "RCPT015" in _codes(_credit(creditDebitNote=partial))
+
+
+def test_a_note_without_original_or_text_reports_both():
+    codes = _codes(_credit(creditDebitNote=None, receiptNotes=None))
+    assert "RCPT015" in codes and "RCPT034" in codes
+
+
+def test_lines_of_one_tax_with_different_percents_are_refused():
+    lines = _sale()["receiptLines"]
+    odd = dict(lines[0], taxPercent="14.5", receiptLineName="Other")
+    receipt = fdms.complete(fdms.parse_receipt(_sale(receiptLines=[lines[0], odd])))
+    findings = fdms.validate(receipt)  # no tax table known: the inconsistency alone must be caught
+    assert [f["field"] for f in findings if f["code"] == "RCPT025"] == ["receiptLines[1].taxPercent"]

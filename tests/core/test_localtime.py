@@ -32,3 +32,8 @@ def test_refuses_other_shapes():
         None,
     ):
         raises("BOX_BAD_DATE", localtime.parse, bad)
+
+
+def test_refuses_non_ascii_digits():
+    raises("BOX_BAD_DATE", localtime.parse, "\u00b2024-01-01T10:00:00")
+    raises("BOX_BAD_DATE", localtime.parse, "2024-01-01T1\u0660:00:00")

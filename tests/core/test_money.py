@@ -83,3 +83,12 @@ def test_exact_json_numbers():
     )
     assert text == '{"a":[1.5,0.00,null,true,"x\\"y"],"b":-0.05}'
     assert wire.dumps({"name": "Caf\u00e9\n"}) == '{"name":"Caf\u00e9\\n"}'
+
+
+def test_only_ascii_digits_and_sane_sizes():
+    for bad in ("\u00b2", "1\u00b2.00", "\u0663.50", "12.\u0665"):
+        raises("BOX_BAD_NUMBER", money.amount, bad)
+    raises("BOX_BAD_NUMBER", money.amount, "9" * 20)
+    raises("BOX_BAD_NUMBER", money.amount, "9" * 5000)
+    assert money.amount("9" * 19) == int("9" * 19) * 100
+    assert money.amount("-" + "0" * 25 + "1.5") == -150

@@ -316,3 +316,16 @@ def test_day_bad_input(tmp_path, args, code):
     file = write(tmp_path, "d.json", [])
     result = run(["explain", "day", file, "--device-id", "1", *args])
     assert result.exit_code == 2 and code in result.stderr
+
+
+def test_the_qr_comes_from_the_signature_sent_not_a_fresh_one(tmp_path):
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_path, _ = key_files(tmp_path, key)
+    sent = signatures.sign(key, SPEC["string"].encode())
+    body = dict(SPEC["receipt"], receiptDeviceSignature={"hash": SPEC["hash"], "signature": fdms.b64(sent)})
+    file = write(tmp_path, "r.json", body)
+    args = ["explain", "receipt", file, "--device-id", "321", "--previous-hash", SPEC["previous_hash"]]
+    report = json.loads(run([*args, "--key", key_path, "--json"]).stdout)
+    assert report["signature_valid"] is True
+    assert report["qr_data"] == fdms.qr_data(sent)
+    assert report["signature"] == fdms.b64(sent) and report["signature_made"] != report["signature"]
