@@ -540,8 +540,10 @@ def _rule_lines(receipt, ctx, out):
                         + (" for a zero-rated or exempt line of a VAT payer." if needs_eight else "."),
                     )
                 )
+    # With the tax table known, a tax ID at a percent not its own is caught above; without it, lines of one
+    # tax ID must at least agree, or their group would be taxed at the first line's percent.
     percents = {}
-    for i, line in enumerate(receipt["receiptLines"]):
+    for i, line in enumerate(receipt["receiptLines"] if ctx.taxes is None else ()):
         first = percents.setdefault(line["taxID"], line["taxPercent"])
         if first != line["taxPercent"]:
             out.append(

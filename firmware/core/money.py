@@ -19,17 +19,23 @@ _ZEROS = "0" * 18
 MAX_WHOLE_DIGITS = 19  # FDMS decimal(25,6) leaves 19 digits before the point
 
 
+try:
+    _IS_ASCII = str.isascii  # CPython, where isdigit() also accepts '²' and other scripts' digits
+except AttributeError:
+    _IS_ASCII = None  # MicroPython, where isdigit() is ASCII-only already
+
+
 def is_digits(text):
-    """ASCII digits only: str.isdigit() also accepts '²' or Arabic-Indic digits, which must never pass."""
-    return text.isdigit() and len(text.encode()) == len(text)
+    """ASCII digits only: a superscript or Arabic-Indic digit must never pass as a number."""
+    return text.isdigit() and (_IS_ASCII is None or _IS_ASCII(text))
 
 
 def parse_fixed(value, places, field="amount"):
     """The integer number of 10**-places units in `value`; refuses anything not exact."""
     if type(value) is str:
         whole, dot, frac = value.partition(".")
-        plain = len(whole) <= MAX_WHOLE_DIGITS and len(frac) <= places
-        if plain and is_digits(whole) and (not dot or is_digits(frac)):
+        plain = whole.isdigit() and len(whole) <= MAX_WHOLE_DIGITS and len(frac) <= places
+        if plain and (not dot or frac.isdigit()) and (_IS_ASCII is None or _IS_ASCII(value)):
             return int(whole + frac + _ZEROS[: places - len(frac)])  # the common case: plain and positive
     else:
         if isinstance(value, bool) or value is None:
