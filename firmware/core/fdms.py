@@ -440,6 +440,7 @@ class Context:
         self.future_skew_seconds = future_skew_seconds
         self.invoice_seen = invoice_seen
         self.original = original
+        self.tax_index = {} if taxes is None else {(t["taxID"], t["taxPercent"]): t for t in taxes}
         # The day's end once per day; the box keeps one Context a day and moves previous_in_day,
         # first_in_day and now along with each receipt.
         opened_known = day_opened is not None and day_max_hours is not None
@@ -455,13 +456,6 @@ def finding(code, field=None, detail=None):
 def is_vat_tax(tax):
     """A VAT tax has a positive percent; FDMS also lists non-VAT taxes (e.g. 'Non-VAT Withholding Tax')."""
     return bool(tax["taxPercent"]) and "non-vat" not in tax["taxName"].lower()
-
-
-def _find_tax(taxes, tax_id, pct):
-    for tax in taxes:
-        if tax["taxID"] == tax_id and tax["taxPercent"] == pct:
-            return tax
-    return None
 
 
 def _valid_on(tax, date):
@@ -510,7 +504,7 @@ def _rule_lines(receipt, ctx, out):
                     )
                 )
         if ctx.taxes is not None:
-            tax = _find_tax(ctx.taxes, line["taxID"], line["taxPercent"])
+            tax = ctx.tax_index.get((line["taxID"], line["taxPercent"]))
             if tax is None or not _valid_on(tax, receipt["receiptDate"]):
                 out.append(
                     finding(
