@@ -341,14 +341,8 @@ def tax_groups(receipt):
 
 def expected_total(receipt, taxes):
     """The receipt total the lines and taxes imply (RCPT019 inclusive, RCPT037 exclusive)."""
-    lines = 0
-    for line in receipt["receiptLines"]:
-        lines += line["receiptLineTotal"]
-    if receipt["receiptLinesTaxInclusive"]:
-        return lines
-    for tax in taxes:
-        lines += tax["taxAmount"]
-    return lines
+    lines = _sum(receipt["receiptLines"], "receiptLineTotal")
+    return lines if receipt["receiptLinesTaxInclusive"] else lines + _sum(taxes, "taxAmount")
 
 
 def complete(receipt):
@@ -377,11 +371,7 @@ def _complete(receipt):
             line["receiptLineNo"] = i + 1
         if line["receiptLineTotal"] is None:
             if line["receiptLinePrice"] is None:
-                raise FiscalError(
-                    "RCPT02",
-                    "A line needs a price or a total.",
-                    "receiptLines[" + str(i) + "].receiptLinePrice",
-                )
+                raise FiscalError("RCPT02", "A line needs a price or a total.", _at(i, "receiptLinePrice"))
             line["receiptLineTotal"] = money.line_total(line["receiptLinePrice"], line["receiptLineQuantity"])
     groups = tax_groups(receipt)
     if receipt["receiptTaxes"] is None:
@@ -607,28 +597,20 @@ def _sum(items, key):
 def _rule_totals(receipt, out):
     total = receipt["receiptTotal"]
     kind = receipt["receiptType"]
-    lines = _sum(receipt["receiptLines"], "receiptLineTotal")
     taxes = receipt["receiptTaxes"] or []
-    if receipt["receiptLinesTaxInclusive"]:
-        if total != lines:
-            out.append(finding("RCPT019", "receiptTotal", _differs("the lines", total, lines)))
-    else:
-        want = lines + _sum(taxes, "taxAmount")
-        if total != want:
+    want = expected_total(receipt, taxes)
+    if total != want:
+        if receipt["receiptLinesTaxInclusive"]:
+            out.append(finding("RCPT019", "receiptTotal", _differs("the lines", total, want)))
+        else:
             out.append(finding("RCPT037", "receiptTotal", _differs("the lines and taxes", total, want)))
-    if taxes and total != _sum(taxes, "salesAmountWithTax"):
-        out.append(
-            finding(
-                "RCPT038", "receiptTotal", _differs("the tax table", total, _sum(taxes, "salesAmountWithTax"))
-            )
-        )
+    table = _sum(taxes, "salesAmountWithTax")
+    if taxes and total != table:
+        out.append(finding("RCPT038", "receiptTotal", _differs("the tax table", total, table)))
     payments = receipt["receiptPayments"]
-    if payments and total != _sum(payments, "paymentAmount"):
-        out.append(
-            finding(
-                "RCPT039", "receiptTotal", _differs("the payments", total, _sum(payments, "paymentAmount"))
-            )
-        )
+    paid = _sum(payments, "paymentAmount")
+    if payments and total != paid:
+        out.append(finding("RCPT039", "receiptTotal", _differs("the payments", total, paid)))
     for i, payment in enumerate(payments):
         if not _sign_ok(payment["paymentAmount"], kind):
             out.append(finding("RCPT028", "receiptPayments[" + str(i) + "].paymentAmount"))

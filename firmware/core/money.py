@@ -22,7 +22,7 @@ MAX_WHOLE_DIGITS = 19  # FDMS decimal(25,6) leaves 19 digits before the point
 try:
     _IS_ASCII = str.isascii  # CPython, where isdigit() also accepts '²' and other scripts' digits
 except AttributeError:
-    _IS_ASCII = None  # MicroPython, where isdigit() is ASCII-only already
+    _IS_ASCII = None  # type: ignore[assignment]  # MicroPython: isdigit() is ASCII-only already
 
 
 def is_digits(text):
