@@ -1,0 +1,457 @@
+"""The box's operations: the one place that combines the journal, the key store and the clock.
+
+Each method is one thing a person or a POS can ask. It returns plain data or raises FiscalError with the
+authority's code or a BOX_ code and a sentence; a refusal writes nothing. Printing and FDMS delivery are
+added by their own modules and never sit inside the journal's transaction.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from firmware import backup as backups
+from firmware import export as exports
+from firmware import verify
+from firmware.core import fdms, localtime, money, wire
+from firmware.core.errors import FiscalError
+from firmware.journal import CLOSE_INITIATED, CLOSED, OPENED, Head, Journal, NewReceipt
+from hardware import Clock, KeyStore
+
+REQUIRED_SETTINGS = ("device_id", "serial", "taxpayer_name", "taxpayer_tin", "taxes", "currencies", "qr_url")
+OPTIONAL_SETTINGS = {
+    "vat_number": None,
+    "branch_name": "",
+    "branch_address": "",
+    "day_max_hours": 24,
+}
+# Fields of a sale the box decides itself; a POS that sends them is told so rather than silently overruled.
+BOX_FIELDS = ("receiptCounter", "receiptGlobalNo", "receiptDate", "receiptDeviceSignature")
+
+
+def _refuse(code: str, message: str, field: str | None = None) -> FiscalError:
+    return FiscalError(code, message, field)
+
+
+class Box:
+    """A fiscal box over an open journal. The boot check runs on construction; issuing obeys its verdict."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        keys: KeyStore,
+        clock: Clock,
+        zone: str = "Africa/Harare",
+        day_warn_minutes: int = 60,
+        future_skew_seconds: int = 300,
+        anchor: backups.Anchor | None = None,
+    ) -> None:
+        self.journal = journal
+        self.keys = keys
+        self.clock = clock
+        self.zone = ZoneInfo(zone)
+        self.day_warn_minutes = day_warn_minutes
+        self.future_skew_seconds = future_skew_seconds
+        self.anchor = anchor
+        self._settings = journal.settings()
+        self._taxes = fdms.parse_taxes(self._settings["taxes"]) if "taxes" in self._settings else None
+        self._context: fdms.Context | None = None
+        self._context_day = 0
+        self.boot = self._boot_check()
+
+    # -----------------------------------------------------------------------------------------------------
+    # Time and identity
+
+    def now_local(self) -> str:
+        """The box's local time as FDMS writes it: YYYY-MM-DDTHH:mm:ss in the configured zone."""
+        moment = datetime.datetime.fromtimestamp(int(self.clock.now()), self.zone)
+        return moment.strftime("%Y-%m-%dT%H:%M:%S")
+
+    @property
+    def device_id(self) -> int:
+        return int(self._settings["device_id"])
+
+    def _public_key(self) -> Any:
+        from hardware.signatures import load_public_key
+
+        return load_public_key(self.keys.public_key_pem())
+
+    # -----------------------------------------------------------------------------------------------------
+    # Boot check
+
+    def _boot_check(self) -> dict[str, Any]:
+        """Verify what changed since the last checkpoint; on a mismatch the box refuses to issue."""
+        at = self.now_local()
+        if "device_id" not in self._settings or self.keys.algorithm is None:
+            return {"clean": True, "problems": [], "skipped": "not provisioned"}
+        result = verify.boot_check(self.journal, self._public_key(), self.device_id)
+        with self.journal.transaction():
+            self.journal.log(at, "boot", {"clean": result["clean"], "problems": len(result["problems"])})
+        if result["clean"]:
+            self._checkpoint(at, "boot")
+            if self.anchor is not None:
+                self.anchor.advance(self.journal.head()["last_global_no"])
+        return result
+
+    def _checkpoint(self, at: str, reason: str) -> None:
+        head = self.journal.head()
+        day_no = head["day_no"]
+        self.journal.add_checkpoint(
+            at,
+            head["last_global_no"],
+            head["link"],
+            head["audit_seq"],  # its own audit entry is checked from here on, by the next check
+            head["audit_link"],
+            day_no,
+            self.journal.counters(day_no),
+            self.keys.sign,
+            reason,
+        )
+
+    def _ensure_sound(self) -> None:
+        if not self.boot["clean"]:
+            first = self.boot["problems"][0]
+            raise _refuse(
+                "BOX_JOURNAL_MISMATCH",
+                "The journal failed its check at start-up (" + first["message"] + "); the box will not issue "
+                "until it is investigated: run `fiscalbox-device audit --verbose`.",
+            )
+
+    # -----------------------------------------------------------------------------------------------------
+    # Provisioning
+
+    def provision(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Store the identity and fiscal settings in force: taxpayer, taxes, currencies, QR URL, day limit."""
+        unknown = sorted(set(values) - set(REQUIRED_SETTINGS) - set(OPTIONAL_SETTINGS))
+        if unknown:
+            raise _refuse("BOX_SETTINGS", f"Unknown setting {unknown[0]}.", unknown[0])
+        merged = {**OPTIONAL_SETTINGS, **self._settings, **values}
+        for key in REQUIRED_SETTINGS:
+            if merged.get(key) in (None, "", []):
+                raise _refuse("BOX_SETTINGS", f"The setting {key} is required.", key)
+        device_id = merged["device_id"]
+        if type(device_id) is not int or device_id <= 0:
+            raise _refuse("BOX_SETTINGS", "device_id must be a positive whole number.", "device_id")
+        if "device_id" in self._settings and self._settings["device_id"] != device_id:
+            if self.journal.head()["last_global_no"]:
+                raise _refuse(
+                    "BOX_SETTINGS",
+                    "This journal already holds receipts of device "
+                    f"{self._settings['device_id']}; a box cannot change its device ID.",
+                    "device_id",
+                )
+        hours = merged["day_max_hours"]
+        if type(hours) is not int or not 1 <= hours <= 48:
+            raise _refuse("BOX_SETTINGS", "day_max_hours must be between 1 and 48.", "day_max_hours")
+        taxes = fdms.parse_taxes(merged["taxes"])  # refuses a malformed tax table with its field
+        currencies = merged["currencies"]
+        if not isinstance(currencies, list) or not all(
+            isinstance(c, str) and len(c) == 3 for c in currencies
+        ):
+            raise _refuse("BOX_SETTINGS", "currencies must be a list of 3-letter codes.", "currencies")
+        changed = {key: merged[key] for key in merged if self._settings.get(key, object()) != merged[key]}
+        if changed:
+            self.journal.save_settings(changed, self.now_local())
+        self._settings = self.journal.settings()
+        self._taxes = taxes
+        self._context = None
+        return dict(self._settings)
+
+    def _ensure_provisioned(self) -> None:
+        if self._taxes is None or "device_id" not in self._settings:
+            raise _refuse("BOX_NOT_PROVISIONED", "The box has no taxpayer settings yet: provision it first.")
+        if self.keys.algorithm is None:
+            raise _refuse("BOX_KEY_MISSING", "The box has no device key yet: generate one first.")
+
+    # -----------------------------------------------------------------------------------------------------
+    # Days
+
+    def open_day(self) -> dict[str, Any]:
+        """Open the next fiscal day at the local time now."""
+        self._ensure_provisioned()
+        self._ensure_sound()
+        day = self.journal.current_day()
+        if day is not None and day["status"] == OPENED:
+            raise _refuse("BOX_DAY_OPEN", f"Fiscal day {day['day_no']} is still open: close it first.")
+        if day is not None and day["status"] != CLOSED:
+            raise _refuse(
+                "BOX_DAY_CLOSING",
+                f"Fiscal day {day['day_no']} is not closed yet ({day['status']}): "
+                "the next day opens once FDMS has confirmed the close.",
+            )
+        day_no = 1 if day is None else day["day_no"] + 1
+        opened = self.now_local()
+        last = self.journal.head()["last_global_no"]
+        if last:
+            previous_date = self.journal.receipt(last)["date"]  # type: ignore[index]
+            if opened <= previous_date:
+                raise _refuse(
+                    "BOX_CLOCK",
+                    f"The clock reads {opened}, not after the last receipt ({previous_date}): set the time.",
+                )
+        self.journal.open_day(day_no, opened, opened)
+        self._checkpoint(opened, "day opened")
+        return {"day_no": day_no, "opened": opened, "ends": localtime.add_hours(opened, self._max_hours())}
+
+    def _max_hours(self) -> int:
+        return int(self._settings.get("day_max_hours", 24))
+
+    def record_close(self, day_no: int, status: str, **values: Any) -> None:
+        """What FDMS answered to the close (called by delivery): Closed or CloseFailed with its code."""
+        day = self.journal.day(day_no)
+        if day is None or day["status"] not in (CLOSE_INITIATED,):
+            raise _refuse("BOX_DAY_STATE", f"Fiscal day {day_no} has no close in progress.")
+        self.journal.set_day_status(day_no, status, self.now_local(), **values)
+
+    def close_day(self) -> dict[str, Any]:
+        """Prepare and sign the CloseDay request from the incremental counters; the cost does not grow with
+        the number of receipts."""
+        self._ensure_provisioned()
+        self._ensure_sound()
+        day = self.journal.current_day()
+        if day is None or day["status"] != OPENED:
+            raise _refuse("BOX_DAY_NOT_OPEN", "No fiscal day is open, so there is nothing to close.")
+        ordered = fdms.day_counters(self.journal.counters(day["day_no"]))
+        text = fdms.day_string(self.device_id, day["day_no"], day["opened"][:10], ordered)
+        signature = fdms.b64(self.keys.sign(text.encode()))
+        request = {
+            "fiscalDayNo": day["day_no"],
+            "fiscalDayCounters": fdms.counters_wire(ordered),
+            "fiscalDayDeviceSignature": {"hash": fdms.hash_b64(text), "signature": signature},
+            "receiptCounter": self.journal.last_counter(day["day_no"]),
+        }
+        body = wire.dumps(request)
+        at = self.now_local()
+        self.journal.request_close(
+            day["day_no"], body, request["fiscalDayDeviceSignature"]["hash"], signature, at
+        )
+        self._checkpoint(at, "close requested")
+        if self.anchor is not None:
+            self.anchor.advance(self.journal.head()["last_global_no"])
+        return json.loads(body, parse_float=str)
+
+    # -----------------------------------------------------------------------------------------------------
+    # Receipts
+
+    def _day_context(self, head: Head, now: str) -> fdms.Context:
+        """One validation context per day, moved along with each receipt (its tax index is built once)."""
+        if self._context is None or self._context_day != head.day_no:
+            self._context = fdms.Context(
+                taxes=self._taxes,
+                vat_payer=self._settings.get("vat_number") is not None,
+                currencies=tuple(self._settings["currencies"]),
+                day_opened=head.day_opened,
+                day_max_hours=self._max_hours(),
+                future_skew_seconds=self.future_skew_seconds,
+                invoice_seen=self.journal.invoice_seen,
+                original=self._original,
+            )
+            self._context_day = head.day_no
+        ctx = self._context
+        ctx.previous_in_day = head.previous
+        ctx.first_in_day = head.previous is None
+        ctx.last_global_no = head.global_no - 1
+        ctx.last_receipt_date = head.last_date
+        ctx.now = now
+        return ctx
+
+    def _original(self, note: dict[str, Any]) -> dict[str, Any] | None:
+        """The invoice a credit or debit note refers to, when this box issued it (FDMS receipt IDs come with
+        delivery)."""
+        if note.get("deviceID") not in (None, self.device_id) or note.get("receiptGlobalNo") is None:
+            return None
+        row = self.journal.receipt(note["receiptGlobalNo"])
+        if row is None or row["type"] != "FiscalInvoice":
+            return None
+        if note.get("fiscalDayNo") is not None and note["fiscalDayNo"] != row["day_no"]:
+            return None
+        original = fdms.parse_receipt(json.loads(row["body"], parse_float=str))
+        return {"receipt": original, "notes_total": self.journal.notes_total(row["global_no"])}
+
+    def _receipt_date(self, head: Head, now: str) -> str:
+        """Now, or one second after the previous receipt when several come within a second (FDMS wants
+        every receipt strictly later than the one before)."""
+        if head.last_date is None or now > head.last_date:
+            return now
+        date = localtime.format_seconds(localtime.seconds(head.last_date) + 1)
+        if localtime.seconds(date) > localtime.seconds(now) + self.future_skew_seconds:
+            raise _refuse(
+                "BOX_CLOCK",
+                f"The clock reads {now}, behind the last receipt ({head.last_date}): set the time.",
+            )
+        return date
+
+    def issue(self, sale: dict[str, Any]) -> dict[str, Any]:
+        """Validate, number, chain, sign and commit one sale. Returns only after the commit is durable."""
+        self._ensure_provisioned()
+        self._ensure_sound()
+        if not isinstance(sale, dict):
+            raise _refuse("RCPT02", "A sale must be a JSON object.", "receipt")
+        sale = fdms.unwrap_receipt(sale)
+        for key in BOX_FIELDS:
+            if key in sale:
+                raise _refuse("BOX_SALE_FIELD", f"The box sets {key} itself; leave it out of the sale.", key)
+        now = self.now_local()
+        warnings: list[dict[str, Any]] = []
+
+        def make(head: Head) -> NewReceipt:
+            date = self._receipt_date(head, now)
+            ctx = self._day_context(head, now)
+            if ctx.day_end is not None and date > ctx.day_end:
+                raise _refuse(
+                    "BOX_DAY_EXPIRED",
+                    f"Fiscal day {head.day_no} passed its {self._max_hours()} hours at {ctx.day_end}: "
+                    "close the day and open a new one.",
+                )
+            raw = dict(sale)
+            raw["receiptCounter"] = head.counter
+            raw["receiptGlobalNo"] = head.global_no
+            raw["receiptDate"] = date
+            receipt, findings = fdms.prepare(raw, ctx)
+            red = fdms.blocking(findings)
+            if red:
+                raise _refuse(red[0]["code"], red[0]["message"], red[0]["field"])
+            warnings.extend(findings)
+            previous_hash = head.previous["hash"] if head.previous else None
+            text = fdms.receipt_string(self.device_id, receipt, previous_hash)
+            signature_bytes = self.keys.sign(text.encode())
+            receipt_hash = fdms.hash_b64(text)
+            signature = fdms.b64(signature_bytes)
+            receipt["receiptDeviceSignature"] = {"hash": receipt_hash, "signature": signature}
+            note = receipt["creditDebitNote"]
+            return NewReceipt(
+                body=wire.dumps({"receipt": fdms.receipt_wire(receipt)}),
+                receipt_type=receipt["receiptType"],
+                currency=receipt["receiptCurrency"],
+                date=date,
+                total=receipt["receiptTotal"],
+                invoice_no=receipt["invoiceNo"],
+                note_of=None
+                if note is None or note["deviceID"] not in (None, self.device_id)
+                else note["receiptGlobalNo"],
+                hash=receipt_hash,
+                signature=signature,
+                qr_data=fdms.qr_data(signature_bytes),
+                counters=fdms.update_counters(fdms.new_counters(), receipt),
+            )
+
+        head, new = self.journal.commit_receipt(make, now)
+        warnings.extend(self._day_warnings(head.day_opened, now))
+        return {
+            "global_no": head.global_no,
+            "counter": head.counter,
+            "day_no": head.day_no,
+            "date": new.date,
+            "type": new.receipt_type,
+            "currency": new.currency,
+            "total": money.format_fixed(new.total, 2),
+            "hash": new.hash,
+            "signature": new.signature,
+            "qr_url": fdms.qr_url(
+                self._settings["qr_url"], self.device_id, new.date, head.global_no, new.qr_data
+            ),
+            "verification_code": fdms.verification_code(new.qr_data),
+            "warnings": warnings,
+        }
+
+    def _day_warnings(self, opened: str, now: str) -> list[dict[str, Any]]:
+        end = localtime.add_hours(opened, self._max_hours())
+        left = localtime.seconds(end) - localtime.seconds(now)
+        if left <= self.day_warn_minutes * 60:
+            minutes = max(left, 0) // 60
+            return [
+                {
+                    "code": "BOX_DAY_ENDING",
+                    "colour": "Yellow",
+                    "field": None,
+                    "message": f"The fiscal day ends at {end} ({minutes} min left): close it soon.",
+                }
+            ]
+        return []
+
+    # -----------------------------------------------------------------------------------------------------
+    # Status and reports
+
+    def status(self) -> dict[str, Any]:
+        head = self.journal.head()
+        day = self.journal.current_day()
+        info: dict[str, Any] = {
+            "device_id": self._settings.get("device_id"),
+            "serial": self._settings.get("serial"),
+            "last_global_no": head["last_global_no"],
+            "day": None,
+            "outbox": self.journal.outbox_counts(),
+            "unprinted": self.journal.unprinted(),
+            "journal": {"clean": self.boot["clean"], "problems": self.boot["problems"]},
+            "warnings": [],
+        }
+        if day is not None:
+            end = localtime.add_hours(day["opened"], self._max_hours())
+            info["day"] = {
+                "day_no": day["day_no"],
+                "opened": day["opened"],
+                "status": day["status"],
+                "ends": end,
+                "receipts": self.journal.last_counter(day["day_no"]),
+            }
+            if day["status"] == OPENED:
+                info["warnings"] = self._day_warnings(day["opened"], self.now_local())
+        return info
+
+    def x_report(self) -> dict[str, Any]:
+        """The open day so far: counters per currency and tax, payments, and documents per type."""
+        day = self.journal.current_day()
+        if day is None:
+            raise _refuse("BOX_DAY_NOT_OPEN", "No fiscal day has been opened yet.")
+        return self._day_report(day)
+
+    def _day_report(self, day: dict[str, Any]) -> dict[str, Any]:
+        ordered = fdms.day_counters(self.journal.counters(day["day_no"]))
+        documents = self.journal.documents(day["day_no"])
+        for document in documents:
+            document["total"] = money.format_fixed(document["total"], 2)
+        return {
+            "day_no": day["day_no"],
+            "opened": day["opened"],
+            "status": day["status"],
+            "at": self.now_local(),
+            "receipts": self.journal.last_counter(day["day_no"]),
+            "documents": documents,
+            "counters": json.loads(wire.dumps(fdms.counters_wire(ordered)), parse_float=str),
+        }
+
+    # -----------------------------------------------------------------------------------------------------
+    # Audit, backup, export
+
+    def audit(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Verify everything; name the receipt and field of any tampering. A clean audit is a checkpoint."""
+        self._ensure_provisioned()
+        report = verify.full_audit(self.journal, self._public_key(), self.device_id, progress)
+        at = self.now_local()
+        with self.journal.transaction():
+            self.journal.log(at, "audit", {"clean": report["clean"], "problems": len(report["problems"])})
+        if report["clean"]:
+            self._checkpoint(at, "audit")
+        return report
+
+    def backup(self, dest: str | os.PathLike[str], retain: int | None = None) -> dict[str, Any]:
+        """An online copy of the journal and its signed manifest; keeps the newest `retain` copies."""
+        self._ensure_provisioned()
+        result = backups.make_backup(
+            self.journal, self.keys, self.device_id, Path(dest), self.now_local(), retain
+        )
+        if self.anchor is not None:
+            self.anchor.advance(result["manifest"]["last_global_no"])
+        return result
+
+    def export_journal(self, first: int, last: int, dest: str | os.PathLike[str]) -> dict[str, Any]:
+        """A portable, signed file of receipts first..last that the host tool checks offline."""
+        self._ensure_provisioned()
+        return exports.write_export(
+            self.journal, self.keys, self._settings, first, last, Path(dest), self.now_local()
+        )

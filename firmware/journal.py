@@ -1,0 +1,611 @@
+"""The fiscal memory: one SQLite file in WAL mode with synchronous=FULL, one writer.
+
+Everything the box has acknowledged is here: the identity and settings in force, fiscal days, receipts
+(the exact JSON sent, hash, signature, QR data), per-day counters kept incrementally, the chain head, the
+outbox, the print log and an audit log of every state change. Issuing a receipt is one transaction; the box
+answers only after COMMIT returns, and with synchronous=FULL a returned COMMIT has reached the disk's WAL.
+
+apsw rather than the stdlib `sqlite3`: it bundles a known SQLite (the same on every box, whatever the OS
+ships), leaves transactions entirely to us, and exposes the VFS layer the power-cut tests use, so the code
+under those tests is the code in production.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from firmware.core import chain
+from firmware.core.errors import FiscalError
+
+SCHEMA_VERSION = 1
+
+# Each entry upgrades a journal from the version before it; a journal is never downgraded.
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
+        """CREATE TABLE days (
+            day_no INTEGER PRIMARY KEY,
+            opened TEXT NOT NULL,
+            status TEXT NOT NULL,
+            first_global_no INTEGER,
+            close_request TEXT,
+            close_hash TEXT,
+            close_signature TEXT,
+            close_requested_at TEXT,
+            closed_at TEXT,
+            server_signature TEXT,
+            closing_error TEXT)""",
+        """CREATE TABLE receipts (
+            global_no INTEGER PRIMARY KEY,
+            day_no INTEGER NOT NULL,
+            counter INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            currency TEXT NOT NULL,
+            date TEXT NOT NULL,
+            total INTEGER NOT NULL,
+            invoice_no TEXT NOT NULL,
+            note_of INTEGER,
+            body TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            signature TEXT NOT NULL,
+            qr_data TEXT NOT NULL,
+            link BLOB NOT NULL,
+            UNIQUE (day_no, counter))""",
+        """CREATE INDEX receipts_invoice_no ON receipts (invoice_no)""",
+        """CREATE INDEX receipts_note_of ON receipts (note_of) WHERE note_of IS NOT NULL""",
+        """CREATE TABLE counters (
+            day_no INTEGER NOT NULL,
+            kind INTEGER NOT NULL,
+            currency TEXT NOT NULL,
+            sub INTEGER NOT NULL,
+            pct INTEGER NOT NULL,
+            value INTEGER NOT NULL,
+            PRIMARY KEY (day_no, kind, currency, sub, pct)) WITHOUT ROWID""",
+        """CREATE TABLE head (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            last_global_no INTEGER NOT NULL,
+            day_no INTEGER NOT NULL,
+            link BLOB NOT NULL,
+            audit_seq INTEGER NOT NULL,
+            audit_link BLOB NOT NULL)""",
+        """CREATE TABLE outbox (
+            global_no INTEGER PRIMARY KEY,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            receipt_id INTEGER,
+            server_date TEXT,
+            server_signature TEXT,
+            errors TEXT,
+            updated TEXT NOT NULL)""",
+        """CREATE TABLE print_log (
+            global_no INTEGER PRIMARY KEY,
+            printed INTEGER NOT NULL,
+            copies INTEGER NOT NULL,
+            last_at TEXT NOT NULL)""",
+        """CREATE TABLE audit_log (
+            seq INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            event TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            link BLOB NOT NULL)""",
+        """CREATE TABLE checkpoints (
+            seq INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            global_no INTEGER NOT NULL,
+            link BLOB NOT NULL,
+            audit_seq INTEGER NOT NULL,
+            audit_link BLOB NOT NULL,
+            day_no INTEGER NOT NULL,
+            counters TEXT NOT NULL,
+            signature BLOB NOT NULL)""",
+        """INSERT INTO head VALUES (1, 0, 0, zeroblob(32), 0, zeroblob(32))""",
+    ],
+}
+
+OPENED = "FiscalDayOpened"
+CLOSE_INITIATED = "FiscalDayCloseInitiated"
+CLOSED = "FiscalDayClosed"
+CLOSE_FAILED = "FiscalDayCloseFailed"
+
+CounterKey = tuple[int, str, int, int]
+
+
+def detail_json(value: Any) -> str:
+    """Audit details and settings are stored as compact JSON with sorted keys, so their links are stable."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Head:
+    """What issuing the next receipt needs, read inside its transaction."""
+
+    day_no: int
+    day_opened: str
+    global_no: int
+    counter: int
+    previous: (
+        dict[str, Any] | None
+    )  # the day's last receipt: receiptCounter, receiptGlobalNo, receiptDate, hash
+    last_date: str | None  # the last receipt's date, across days
+    link: bytes
+
+
+@dataclass
+class NewReceipt:
+    """One receipt ready to be written: the exact JSON sent and what the journal indexes of it."""
+
+    body: str
+    receipt_type: str
+    currency: str
+    date: str
+    total: int
+    invoice_no: str
+    note_of: int | None
+    hash: str
+    signature: str
+    qr_data: str
+    counters: dict[CounterKey, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A verified point of the journal: everything up to here passed a boot check or an audit."""
+
+    seq: int
+    at: str
+    global_no: int
+    link: bytes
+    audit_seq: int
+    audit_link: bytes
+    day_no: int
+    counters: dict[CounterKey, int]
+    signature: bytes
+
+    def signed_text(self) -> bytes:
+        return checkpoint_text(
+            self.global_no, self.link, self.audit_seq, self.audit_link, self.day_no, self.counters
+        )
+
+
+def checkpoint_text(
+    global_no: int,
+    link: bytes,
+    audit_seq: int,
+    audit_link: bytes,
+    day_no: int,
+    counters: dict[CounterKey, int],
+) -> bytes:
+    """The bytes a checkpoint's signature covers."""
+    return detail_json(
+        {
+            "global_no": global_no,
+            "link": link.hex(),
+            "audit_seq": audit_seq,
+            "audit_link": audit_link.hex(),
+            "day_no": day_no,
+            "counters": counters_json(counters),
+        }
+    ).encode()
+
+
+def counters_json(counters: dict[CounterKey, int]) -> list[list[Any]]:
+    return [[*key, value] for key, value in sorted(counters.items())]
+
+
+def counters_from_json(text: str) -> dict[CounterKey, int]:
+    return {(k, c, s, p): v for k, c, s, p, v in json.loads(text)}
+
+
+def _error(code: str, message: str) -> FiscalError:
+    return FiscalError(code, message)
+
+
+class Journal:
+    """The journal file, opened for the one writer.
+
+    `synchronous` is FULL in production; only the power-cut tests lower it, to prove that they notice.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], vfs: str | None = None, synchronous: str = "FULL"
+    ) -> None:
+        self.path = Path(path)
+        flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+        try:
+            self.db = apsw.Connection(str(self.path), flags=flags, vfs=vfs)
+            self.db.set_busy_timeout(5000)
+            self._configure(synchronous)
+            self._migrate()
+        except apsw.Error as error:
+            raise _error("BOX_JOURNAL", f"The journal {self.path} cannot be opened: {error}.") from None
+
+    def _configure(self, synchronous: str) -> None:
+        mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()
+        if mode is None or str(mode[0]).lower() != "wal":
+            raise _error("BOX_JOURNAL", f"The journal {self.path} cannot use WAL mode (got {mode}).")
+        self.db.execute(f"PRAGMA synchronous={synchronous}")
+        levels = {"OFF": 0, "NORMAL": 1, "FULL": 2, "EXTRA": 3}
+        got = self._scalar("PRAGMA synchronous")
+        if got != levels[synchronous]:
+            raise _error("BOX_JOURNAL", f"The journal refused synchronous={synchronous} (it reports {got}).")
+        self.db.execute("PRAGMA foreign_keys=OFF")
+
+    def _migrate(self) -> None:
+        version = self._scalar("PRAGMA user_version")
+        if version > SCHEMA_VERSION:
+            raise _error(
+                "BOX_JOURNAL_VERSION",
+                f"The journal is schema version {version}; this firmware knows up to {SCHEMA_VERSION}. "
+                "Install newer firmware; the journal was not changed.",
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with self.transaction():
+                for statement in MIGRATIONS[target]:
+                    self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version={target}")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -----------------------------------------------------------------------------------------------------
+    # Plumbing
+
+    def _one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...]:
+        """The one row a query must return (the head row always exists once migrated)."""
+        row = self.db.execute(sql, params).fetchone()
+        if row is None:
+            raise _error("BOX_JOURNAL", "The journal is missing its head row; it was damaged.")
+        return tuple(row)
+
+    def _scalar(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        row = self.db.execute(sql, params).fetchone()
+        return None if row is None else row[0]
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT: the write lock is taken at once, so no transaction has to retry."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def log(self, at: str, event: str, detail: dict[str, Any]) -> int:
+        """Append one audit entry, chained; call inside the transaction that makes the change it records."""
+        seq, previous = self._one("SELECT audit_seq, audit_link FROM head")
+        seq += 1
+        text = detail_json(detail)
+        link = chain.audit_link(previous, seq, at, event, text)
+        self.db.execute("INSERT INTO audit_log VALUES (?, ?, ?, ?, ?)", (seq, at, event, text, link))
+        self.db.execute("UPDATE head SET audit_seq = ?, audit_link = ?", (seq, link))
+        return seq
+
+    # -----------------------------------------------------------------------------------------------------
+    # Settings: the identity and configuration in force
+
+    def settings(self) -> dict[str, Any]:
+        return {key: json.loads(value) for key, value in self.db.execute("SELECT key, value FROM settings")}
+
+    def save_settings(self, values: dict[str, Any], at: str) -> None:
+        with self.transaction():
+            for key, value in values.items():
+                self.db.execute(
+                    "INSERT INTO settings VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (key, detail_json(value)),
+                )
+            self.log(at, "settings", values)
+
+    # -----------------------------------------------------------------------------------------------------
+    # Days
+
+    def head(self) -> dict[str, Any]:
+        last, day_no, link, audit_seq, audit_link = self._one(
+            "SELECT last_global_no, day_no, link, audit_seq, audit_link FROM head"
+        )
+        return {
+            "last_global_no": last,
+            "day_no": day_no,
+            "link": link,
+            "audit_seq": audit_seq,
+            "audit_link": audit_link,
+        }
+
+    def day(self, day_no: int) -> dict[str, Any] | None:
+        cursor = self.db.execute("SELECT * FROM days WHERE day_no = ?", (day_no,))
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        names = [d[0] for d in cursor.get_description()]
+        return dict(zip(names, row, strict=True))
+
+    def days(self) -> list[dict[str, Any]]:
+        cursor = self.db.execute("SELECT * FROM days ORDER BY day_no")
+        names = [d[0] for d in cursor.get_description()]
+        return [dict(zip(names, row, strict=True)) for row in cursor]
+
+    def current_day(self) -> dict[str, Any] | None:
+        day_no = self._scalar("SELECT day_no FROM head")
+        return self.day(day_no) if day_no else None
+
+    def open_day(self, day_no: int, opened: str, at: str) -> None:
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO days (day_no, opened, status) VALUES (?, ?, ?)", (day_no, opened, OPENED)
+            )
+            self.db.execute("UPDATE head SET day_no = ?", (day_no,))
+            self.log(at, "day.opened", {"day_no": day_no, "opened": opened})
+
+    def request_close(self, day_no: int, request: str, day_hash: str, signature: str, at: str) -> None:
+        with self.transaction():
+            self.db.execute(
+                "UPDATE days SET status = ?, close_request = ?, close_hash = ?, close_signature = ?, "
+                "close_requested_at = ? WHERE day_no = ?",
+                (CLOSE_INITIATED, request, day_hash, signature, at, day_no),
+            )
+            self.log(at, "day.close_requested", {"day_no": day_no, "hash": day_hash})
+
+    def set_day_status(self, day_no: int, status: str, at: str, **values: Any) -> None:
+        """Record what FDMS said of a close: Closed (with its signature) or CloseFailed (with its code)."""
+        allowed = {"closed_at", "server_signature", "closing_error"}
+        assignments = ["status = ?"] + [f"{name} = ?" for name in values if name in allowed]
+        params = [status] + [values[name] for name in values if name in allowed]
+        with self.transaction():
+            self.db.execute(f"UPDATE days SET {', '.join(assignments)} WHERE day_no = ?", (*params, day_no))
+            self.log(at, "day.status", {"day_no": day_no, "status": status, **values})
+
+    # -----------------------------------------------------------------------------------------------------
+    # Receipts
+
+    def _head_for_issue(self) -> Head:
+        last, day_no, link = self._one("SELECT last_global_no, day_no, link FROM head")
+        day = self.db.execute("SELECT opened, status FROM days WHERE day_no = ?", (day_no,)).fetchone()
+        if day is None or day[1] != OPENED:
+            raise _error("BOX_DAY_NOT_OPEN", "No fiscal day is open: open a day before issuing receipts.")
+        row = self.db.execute(
+            "SELECT day_no, counter, date, hash FROM receipts WHERE global_no = ?", (last,)
+        ).fetchone()
+        previous = None
+        counter = 1
+        last_date = None
+        if row is not None:
+            last_date = row[2]
+            if row[0] == day_no:
+                previous = {
+                    "receiptCounter": row[1],
+                    "receiptGlobalNo": last,
+                    "receiptDate": row[2],
+                    "hash": row[3],
+                }
+                counter = row[1] + 1
+        return Head(day_no, day[0], last + 1, counter, previous, last_date, link)
+
+    def commit_receipt(self, make: Callable[[Head], NewReceipt], at: str) -> tuple[Head, NewReceipt]:
+        """Allocate the numbers, let `make` validate and sign against them, write everything, COMMIT.
+
+        `make` runs inside the transaction and may raise: then nothing at all is written.
+        """
+        with self.transaction():
+            head = self._head_for_issue()
+            new = make(head)
+            link = chain.receipt_link(
+                head.link, head.global_no, head.day_no, head.counter, new.body, new.hash, new.signature
+            )
+            self.db.execute(
+                "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    head.global_no,
+                    head.day_no,
+                    head.counter,
+                    new.receipt_type,
+                    new.currency,
+                    new.date,
+                    new.total,
+                    new.invoice_no,
+                    new.note_of,
+                    new.body,
+                    new.hash,
+                    new.signature,
+                    new.qr_data,
+                    link,
+                ),
+            )
+            if head.counter == 1:
+                self.db.execute(
+                    "UPDATE days SET first_global_no = ? WHERE day_no = ?", (head.global_no, head.day_no)
+                )
+            self.db.executemany(
+                "INSERT INTO counters VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO UPDATE SET value = value + excluded.value",
+                [(head.day_no, *key, value) for key, value in new.counters.items()],
+            )
+            self.db.execute("UPDATE head SET last_global_no = ?, link = ?", (head.global_no, link))
+            self.db.execute(
+                "INSERT INTO outbox (global_no, state, updated) VALUES (?, 'pending', ?)",
+                (head.global_no, at),
+            )
+            self.log(at, "receipt.issued", {"global_no": head.global_no, "hash": new.hash})
+        return head, new
+
+    def receipt(self, global_no: int) -> dict[str, Any] | None:
+        cursor = self.db.execute("SELECT * FROM receipts WHERE global_no = ?", (global_no,))
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        names = [d[0] for d in cursor.get_description()]
+        return dict(zip(names, row, strict=True))
+
+    def receipts(
+        self, first: int = 1, last: int | None = None, day_no: int | None = None
+    ) -> Iterator[tuple[Any, ...]]:
+        """(global_no, day_no, counter, type, currency, date, total, body, hash, signature, link) rows."""
+        sql = (
+            "SELECT global_no, day_no, counter, type, currency, date, total, body, hash, signature, link "
+            "FROM receipts WHERE global_no >= ?"
+        )
+        params: list[Any] = [first]
+        if last is not None:
+            sql += " AND global_no <= ?"
+            params.append(last)
+        if day_no is not None:
+            sql += " AND day_no = ?"
+            params.append(day_no)
+        yield from self.db.execute(sql + " ORDER BY global_no", params)
+
+    def invoice_seen(self, invoice_no: str) -> bool:
+        return self._scalar("SELECT 1 FROM receipts WHERE invoice_no = ? LIMIT 1", (invoice_no,)) is not None
+
+    def notes_total(self, global_no: int) -> int:
+        return int(
+            self._scalar("SELECT coalesce(sum(total), 0) FROM receipts WHERE note_of = ?", (global_no,))
+        )
+
+    def counters(self, day_no: int) -> dict[CounterKey, int]:
+        rows = self.db.execute(
+            "SELECT kind, currency, sub, pct, value FROM counters WHERE day_no = ?", (day_no,)
+        )
+        return {(k, c, s, p): v for k, c, s, p, v in rows}
+
+    def last_counter(self, day_no: int) -> int:
+        """The day's receipt count, read off the (day_no, counter) index: no scan, however long the day."""
+        return int(self._scalar("SELECT coalesce(max(counter), 0) FROM receipts WHERE day_no = ?", (day_no,)))
+
+    def documents(self, day_no: int) -> list[dict[str, Any]]:
+        """Receipts of a day per type and currency: how many and their total."""
+        rows = self.db.execute(
+            "SELECT type, currency, count(*), sum(total) FROM receipts WHERE day_no = ? "
+            "GROUP BY type, currency ORDER BY type, currency",
+            (day_no,),
+        )
+        return [{"type": t, "currency": c, "count": n, "total": total} for t, c, n, total in rows]
+
+    # -----------------------------------------------------------------------------------------------------
+    # Printing and delivery state
+
+    def mark_printed(self, global_no: int, at: str) -> int:
+        """Record one completed print; returns how many prints came before it (0: this was the original)."""
+        with self.transaction():
+            row = self.db.execute("SELECT copies FROM print_log WHERE global_no = ?", (global_no,)).fetchone()
+            before = 0 if row is None else row[0]
+            self.db.execute(
+                "INSERT INTO print_log VALUES (?, 1, 1, ?) "
+                "ON CONFLICT DO UPDATE SET copies = copies + 1, last_at = ?",
+                (global_no, at, at),
+            )
+            self.log(at, "receipt.printed", {"global_no": global_no, "copy": before > 0})
+        return before
+
+    def print_count(self, global_no: int) -> int:
+        return int(
+            self._scalar("SELECT coalesce(max(copies), 0) FROM print_log WHERE global_no = ?", (global_no,))
+        )
+
+    def unprinted(self) -> list[int]:
+        rows = self.db.execute(
+            "SELECT r.global_no FROM receipts r LEFT JOIN print_log p USING (global_no) "
+            "WHERE p.global_no IS NULL ORDER BY r.global_no"
+        )
+        return [row[0] for row in rows]
+
+    def outbox_counts(self) -> dict[str, int]:
+        return {state: n for state, n in self.db.execute("SELECT state, count(*) FROM outbox GROUP BY state")}
+
+    # -----------------------------------------------------------------------------------------------------
+    # Checkpoints
+
+    def last_checkpoint(self) -> Checkpoint | None:
+        row = self.db.execute("SELECT * FROM checkpoints ORDER BY seq DESC LIMIT 1").fetchone()
+        return None if row is None else self._checkpoint(row)
+
+    def checkpoints(self) -> list[Checkpoint]:
+        return [self._checkpoint(row) for row in self.db.execute("SELECT * FROM checkpoints ORDER BY seq")]
+
+    @staticmethod
+    def _checkpoint(row: tuple[Any, ...]) -> Checkpoint:
+        seq, at, global_no, link, audit_seq, audit_link, day_no, counters, signature = row
+        return Checkpoint(
+            seq, at, global_no, link, audit_seq, audit_link, day_no, counters_from_json(counters), signature
+        )
+
+    def add_checkpoint(
+        self,
+        at: str,
+        global_no: int,
+        link: bytes,
+        audit_seq: int,
+        audit_link: bytes,
+        day_no: int,
+        counters: dict[CounterKey, int],
+        sign: Callable[[bytes], bytes],
+        reason: str,
+    ) -> None:
+        """Record a verified point, signed by the device key, so later checks start from here."""
+        text = checkpoint_text(global_no, link, audit_seq, audit_link, day_no, counters)
+        signature = sign(text)
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO checkpoints "
+                "(at, global_no, link, audit_seq, audit_link, day_no, counters, signature) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    at,
+                    global_no,
+                    link,
+                    audit_seq,
+                    audit_link,
+                    day_no,
+                    detail_json(counters_json(counters)),
+                    signature,
+                ),
+            )
+            self.log(at, "checkpoint", {"global_no": global_no, "audit_seq": audit_seq, "reason": reason})
+
+    # -----------------------------------------------------------------------------------------------------
+    # Checks and copies
+
+    def quick_check(self) -> list[str]:
+        """SQLite's own structural check, O(file size); ['ok'] when the file is sound."""
+        return self._check("quick_check")
+
+    def integrity_check(self) -> list[str]:
+        """quick_check plus index contents and constraints: slower, for the full audit."""
+        return self._check("integrity_check")
+
+    def _check(self, pragma: str) -> list[str]:
+        try:
+            return [str(row[0]) for row in self.db.execute(f"PRAGMA {pragma}")]
+        except apsw.Error as error:
+            return [str(error)]
+
+    def backup_to(
+        self, dest: str | os.PathLike[str], progress: Callable[[int, int], None] | None = None
+    ) -> None:
+        """SQLite's online backup, page by page, into a fresh file (then synced)."""
+        target = apsw.Connection(str(dest))
+        try:
+            with target.backup("main", self.db, "main") as backup:
+                while not backup.done:
+                    backup.step(1024)
+                    if progress is not None:
+                        progress(backup.page_count - backup.remaining, backup.page_count)
+            target.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            target.close()
+        with open(dest, "rb+") as handle:
+            os.fsync(handle.fileno())

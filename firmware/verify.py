@@ -1,0 +1,626 @@
+"""Checking the journal: the quick boot check and the full audit.
+
+Both walk the same way. Every receipt row is re-linked into the journal chain, its FDMS hash is rebuilt from
+the exact JSON stored, its indexed columns are compared with that JSON, numbering must be gapless, the
+day's counters must equal a recomputation, and the audit log must be an unbroken chain whose entries agree
+with the tables. The boot check starts at the last signed checkpoint and skips signatures; the audit starts
+at the beginning and verifies every signature with the device key. Findings name the receipt and field.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from firmware.core import chain, fdms, money
+from firmware.core.errors import FiscalError
+from firmware.journal import CLOSE_INITIATED, CounterKey, Journal, counters_from_json, detail_json
+from hardware.signatures import verify as verify_signature
+
+Progress = Callable[[int, int], None]
+PROGRESS_EVERY = 10_000
+
+
+class Findings:
+    """The problems found so far, each a code, a sentence, and where: receipt, day, field."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+
+    def add(self, code: str, message: str, **where: Any) -> None:
+        self.items.append({"code": code, "message": message, **where})
+
+
+def signed_view(body: str) -> dict[str, Any]:
+    """What the FDMS signature string and the counters need, read from the exact JSON stored.
+
+    Lighter than a full parse (lines and buyer are covered by the journal chain, not by FDMS's hash).
+    """
+    raw = json.loads(body, parse_float=str)["receipt"]
+    taxes = []
+    for tax in raw["receiptTaxes"]:
+        pct = tax.get("taxPercent")
+        taxes.append(
+            {
+                "taxID": tax["taxID"],
+                "taxCode": tax.get("taxCode"),
+                "taxPercent": None if pct is None else money.percent(pct),
+                "taxAmount": money.amount(tax["taxAmount"]),
+                "salesAmountWithTax": money.amount(tax["salesAmountWithTax"]),
+            }
+        )
+    return {
+        "receiptType": raw["receiptType"],
+        "receiptCurrency": raw["receiptCurrency"],
+        "receiptGlobalNo": raw["receiptGlobalNo"],
+        "receiptCounter": raw["receiptCounter"],
+        "receiptDate": raw["receiptDate"],
+        "receiptTotal": money.amount(raw["receiptTotal"]),
+        "invoiceNo": raw["invoiceNo"],
+        "creditDebitNote": raw.get("creditDebitNote"),
+        "receiptTaxes": taxes,
+        "receiptPayments": [
+            {"moneyTypeCode": p["moneyTypeCode"], "paymentAmount": money.amount(p["paymentAmount"])}
+            for p in raw["receiptPayments"]
+        ],
+        "receiptDeviceSignature": raw["receiptDeviceSignature"],
+    }
+
+
+class Walk:
+    """Where a walk over receipts starts: the row before the first one checked (or nothing at all)."""
+
+    def __init__(
+        self,
+        global_no: int = 0,
+        link: bytes = chain.GENESIS,
+        day_no: int = 0,
+        counter: int = 0,
+        day_hash: str | None = None,
+        counters: dict[CounterKey, int] | None = None,
+    ) -> None:
+        self.global_no = global_no
+        self.link = link
+        self.day_no = day_no
+        self.counter = counter
+        self.day_hash = day_hash
+        self.counters: dict[int, dict[CounterKey, int]] = {day_no: dict(counters or {})}
+
+
+RECEIPT_COLUMNS = (
+    "global_no, day_no, counter, type, currency, date, total, invoice_no, note_of, body, hash, signature, "
+    "qr_data, link"
+)
+
+
+def walk_receipts(
+    journal: Journal,
+    device_id: int,
+    start: Walk,
+    found: Findings,
+    public_key: Any = None,
+    progress: Progress | None = None,
+    total: int = 0,
+) -> Walk:
+    """Check every receipt after `start`; returns where the walk ended, with the counters it recomputed."""
+    last_no, last_link, last_day, last_counter, day_hash = (
+        start.global_no,
+        start.link,
+        start.day_no,
+        start.counter,
+        start.day_hash,
+    )
+    counters = start.counters
+    rows = journal.db.execute(
+        f"SELECT {RECEIPT_COLUMNS} FROM receipts WHERE global_no > ? ORDER BY global_no", (start.global_no,)
+    )
+    checked = 0
+    for row in rows:
+        (
+            global_no,
+            day_no,
+            counter,
+            kind,
+            currency,
+            date,
+            amount,
+            invoice_no,
+            note_of,
+            body,
+            hsh,
+            sig,
+            qr,
+            link,
+        ) = row
+        if global_no != last_no + 1:
+            found.add(
+                "BOX_NUMBERING",
+                f"Receipt {last_no + 1} is missing: the global numbers jump to {global_no}.",
+                global_no=last_no + 1,
+                field="global_no",
+            )
+        new_day = day_no != last_day
+        if new_day and day_no < last_day:
+            found.add(
+                "BOX_NUMBERING",
+                f"Receipt {global_no} belongs to an earlier day.",
+                global_no=global_no,
+                field="day_no",
+            )
+        want_counter = 1 if new_day else last_counter + 1
+        if counter != want_counter:
+            found.add(
+                "BOX_NUMBERING",
+                f"Receipt {global_no} has day counter {counter}; {want_counter} was due.",
+                global_no=global_no,
+                field="counter",
+            )
+        expect_link = chain.receipt_link(last_link, global_no, day_no, counter, body, hsh, sig)
+        if expect_link != link:
+            found.add(
+                "BOX_TAMPER_CHAIN",
+                f"Receipt {global_no} does not match its chain link: its stored content was changed.",
+                global_no=global_no,
+                field="link",
+            )
+        previous_hash = None if new_day else day_hash
+        day_counters = counters.setdefault(day_no, {})
+        try:
+            view = signed_view(body)
+        except (ValueError, KeyError, TypeError, FiscalError):
+            found.add(
+                "BOX_TAMPER_BODY",
+                f"Receipt {global_no}'s stored JSON is not readable.",
+                global_no=global_no,
+                field="body",
+            )
+            view = None
+        if view is not None:
+            _check_columns(
+                found,
+                view,
+                global_no,
+                {
+                    "counter": counter,
+                    "type": kind,
+                    "currency": currency,
+                    "date": date,
+                    "total": amount,
+                    "invoice_no": invoice_no,
+                    "hash": hsh,
+                    "signature": sig,
+                },
+                note_of,
+                device_id,
+            )
+            text = fdms.receipt_string(device_id, view, previous_hash)
+            if fdms.hash_b64(text) != hsh:
+                found.add(
+                    "BOX_TAMPER_HASH",
+                    f"Receipt {global_no}'s hash does not match its stored JSON.",
+                    global_no=global_no,
+                    field="hash",
+                )
+            try:
+                signature = binascii.a2b_base64(sig)
+            except (binascii.Error, ValueError):
+                signature = b""
+            if fdms.qr_data(signature) != qr:
+                found.add(
+                    "BOX_TAMPER_QR",
+                    f"Receipt {global_no}'s QR data does not match its signature.",
+                    global_no=global_no,
+                    field="qr_data",
+                )
+            if public_key is not None and not verify_signature(public_key, text.encode(), signature):
+                found.add(
+                    "BOX_TAMPER_SIGNATURE",
+                    f"Receipt {global_no}'s signature does not verify with the device key.",
+                    global_no=global_no,
+                    field="signature",
+                )
+            try:
+                fdms.update_counters(day_counters, view)
+            except (ValueError, KeyError):
+                found.add(
+                    "BOX_TAMPER_BODY",
+                    f"Receipt {global_no} names an unknown type or money type.",
+                    global_no=global_no,
+                    field="body",
+                )
+        last_no, last_link, last_day, last_counter, day_hash = global_no, link, day_no, counter, hsh
+        checked += 1
+        if progress is not None and checked % PROGRESS_EVERY == 0:
+            progress(checked, total)
+    end = Walk(last_no, last_link, last_day, last_counter, day_hash)
+    end.counters = counters
+    return end
+
+
+def _check_columns(
+    found: Findings,
+    view: dict[str, Any],
+    global_no: int,
+    columns: dict[str, Any],
+    note_of: Any,
+    device_id: int,
+) -> None:
+    """The indexed columns must say what the JSON says; name the first that does not."""
+    signature = view["receiptDeviceSignature"] or {}
+    from_json = {
+        "counter": view["receiptCounter"],
+        "type": view["receiptType"],
+        "currency": view["receiptCurrency"],
+        "date": view["receiptDate"],
+        "total": view["receiptTotal"],
+        "invoice_no": view["invoiceNo"],
+        "hash": signature.get("hash"),
+        "signature": signature.get("signature"),
+    }
+    if view["receiptGlobalNo"] != global_no:
+        found.add(
+            "BOX_TAMPER_ROW",
+            f"Receipt {global_no}'s JSON carries global number {view['receiptGlobalNo']}.",
+            global_no=global_no,
+            field="global_no",
+        )
+    for name, value in columns.items():
+        if from_json[name] != value:
+            found.add(
+                "BOX_TAMPER_ROW",
+                f"Receipt {global_no}: the stored {name} does not match the JSON that was sent.",
+                global_no=global_no,
+                field=name,
+            )
+    note = view["creditDebitNote"]
+    own = note is not None and note.get("deviceID") in (None, device_id)
+    want_note = note.get("receiptGlobalNo") if own else None
+    if want_note != note_of:
+        found.add(
+            "BOX_TAMPER_ROW",
+            f"Receipt {global_no}: the stored note_of does not match its JSON.",
+            global_no=global_no,
+            field="note_of",
+        )
+
+
+def _compare_counters(
+    found: Findings, journal: Journal, day_no: int, expected: dict[CounterKey, int]
+) -> None:
+    stored = journal.counters(day_no)
+    want = {key: value for key, value in expected.items() if value != 0}
+    have = {key: value for key, value in stored.items() if value != 0}
+    if want != have:
+        keys = sorted(set(want) | set(have), key=str)
+        first = next(key for key in keys if want.get(key) != have.get(key))
+        found.add(
+            "BOX_COUNTERS",
+            f"Day {day_no}: counter {list(first)} is {have.get(first, 0)} in the journal but the receipts "
+            f"add up to {want.get(first, 0)}.",
+            day_no=day_no,
+            field="counters",
+        )
+
+
+def _audit_entries(
+    journal: Journal, after_seq: int, previous: bytes, found: Findings
+) -> Iterator[tuple[int, str, str, dict[str, Any]]]:
+    """The audit log after `after_seq`, each entry re-linked; yields (seq, at, event, detail)."""
+    expected = after_seq + 1
+    for seq, at, event, text, link in journal.db.execute(
+        "SELECT seq, at, event, detail, link FROM audit_log WHERE seq > ? ORDER BY seq", (after_seq,)
+    ):
+        if seq != expected:
+            found.add("BOX_AUDIT_LOG", f"Audit entry {expected} is missing.", audit_seq=expected, field="seq")
+        expected = seq + 1
+        if chain.audit_link(previous, seq, at, event, text) != link:
+            found.add(
+                "BOX_AUDIT_LOG", f"Audit entry {seq} ({event}) was changed.", audit_seq=seq, field="detail"
+            )
+        previous = link
+        try:
+            detail = json.loads(text)
+        except ValueError:
+            detail = {}
+        yield seq, at, event, detail
+
+
+def _check_head(
+    found: Findings, journal: Journal, walk: Walk, audit_seq: int, audit_link: bytes | None
+) -> None:
+    head = journal.head()
+    if head["last_global_no"] != walk.global_no:
+        found.add(
+            "BOX_HEAD",
+            f"The journal head says receipt {head['last_global_no']} is the last; the receipts "
+            f"end at {walk.global_no}.",
+            field="last_global_no",
+        )
+    if head["link"] != walk.link:
+        found.add("BOX_HEAD", "The journal's chain head does not match its last receipt.", field="link")
+    if head["audit_seq"] != audit_seq or (audit_link is not None and head["audit_link"] != audit_link):
+        found.add("BOX_HEAD", "The audit log's head does not match its last entry.", field="audit_link")
+
+
+def _issued_events(journal: Journal, after: int) -> Iterator[tuple[int, str]]:
+    yield from journal.db.execute(
+        "SELECT global_no, hash FROM receipts WHERE global_no > ? ORDER BY global_no", (after,)
+    )
+
+
+def _check_logs(
+    found: Findings, journal: Journal, after_seq: int, previous: bytes, after_receipt: int, replay: bool
+) -> tuple[int, bytes | None]:
+    """Walk the audit log; every receipt issued since `after_receipt` must have its entry, with its hash.
+
+    With `replay`, the entries are also replayed into what the tables must hold (settings, days, prints).
+    """
+    receipts = _issued_events(journal, after_receipt)
+    last_seq, last_link = after_seq, None
+    settings: dict[str, Any] = {}
+    opened: dict[int, str] = {}
+    prints: dict[int, int] = {}
+    close_hash: dict[int, str] = {}
+    status: dict[int, str] = {}
+    for seq, _at, event, detail in _audit_entries(journal, after_seq, previous, found):
+        last_seq = seq
+        if event == "receipt.issued":
+            row = next(receipts, None)
+            if row is None or row[0] != detail.get("global_no"):
+                found.add(
+                    "BOX_AUDIT_LOG",
+                    f"Audit entry {seq} records receipt {detail.get('global_no')}, which the "
+                    "journal does not hold in that place.",
+                    audit_seq=seq,
+                    global_no=detail.get("global_no"),
+                    field="global_no",
+                )
+            elif row[1] != detail.get("hash"):
+                found.add(
+                    "BOX_TAMPER_HASH",
+                    f"Receipt {row[0]}'s hash differs from the one recorded when it was issued.",
+                    global_no=row[0],
+                    field="hash",
+                )
+        elif event == "settings":
+            settings.update(detail)
+        elif event == "day.opened":
+            opened[detail["day_no"]] = detail["opened"]
+            status[detail["day_no"]] = "FiscalDayOpened"
+        elif event == "day.close_requested":
+            close_hash[detail["day_no"]] = detail["hash"]
+            status[detail["day_no"]] = CLOSE_INITIATED
+        elif event == "day.status":
+            status[detail["day_no"]] = detail["status"]
+        elif event == "receipt.printed":
+            prints[detail["global_no"]] = prints.get(detail["global_no"], 0) + 1
+    last_link = journal.head()["audit_link"] if last_seq == after_seq else _link_of(journal, last_seq)
+    extra = next(receipts, None)
+    if extra is not None:
+        found.add(
+            "BOX_AUDIT_LOG",
+            f"Receipt {extra[0]} has no audit entry: it was not written by the box.",
+            global_no=extra[0],
+            field="global_no",
+        )
+    if replay:
+        _compare_replay(found, journal, settings, opened, status, close_hash, prints)
+    return last_seq, last_link
+
+
+def _link_of(journal: Journal, seq: int) -> bytes | None:
+    row = journal.db.execute("SELECT link FROM audit_log WHERE seq = ?", (seq,)).fetchone()
+    return None if row is None else row[0]
+
+
+def _compare_replay(
+    found: Findings,
+    journal: Journal,
+    settings: dict[str, Any],
+    opened: dict[int, str],
+    status: dict[int, str],
+    close_hash: dict[int, str],
+    prints: dict[int, int],
+) -> None:
+    stored = {key: value for key, value in journal.db.execute("SELECT key, value FROM settings")}
+    for key in sorted(set(stored) | set(settings)):
+        if key not in settings or stored.get(key) != detail_json(settings[key]):
+            found.add(
+                "BOX_TAMPER_SETTINGS",
+                f"The setting {key} differs from the one recorded in the audit log.",
+                field=key,
+            )
+    for day in journal.days():
+        n = day["day_no"]
+        if opened.get(n) != day["opened"]:
+            found.add(
+                "BOX_TAMPER_DAY",
+                f"Day {n}'s opening time differs from the audit log.",
+                day_no=n,
+                field="opened",
+            )
+        if status.get(n) != day["status"]:
+            found.add(
+                "BOX_TAMPER_DAY", f"Day {n}'s status differs from the audit log.", day_no=n, field="status"
+            )
+        if close_hash.get(n) != day["close_hash"]:
+            found.add(
+                "BOX_TAMPER_DAY",
+                f"Day {n}'s close hash differs from the audit log.",
+                day_no=n,
+                field="close_hash",
+            )
+    if set(opened) != {day["day_no"] for day in journal.days()}:
+        found.add("BOX_TAMPER_DAY", "The days table and the audit log list different days.", field="day_no")
+    for global_no, _printed, copies in journal.db.execute("SELECT global_no, printed, copies FROM print_log"):
+        if prints.pop(global_no, 0) != copies:
+            found.add(
+                "BOX_TAMPER_PRINT",
+                f"Receipt {global_no}'s print count differs from the audit log.",
+                global_no=global_no,
+                field="copies",
+            )
+    for global_no in prints:
+        found.add(
+            "BOX_TAMPER_PRINT",
+            f"Receipt {global_no} was printed but has no print-log row.",
+            global_no=global_no,
+            field="copies",
+        )
+
+
+def _check_checkpoint(found: Findings, journal: Journal, checkpoint: Any, public_key: Any) -> bool:
+    ok = verify_signature(public_key, checkpoint.signed_text(), checkpoint.signature)
+    row = journal.db.execute(
+        "SELECT link FROM receipts WHERE global_no = ?", (checkpoint.global_no,)
+    ).fetchone()
+    if checkpoint.global_no and (row is None or row[0] != checkpoint.link):
+        ok = False
+    audit = _link_of(journal, checkpoint.audit_seq)
+    if checkpoint.audit_seq and audit != checkpoint.audit_link:
+        ok = False
+    if not ok:
+        found.add(
+            "BOX_TAMPER_CHECKPOINT",
+            f"Checkpoint {checkpoint.seq} does not match the journal or its signature.",
+            field="checkpoint",
+        )
+    return ok
+
+
+def _close_requests(
+    found: Findings,
+    journal: Journal,
+    device_id: int,
+    public_key: Any,
+    counters: dict[int, dict[CounterKey, int]],
+) -> None:
+    """Every signed CloseDay request must carry the day's recomputed counters and a valid signature."""
+    for day in journal.days():
+        if day["close_request"] is None:
+            continue
+        n = day["day_no"]
+        try:
+            request = json.loads(day["close_request"], parse_float=str)
+            ordered = fdms.day_counters(fdms.parse_counters(request["fiscalDayCounters"]))
+        except (ValueError, KeyError, FiscalError):
+            found.add(
+                "BOX_TAMPER_DAY", f"Day {n}'s close request is not readable.", day_no=n, field="close_request"
+            )
+            continue
+        text = fdms.day_string(device_id, n, day["opened"][:10], ordered)
+        if (
+            fdms.hash_b64(text) != day["close_hash"]
+            or request["fiscalDayDeviceSignature"]["hash"] != day["close_hash"]
+        ):
+            found.add(
+                "BOX_TAMPER_DAY",
+                f"Day {n}'s close request does not match its hash.",
+                day_no=n,
+                field="close_request",
+            )
+        signature = fdms.unb64(day["close_signature"] or "")
+        if not verify_signature(public_key, text.encode(), signature):
+            found.add(
+                "BOX_TAMPER_SIGNATURE",
+                f"Day {n}'s close signature does not verify.",
+                day_no=n,
+                field="close_signature",
+            )
+        recomputed = fdms.day_counters(counters.get(n, {}))
+        if ordered != recomputed:
+            found.add(
+                "BOX_COUNTERS",
+                f"Day {n}'s close request counters differ from its receipts.",
+                day_no=n,
+                field="close_request",
+            )
+
+
+def _structure(found: Findings, journal: Journal, full: bool) -> bool:
+    result = journal.integrity_check() if full else journal.quick_check()
+    if result != ["ok"]:
+        found.add(
+            "BOX_JOURNAL_CORRUPT",
+            "SQLite reports damage in the journal file: " + "; ".join(result[:3]),
+            field="file",
+        )
+        return False
+    return True
+
+
+def boot_check(journal: Journal, public_key: Any, device_id: int) -> dict[str, Any]:
+    """Quick: the file's structure, then everything written since the last signed checkpoint."""
+    found = Findings()
+    try:
+        if _structure(found, journal, full=False):
+            checkpoint = journal.last_checkpoint()
+            start = Walk()
+            audit_seq, audit_link = 0, chain.GENESIS
+            if checkpoint is not None and _check_checkpoint(found, journal, checkpoint, public_key):
+                row = journal.receipt(checkpoint.global_no) if checkpoint.global_no else None
+                if row is not None:
+                    start = Walk(
+                        checkpoint.global_no, checkpoint.link, row["day_no"], row["counter"], row["hash"]
+                    )
+                start.counters = {checkpoint.day_no: dict(checkpoint.counters)}
+                audit_seq, audit_link = checkpoint.audit_seq, checkpoint.audit_link
+            end = walk_receipts(journal, device_id, start, found)
+            for day_no, counters in end.counters.items():
+                if day_no:
+                    _compare_counters(found, journal, day_no, counters)
+            seq, link = _check_logs(found, journal, audit_seq, audit_link, start.global_no, replay=False)
+            _check_head(found, journal, end, seq, link)
+    except Exception as error:  # a damaged file can fail in ways no check foresaw; that is a finding too
+        found.add("BOX_JOURNAL_CORRUPT", f"The journal could not be read: {error}.", field="file")
+    return {"clean": not found.items, "problems": found.items}
+
+
+def full_audit(
+    journal: Journal,
+    public_key: Any,
+    device_id: int,
+    progress: Progress | None = None,
+    signatures: bool = True,
+) -> dict[str, Any]:
+    """Everything from the first receipt: chain, hashes, signatures, counters, numbering, logs."""
+    found = Findings()
+    total = journal.head()["last_global_no"]
+    checked = {"receipts": 0, "days": 0, "audit_entries": 0, "checkpoints": 0, "signatures": signatures}
+    try:
+        if _structure(found, journal, full=True):
+            end = walk_receipts(
+                journal, device_id, Walk(), found, public_key if signatures else None, progress, total
+            )
+            checked["receipts"] = end.global_no
+            days = journal.days()
+            checked["days"] = len(days)
+            for day in days:
+                _compare_counters(found, journal, day["day_no"], end.counters.get(day["day_no"], {}))
+            _close_requests(found, journal, device_id, public_key, end.counters)
+            seq, link = _check_logs(found, journal, 0, chain.GENESIS, 0, replay=True)
+            checked["audit_entries"] = seq
+            _check_head(found, journal, end, seq, link)
+            for checkpoint in journal.checkpoints():
+                _check_checkpoint(found, journal, checkpoint, public_key)
+                checked["checkpoints"] += 1
+            missing = journal.db.execute(
+                "SELECT r.global_no FROM receipts r LEFT JOIN outbox o USING (global_no) "
+                "WHERE o.global_no IS NULL "
+                "LIMIT 1"
+            ).fetchone()
+            if missing is not None:
+                found.add(
+                    "BOX_OUTBOX",
+                    f"Receipt {missing[0]} has no outbox row: it would never be delivered.",
+                    global_no=missing[0],
+                    field="outbox",
+                )
+    except Exception as error:  # see boot_check
+        found.add("BOX_JOURNAL_CORRUPT", f"The journal could not be read: {error}.", field="file")
+    return {"clean": not found.items, "problems": found.items, "checked": checked}
+
+
+__all__ = ["boot_check", "full_audit", "signed_view", "counters_from_json"]
