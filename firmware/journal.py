@@ -12,6 +12,7 @@ under those tests is the code in production.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -171,11 +172,12 @@ class Checkpoint:
 
     def signed_text(self) -> bytes:
         return checkpoint_text(
-            self.global_no, self.link, self.audit_seq, self.audit_link, self.day_no, self.counters
+            self.at, self.global_no, self.link, self.audit_seq, self.audit_link, self.day_no, self.counters
         )
 
 
 def checkpoint_text(
+    at: str,
     global_no: int,
     link: bytes,
     audit_seq: int,
@@ -186,6 +188,7 @@ def checkpoint_text(
     """The bytes a checkpoint's signature covers."""
     return detail_json(
         {
+            "at": at,
             "global_no": global_no,
             "link": link.hex(),
             "audit_seq": audit_seq,
@@ -359,7 +362,10 @@ class Journal:
                 "close_requested_at = ? WHERE day_no = ?",
                 (CLOSE_INITIATED, request, day_hash, signature, at, day_no),
             )
-            self.log(at, "day.close_requested", {"day_no": day_no, "hash": day_hash})
+            digest = hashlib.sha256(request.encode()).hexdigest()
+            self.log(
+                at, "day.close_requested", {"day_no": day_no, "hash": day_hash, "request_sha256": digest}
+            )
 
     def set_day_status(self, day_no: int, status: str, at: str, **values: Any) -> None:
         """Record what FDMS said of a close: Closed (with its signature) or CloseFailed (with its code)."""
@@ -556,7 +562,7 @@ class Journal:
         reason: str,
     ) -> None:
         """Record a verified point, signed by the device key, so later checks start from here."""
-        text = checkpoint_text(global_no, link, audit_seq, audit_link, day_no, counters)
+        text = checkpoint_text(at, global_no, link, audit_seq, audit_link, day_no, counters)
         signature = sign(text)
         with self.transaction():
             self.db.execute(

@@ -10,13 +10,14 @@ at the beginning and verifies every signature with the device key. Findings name
 from __future__ import annotations
 
 import binascii
+import hashlib
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from firmware.core import chain, fdms, money
 from firmware.core.errors import FiscalError
-from firmware.journal import CLOSE_INITIATED, CounterKey, Journal, counters_from_json, detail_json
+from firmware.journal import CLOSE_INITIATED, OPENED, CounterKey, Journal, counters_from_json, detail_json
 from hardware.signatures import verify as verify_signature
 
 Progress = Callable[[int, int], None]
@@ -344,58 +345,105 @@ def _check_head(
         found.add("BOX_HEAD", "The audit log's head does not match its last entry.", field="audit_link")
 
 
-def _issued_events(journal: Journal, after: int) -> Iterator[tuple[int, str]]:
-    yield from journal.db.execute(
-        "SELECT global_no, hash FROM receipts WHERE global_no > ? ORDER BY global_no", (after,)
-    )
+ISSUED_ROWS = (
+    "SELECT r.global_no, r.hash, o.state, o.attempts, o.receipt_id, o.server_date, o.server_signature, "
+    "o.errors, o.updated FROM receipts r LEFT JOIN outbox o USING (global_no) WHERE r.global_no > ? "
+    "ORDER BY r.global_no"
+)
+
+
+class Replay:
+    """What the tables must hold, rebuilt from the audit log's entries."""
+
+    def __init__(self) -> None:
+        self.settings: dict[str, Any] = {}
+        self.days: dict[int, dict[str, Any]] = {}
+        self.prints: dict[int, tuple[int, str]] = {}
+        self.checkpoints: list[tuple[str, dict[str, Any]]] = []
+        self.outbox_changed: list[int] = []
+
+    def apply(self, at: str, event: str, detail: dict[str, Any]) -> None:
+        if event == "settings":
+            self.settings.update(detail)
+        elif event == "day.opened":
+            self.days[detail["day_no"]] = {
+                "opened": detail["opened"],
+                "status": OPENED,
+                "close_hash": None,
+                "close_requested_at": None,
+                "request_sha256": None,
+                "closed_at": None,
+                "server_signature": None,
+                "closing_error": None,
+            }
+        elif event == "day.close_requested" and detail.get("day_no") in self.days:
+            self.days[detail["day_no"]].update(
+                status=CLOSE_INITIATED,
+                close_hash=detail["hash"],
+                close_requested_at=at,
+                request_sha256=detail["request_sha256"],
+            )
+        elif event == "day.status" and detail.get("day_no") in self.days:
+            self.days[detail["day_no"]].update({k: v for k, v in detail.items() if k != "day_no"})
+        elif event == "receipt.printed":
+            copies = self.prints.get(detail["global_no"], (0, ""))[0]
+            self.prints[detail["global_no"]] = (copies + 1, at)
+        elif event == "checkpoint":
+            self.checkpoints.append((at, detail))
+
+
+def _check_issued(found: Findings, seq: int, at: str, detail: dict[str, Any], row: Any) -> None:
+    """A receipt.issued entry against the receipt and outbox rows it must match."""
+    if row is None or row[0] != detail.get("global_no"):
+        found.add(
+            "BOX_AUDIT_LOG",
+            f"Audit entry {seq} records receipt {detail.get('global_no')}, which the journal does not hold "
+            "in that place.",
+            audit_seq=seq,
+            global_no=detail.get("global_no"),
+            field="global_no",
+        )
+        return
+    global_no, receipt_hash, *outbox = row
+    if receipt_hash != detail.get("hash"):
+        found.add(
+            "BOX_TAMPER_HASH",
+            f"Receipt {global_no}'s hash differs from the one recorded when it was issued.",
+            global_no=global_no,
+            field="hash",
+        )
+    # Until delivery records its own entries, an outbox row is exactly what issuing wrote.
+    if outbox != ["pending", 0, None, None, None, None, at]:
+        found.add(
+            "BOX_OUTBOX",
+            f"Receipt {global_no}'s outbox row differs from what the audit log recorded.",
+            global_no=global_no,
+            field="outbox",
+        )
 
 
 def _check_logs(
     found: Findings, journal: Journal, after_seq: int, previous: bytes, after_receipt: int, replay: bool
 ) -> tuple[int, bytes | None]:
-    """Walk the audit log; every receipt issued since `after_receipt` must have its entry, with its hash.
-
-    With `replay`, the entries are also replayed into what the tables must hold (settings, days, prints).
-    """
-    receipts = _issued_events(journal, after_receipt)
-    last_seq, last_link = after_seq, None
-    settings: dict[str, Any] = {}
-    opened: dict[int, str] = {}
-    prints: dict[int, int] = {}
-    close_hash: dict[int, str] = {}
-    status: dict[int, str] = {}
-    for seq, _at, event, detail in _audit_entries(journal, after_seq, previous, found):
+    """Walk the audit log; every receipt issued since `after_receipt` must have its entry, with its hash
+    and its outbox row. With `replay`, the tables must also equal a replay of every entry."""
+    receipts = iter(journal.db.execute(ISSUED_ROWS, (after_receipt,)))
+    last_seq = after_seq
+    state = Replay()
+    for seq, at, event, detail in _audit_entries(journal, after_seq, previous, found):
         last_seq = seq
         if event == "receipt.issued":
-            row = next(receipts, None)
-            if row is None or row[0] != detail.get("global_no"):
+            _check_issued(found, seq, at, detail, next(receipts, None))
+        elif replay:
+            try:
+                state.apply(at, event, detail)
+            except (KeyError, TypeError):
                 found.add(
                     "BOX_AUDIT_LOG",
-                    f"Audit entry {seq} records receipt {detail.get('global_no')}, which the "
-                    "journal does not hold in that place.",
+                    f"Audit entry {seq} ({event}) is malformed.",
                     audit_seq=seq,
-                    global_no=detail.get("global_no"),
-                    field="global_no",
+                    field="detail",
                 )
-            elif row[1] != detail.get("hash"):
-                found.add(
-                    "BOX_TAMPER_HASH",
-                    f"Receipt {row[0]}'s hash differs from the one recorded when it was issued.",
-                    global_no=row[0],
-                    field="hash",
-                )
-        elif event == "settings":
-            settings.update(detail)
-        elif event == "day.opened":
-            opened[detail["day_no"]] = detail["opened"]
-            status[detail["day_no"]] = "FiscalDayOpened"
-        elif event == "day.close_requested":
-            close_hash[detail["day_no"]] = detail["hash"]
-            status[detail["day_no"]] = CLOSE_INITIATED
-        elif event == "day.status":
-            status[detail["day_no"]] = detail["status"]
-        elif event == "receipt.printed":
-            prints[detail["global_no"]] = prints.get(detail["global_no"], 0) + 1
     last_link = journal.head()["audit_link"] if last_seq == after_seq else _link_of(journal, last_seq)
     extra = next(receipts, None)
     if extra is not None:
@@ -406,7 +454,7 @@ def _check_logs(
             field="global_no",
         )
     if replay:
-        _compare_replay(found, journal, settings, opened, status, close_hash, prints)
+        _compare_replay(found, journal, state)
     return last_seq, last_link
 
 
@@ -415,60 +463,77 @@ def _link_of(journal: Journal, seq: int) -> bytes | None:
     return None if row is None else row[0]
 
 
-def _compare_replay(
-    found: Findings,
-    journal: Journal,
-    settings: dict[str, Any],
-    opened: dict[int, str],
-    status: dict[int, str],
-    close_hash: dict[int, str],
-    prints: dict[int, int],
-) -> None:
+def _compare_replay(found: Findings, journal: Journal, state: Replay) -> None:
     stored = {key: value for key, value in journal.db.execute("SELECT key, value FROM settings")}
-    for key in sorted(set(stored) | set(settings)):
-        if key not in settings or stored.get(key) != detail_json(settings[key]):
+    for key in sorted(set(stored) | set(state.settings)):
+        if key not in state.settings or stored.get(key) != detail_json(state.settings[key]):
             found.add(
                 "BOX_TAMPER_SETTINGS",
                 f"The setting {key} differs from the one recorded in the audit log.",
                 field=key,
             )
-    for day in journal.days():
+    firsts = dict(journal.db.execute("SELECT day_no, min(global_no) FROM receipts GROUP BY day_no"))
+    days = journal.days()
+    for day in days:
         n = day["day_no"]
-        if opened.get(n) != day["opened"]:
+        want = state.days.get(n)
+        if want is None:
+            found.add(
+                "BOX_TAMPER_DAY", f"Day {n} has no opening entry in the audit log.", day_no=n, field="day_no"
+            )
+            continue
+        request = day["close_request"]
+        have = dict(
+            day, request_sha256=None if request is None else hashlib.sha256(request.encode()).hexdigest()
+        )
+        for name, value in want.items():
+            if have.get(name) != value:
+                found.add(
+                    "BOX_TAMPER_DAY", f"Day {n}'s {name} differs from the audit log.", day_no=n, field=name
+                )
+        if day["first_global_no"] != firsts.get(n):
             found.add(
                 "BOX_TAMPER_DAY",
-                f"Day {n}'s opening time differs from the audit log.",
+                f"Day {n}'s first receipt number is wrong.",
                 day_no=n,
-                field="opened",
+                field="first_global_no",
             )
-        if status.get(n) != day["status"]:
-            found.add(
-                "BOX_TAMPER_DAY", f"Day {n}'s status differs from the audit log.", day_no=n, field="status"
-            )
-        if close_hash.get(n) != day["close_hash"]:
-            found.add(
-                "BOX_TAMPER_DAY",
-                f"Day {n}'s close hash differs from the audit log.",
-                day_no=n,
-                field="close_hash",
-            )
-    if set(opened) != {day["day_no"] for day in journal.days()}:
+    if len(days) != len(state.days):
         found.add("BOX_TAMPER_DAY", "The days table and the audit log list different days.", field="day_no")
-    for global_no, _printed, copies in journal.db.execute("SELECT global_no, printed, copies FROM print_log"):
-        if prints.pop(global_no, 0) != copies:
+    head_day = journal.head()["day_no"]
+    if head_day != max(state.days, default=0):
+        found.add("BOX_HEAD", "The journal head names the wrong current day.", field="day_no")
+    prints = dict(state.prints)
+    for global_no, printed, copies, last_at in journal.db.execute("SELECT * FROM print_log"):
+        if (printed, copies, last_at) != (1, *prints.pop(global_no, (0, None))):
             found.add(
                 "BOX_TAMPER_PRINT",
-                f"Receipt {global_no}'s print count differs from the audit log.",
+                f"Receipt {global_no}'s print record differs from the audit log.",
                 global_no=global_no,
-                field="copies",
+                field="print_log",
             )
     for global_no in prints:
         found.add(
             "BOX_TAMPER_PRINT",
             f"Receipt {global_no} was printed but has no print-log row.",
             global_no=global_no,
-            field="copies",
+            field="print_log",
         )
+    rows = journal.checkpoints()
+    if len(rows) != len(state.checkpoints):
+        found.add(
+            "BOX_TAMPER_CHECKPOINT",
+            "Checkpoints and their audit entries differ in number.",
+            field="checkpoint",
+        )
+    for n, (checkpoint, (at, detail)) in enumerate(zip(rows, state.checkpoints, strict=False), start=1):
+        recorded = (n, at, detail.get("global_no"), detail.get("audit_seq"))
+        if (checkpoint.seq, checkpoint.at, checkpoint.global_no, checkpoint.audit_seq) != recorded:
+            found.add(
+                "BOX_TAMPER_CHECKPOINT",
+                f"Checkpoint {checkpoint.seq} differs from the audit log.",
+                field="checkpoint",
+            )
 
 
 def _check_checkpoint(found: Findings, journal: Journal, checkpoint: Any, public_key: Any) -> bool:
@@ -606,18 +671,6 @@ def full_audit(
             for checkpoint in journal.checkpoints():
                 _check_checkpoint(found, journal, checkpoint, public_key)
                 checked["checkpoints"] += 1
-            missing = journal.db.execute(
-                "SELECT r.global_no FROM receipts r LEFT JOIN outbox o USING (global_no) "
-                "WHERE o.global_no IS NULL "
-                "LIMIT 1"
-            ).fetchone()
-            if missing is not None:
-                found.add(
-                    "BOX_OUTBOX",
-                    f"Receipt {missing[0]} has no outbox row: it would never be delivered.",
-                    global_no=missing[0],
-                    field="outbox",
-                )
     except Exception as error:  # see boot_check
         found.add("BOX_JOURNAL_CORRUPT", f"The journal could not be read: {error}.", field="file")
     return {"clean": not found.items, "problems": found.items, "checked": checked}
