@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import apsw
+
 from firmware import backup as backups
 from firmware import export as exports
 from firmware import verify
@@ -58,11 +60,19 @@ class Box:
         self.day_warn_minutes = day_warn_minutes
         self.future_skew_seconds = future_skew_seconds
         self.anchor = anchor
-        self._settings = journal.settings()
-        self._taxes = fdms.parse_taxes(self._settings["taxes"]) if "taxes" in self._settings else None
+        self._settings: dict[str, Any] = {}
+        self._taxes: list[dict[str, Any]] | None = None
         self._context: fdms.Context | None = None
         self._context_day = 0
-        self.boot = self._boot_check()
+        try:
+            self._settings = journal.settings()
+            self._taxes = fdms.parse_taxes(self._settings["taxes"]) if "taxes" in self._settings else None
+            self.boot = self._boot_check()
+        except (apsw.Error, FiscalError, ValueError, KeyError, TypeError) as error:
+            # A journal too damaged to check is a finding too: the box starts, says so, and will not issue.
+            message = error.message if isinstance(error, FiscalError) else str(error)
+            problem = {"code": "BOX_JOURNAL_CORRUPT", "message": f"The journal cannot be read: {message}"}
+            self.boot = {"clean": False, "problems": [problem]}
 
     # -----------------------------------------------------------------------------------------------------
     # Time and identity
@@ -87,9 +97,9 @@ class Box:
     def _boot_check(self) -> dict[str, Any]:
         """Verify what changed since the last checkpoint; on a mismatch the box refuses to issue."""
         at = self.now_local()
-        if "device_id" not in self._settings or self.keys.algorithm is None:
-            return {"clean": True, "problems": [], "skipped": "not provisioned"}
-        result = verify.boot_check(self.journal, self._public_key(), self.device_id)
+        if self.keys.algorithm is None:
+            return {"clean": True, "problems": [], "skipped": "no device key yet"}
+        result = verify.boot_check(self.journal, self._public_key(), self._settings.get("device_id", 0))
         with self.journal.transaction():
             self.journal.log(at, "boot", {"clean": result["clean"], "problems": len(result["problems"])})
         if result["clean"]:
@@ -99,19 +109,7 @@ class Box:
         return result
 
     def _checkpoint(self, at: str, reason: str) -> None:
-        head = self.journal.head()
-        day_no = head["day_no"]
-        self.journal.add_checkpoint(
-            at,
-            head["last_global_no"],
-            head["link"],
-            head["audit_seq"],  # its own audit entry is checked from here on, by the next check
-            head["audit_link"],
-            day_no,
-            self.journal.counters(day_no),
-            self.keys.sign,
-            reason,
-        )
+        self.journal.add_checkpoint(at, self.keys.sign, reason)
 
     def _ensure_sound(self) -> None:
         if not self.boot["clean"]:
@@ -430,8 +428,12 @@ class Box:
 
     def audit(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
         """Verify everything; name the receipt and field of any tampering. A clean audit is a checkpoint."""
-        self._ensure_provisioned()
-        report = verify.full_audit(self.journal, self._public_key(), self.device_id, progress)
+        if self.keys.algorithm is None:
+            raise _refuse(
+                "BOX_KEY_MISSING", "The box has no device key, so there is nothing signed to audit."
+            )
+        device_id = self._settings.get("device_id", 0)
+        report = verify.full_audit(self.journal, self._public_key(), device_id, progress)
         at = self.now_local()
         with self.journal.transaction():
             self.journal.log(at, "audit", {"clean": report["clean"], "problems": len(report["problems"])})

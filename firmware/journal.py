@@ -106,6 +106,7 @@ MIGRATIONS: dict[int, list[str]] = {
             audit_link BLOB NOT NULL,
             day_no INTEGER NOT NULL,
             counters TEXT NOT NULL,
+            settings TEXT NOT NULL,
             signature BLOB NOT NULL)""",
         """INSERT INTO head VALUES (1, 0, 0, zeroblob(32), 0, zeroblob(32))""",
     ],
@@ -168,11 +169,19 @@ class Checkpoint:
     audit_link: bytes
     day_no: int
     counters: dict[CounterKey, int]
+    settings: dict[str, Any]
     signature: bytes
 
     def signed_text(self) -> bytes:
         return checkpoint_text(
-            self.at, self.global_no, self.link, self.audit_seq, self.audit_link, self.day_no, self.counters
+            self.at,
+            self.global_no,
+            self.link,
+            self.audit_seq,
+            self.audit_link,
+            self.day_no,
+            self.counters,
+            self.settings,
         )
 
 
@@ -184,6 +193,7 @@ def checkpoint_text(
     audit_link: bytes,
     day_no: int,
     counters: dict[CounterKey, int],
+    settings: dict[str, Any],
 ) -> bytes:
     """The bytes a checkpoint's signature covers."""
     return detail_json(
@@ -195,6 +205,7 @@ def checkpoint_text(
             "audit_link": audit_link.hex(),
             "day_no": day_no,
             "counters": counters_json(counters),
+            "settings": settings,
         }
     ).encode()
 
@@ -544,43 +555,59 @@ class Journal:
 
     @staticmethod
     def _checkpoint(row: tuple[Any, ...]) -> Checkpoint:
-        seq, at, global_no, link, audit_seq, audit_link, day_no, counters, signature = row
+        seq, at, global_no, link, audit_seq, audit_link, day_no, counters, settings, signature = row
         return Checkpoint(
-            seq, at, global_no, link, audit_seq, audit_link, day_no, counters_from_json(counters), signature
+            seq,
+            at,
+            global_no,
+            link,
+            audit_seq,
+            audit_link,
+            day_no,
+            counters_from_json(counters),
+            json.loads(settings),
+            signature,
         )
 
-    def add_checkpoint(
-        self,
-        at: str,
-        global_no: int,
-        link: bytes,
-        audit_seq: int,
-        audit_link: bytes,
-        day_no: int,
-        counters: dict[CounterKey, int],
-        sign: Callable[[bytes], bytes],
-        reason: str,
-    ) -> None:
-        """Record a verified point, signed by the device key, so later checks start from here."""
-        text = checkpoint_text(at, global_no, link, audit_seq, audit_link, day_no, counters)
-        signature = sign(text)
+    def add_checkpoint(self, at: str, sign: Callable[[bytes], bytes], reason: str) -> None:
+        """Record the journal's present state as verified, signed by the device key, so later checks start
+        here: the head, the current day's counters and the settings in force."""
         with self.transaction():
+            head = self.head()
+            day_no = head["day_no"]
+            counters = self.counters(day_no)
+            settings = self.settings()
+            text = checkpoint_text(
+                at,
+                head["last_global_no"],
+                head["link"],
+                head["audit_seq"],
+                head["audit_link"],
+                day_no,
+                counters,
+                settings,
+            )
             self.db.execute(
                 "INSERT INTO checkpoints "
-                "(at, global_no, link, audit_seq, audit_link, day_no, counters, signature) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "(at, global_no, link, audit_seq, audit_link, day_no, counters, settings, signature) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     at,
-                    global_no,
-                    link,
-                    audit_seq,
-                    audit_link,
+                    head["last_global_no"],
+                    head["link"],
+                    head["audit_seq"],
+                    head["audit_link"],
                     day_no,
                     detail_json(counters_json(counters)),
-                    signature,
+                    detail_json(settings),
+                    sign(text),
                 ),
             )
-            self.log(at, "checkpoint", {"global_no": global_no, "audit_seq": audit_seq, "reason": reason})
+            self.log(
+                at,
+                "checkpoint",
+                {"global_no": head["last_global_no"], "audit_seq": head["audit_seq"], "reason": reason},
+            )
 
     # -----------------------------------------------------------------------------------------------------
     # Checks and copies

@@ -423,18 +423,25 @@ def _check_issued(found: Findings, seq: int, at: str, detail: dict[str, Any], ro
 
 
 def _check_logs(
-    found: Findings, journal: Journal, after_seq: int, previous: bytes, after_receipt: int, replay: bool
+    found: Findings,
+    journal: Journal,
+    after_seq: int,
+    previous: bytes,
+    after_receipt: int,
+    replay: bool,
+    settings: dict[str, Any],
 ) -> tuple[int, bytes | None]:
     """Walk the audit log; every receipt issued since `after_receipt` must have its entry, with its hash
     and its outbox row. With `replay`, the tables must also equal a replay of every entry."""
     receipts = iter(journal.db.execute(ISSUED_ROWS, (after_receipt,)))
     last_seq = after_seq
     state = Replay()
+    state.settings = dict(settings)
     for seq, at, event, detail in _audit_entries(journal, after_seq, previous, found):
         last_seq = seq
         if event == "receipt.issued":
             _check_issued(found, seq, at, detail, next(receipts, None))
-        elif replay:
+        elif replay or event == "settings":
             try:
                 state.apply(at, event, detail)
             except (KeyError, TypeError):
@@ -453,6 +460,7 @@ def _check_logs(
             global_no=extra[0],
             field="global_no",
         )
+    _compare_settings(found, journal, state.settings)
     if replay:
         _compare_replay(found, journal, state)
     return last_seq, last_link
@@ -463,15 +471,18 @@ def _link_of(journal: Journal, seq: int) -> bytes | None:
     return None if row is None else row[0]
 
 
-def _compare_replay(found: Findings, journal: Journal, state: Replay) -> None:
+def _compare_settings(found: Findings, journal: Journal, settings: dict[str, Any]) -> None:
     stored = {key: value for key, value in journal.db.execute("SELECT key, value FROM settings")}
-    for key in sorted(set(stored) | set(state.settings)):
-        if key not in state.settings or stored.get(key) != detail_json(state.settings[key]):
+    for key in sorted(set(stored) | set(settings)):
+        if key not in settings or stored.get(key) != detail_json(settings[key]):
             found.add(
                 "BOX_TAMPER_SETTINGS",
                 f"The setting {key} differs from the one recorded in the audit log.",
                 field=key,
             )
+
+
+def _compare_replay(found: Findings, journal: Journal, state: Replay) -> None:
     firsts = dict(journal.db.execute("SELECT day_no, min(global_no) FROM receipts GROUP BY day_no"))
     days = journal.days()
     for day in days:
@@ -565,6 +576,13 @@ def _close_requests(
     """Every signed CloseDay request must carry the day's recomputed counters and a valid signature."""
     for day in journal.days():
         if day["close_request"] is None:
+            if day["close_signature"] is not None:
+                found.add(
+                    "BOX_TAMPER_DAY",
+                    f"Day {day['day_no']} has a close signature but no close request.",
+                    day_no=day["day_no"],
+                    field="close_signature",
+                )
             continue
         n = day["day_no"]
         try:
@@ -624,7 +642,9 @@ def boot_check(journal: Journal, public_key: Any, device_id: int) -> dict[str, A
             checkpoint = journal.last_checkpoint()
             start = Walk()
             audit_seq, audit_link = 0, chain.GENESIS
+            settings: dict[str, Any] = {}
             if checkpoint is not None and _check_checkpoint(found, journal, checkpoint, public_key):
+                settings = checkpoint.settings
                 row = journal.receipt(checkpoint.global_no) if checkpoint.global_no else None
                 if row is not None:
                     start = Walk(
@@ -636,7 +656,9 @@ def boot_check(journal: Journal, public_key: Any, device_id: int) -> dict[str, A
             for day_no, counters in end.counters.items():
                 if day_no:
                     _compare_counters(found, journal, day_no, counters)
-            seq, link = _check_logs(found, journal, audit_seq, audit_link, start.global_no, replay=False)
+            seq, link = _check_logs(
+                found, journal, audit_seq, audit_link, start.global_no, replay=False, settings=settings
+            )
             _check_head(found, journal, end, seq, link)
     except Exception as error:  # a damaged file can fail in ways no check foresaw; that is a finding too
         found.add("BOX_JOURNAL_CORRUPT", f"The journal could not be read: {error}.", field="file")
@@ -665,7 +687,7 @@ def full_audit(
             for day in days:
                 _compare_counters(found, journal, day["day_no"], end.counters.get(day["day_no"], {}))
             _close_requests(found, journal, device_id, public_key, end.counters)
-            seq, link = _check_logs(found, journal, 0, chain.GENESIS, 0, replay=True)
+            seq, link = _check_logs(found, journal, 0, chain.GENESIS, 0, replay=True, settings={})
             checked["audit_entries"] = seq
             _check_head(found, journal, end, seq, link)
             for checkpoint in journal.checkpoints():
