@@ -16,9 +16,7 @@ import apsw
 import pytest
 from box_rig import DEVICE_ID, SETTINGS, Rig, StepClock, sale
 
-from firmware.box import Box
 from firmware.core.errors import FiscalError
-from firmware.journal import Journal
 
 FIELD_TRIALS = 400
 BYTE_TRIALS = 400
