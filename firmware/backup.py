@@ -84,7 +84,8 @@ def make_backup(
     dest.mkdir(parents=True, exist_ok=True)
     head = journal.head()
     stamp = at.replace("-", "").replace(":", "")
-    name = f"journal-{head['last_global_no']:010d}-{stamp}.db"
+    prefix = f"journal-{head['last_global_no']:010d}-{stamp}-"
+    name = f"{prefix}{len(list(dest.glob(prefix + '*.db'))) + 1:03d}.db"  # names sort oldest first
     temporary = dest / (name + ".tmp")
     try:
         journal.backup_to(temporary)

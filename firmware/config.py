@@ -27,6 +27,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "pin_env": "FISCALBOX_TOKEN_PIN",
         "key_label": "fiscalbox-device",
     },
+    "journal": {
+        "path": "/var/lib/fiscalbox/journal.db",
+        "anchor": "/var/lib/fiscalbox/anchor.json",
+        "backup_dir": "/var/lib/fiscalbox/backups",
+        "retain": 7,
+    },
+    "box": {"zone": "Africa/Harare", "day_warn_minutes": 60},
 }
 
 
@@ -36,6 +43,8 @@ class Config:
 
     device: dict[str, Any]
     keys: dict[str, Any]
+    journal: dict[str, Any]
+    box: dict[str, Any]
 
     def secret(self, section: str, env_key: str, environ: Mapping[str, str]) -> str:
         """The secret held in the environment variable the config names; refused clearly when absent."""

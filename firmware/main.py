@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping
 from contextlib import closing
 from pathlib import Path
@@ -19,10 +20,15 @@ import click
 from cryptography import x509
 
 from firmware import config as configuration
+from firmware import verify
+from firmware.backup import Anchor, restore
+from firmware.box import Box
 from firmware.core import fdms
 from firmware.core.errors import FiscalError
+from firmware.journal import Journal
 from hardware import ECDSA_P256, RSA_2048, KeyStore
 from hardware.keystores import FileKeyStore, Pkcs11KeyStore
+from hardware.signatures import load_public_key
 
 ALGORITHM_NAMES = {"ecdsa": ECDSA_P256, "rsa": RSA_2048}
 T = TypeVar("T")
@@ -69,6 +75,13 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 @main.group()
 def key() -> None:
     """The device key: made in the key store, never leaves it."""
+
+
+class SystemClock:
+    """The box's real-time clock."""
+
+    def now(self) -> float:
+        return time.time()
 
 
 def _with_store(cfg: configuration.Config, action: Callable[[KeyStore], T]) -> T:
@@ -143,6 +156,183 @@ def key_show(cfg: configuration.Config, as_json: bool) -> None:
         click.echo(f"certificate: {cert['subject']}, valid till {cert['valid_till']}")
     else:
         click.echo("certificate: none installed")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The journal: status, audit, backup, restore, export
+
+
+def _emit(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
+    click.echo(json.dumps(data, indent=2) if as_json else text(data))
+
+
+def _open_box(cfg: configuration.Config, store: KeyStore, journal_path: str | None = None) -> Box:
+    journal = Journal(journal_path or cfg.journal["path"])
+    return Box(
+        journal,
+        store,
+        SystemClock(),
+        zone=cfg.box["zone"],
+        day_warn_minutes=cfg.box["day_warn_minutes"],
+        anchor=Anchor(cfg.journal["anchor"]),
+    )
+
+
+def _with_box(cfg: configuration.Config, action: Callable[[Box], T], journal_path: str | None = None) -> T:
+    def run(store: KeyStore) -> T:
+        box = _open_box(cfg, store, journal_path)
+        try:
+            return action(box)
+        finally:
+            box.journal.close()
+
+    return _with_store(cfg, run)
+
+
+def _progress_printer(as_json: bool) -> Callable[[int, int], None] | None:
+    """Progress on standard error for long work; nothing when the output is for a script."""
+    if as_json:
+        return None
+
+    def show(done: int, total: int) -> None:
+        click.echo(f"\r  checked {done:,} of {total:,} receipts", nl=False, err=True)
+
+    return show
+
+
+@main.command("status")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
+@click.pass_obj
+def status_command(cfg: configuration.Config, as_json: bool) -> None:
+    """The box's state: current day, last receipt, outbox, unprinted receipts, journal check."""
+
+    def text(info: dict[str, Any]) -> str:
+        day = info["day"]
+        lines = [
+            f"device {info['device_id']} ({info['serial']}), last receipt {info['last_global_no']}",
+            "no day opened yet"
+            if day is None
+            else f"day {day['day_no']} {day['status']} since {day['opened']}, {day['receipts']} receipts, "
+            f"ends {day['ends']}",
+            f"outbox {info['outbox']}, unprinted {len(info['unprinted'])}",
+            "journal check: "
+            + ("clean" if info["journal"]["clean"] else info["journal"]["problems"][0]["message"]),
+        ]
+        lines += [f"warning {w['code']}: {w['message']}" for w in info["warnings"]]
+        return "\n".join(lines)
+
+    _emit(_with_box(cfg, lambda box: box.status()), as_json, text)
+
+
+@main.command("audit")
+@click.option(
+    "--journal",
+    "journal_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The journal file to audit (default: the configured one).",
+)
+@click.option(
+    "--public-key",
+    "public_key_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Check against this public key or certificate instead of the key store's key.",
+)
+@click.option("--verbose", is_flag=True, help="List every problem, not only the first ten.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
+@click.pass_obj
+def audit_command(
+    cfg: configuration.Config,
+    journal_path: str | None,
+    public_key_path: str | None,
+    verbose: bool,
+    as_json: bool,
+) -> None:
+    """Verify the whole journal: chain, hashes, signatures, counters, numbering, logs. Exit 0 only when clean.
+
+    Read-only: it neither writes to the journal nor needs the private key when --public-key is given.
+    """
+    if public_key_path is not None:
+        public_key = load_public_key(Path(public_key_path).read_bytes())
+    else:
+        public_key = load_public_key(_with_store(cfg, lambda store: store.public_key_pem()))
+    try:
+        journal = Journal(journal_path or cfg.journal["path"])
+    except FiscalError as error:
+        _fail(error)
+    try:
+        device_id = journal.settings().get("device_id", 0)
+        report = verify.full_audit(journal, public_key, device_id, _progress_printer(as_json))
+    finally:
+        journal.close()
+    if not as_json:
+        click.echo("", err=True)
+    shown = report["problems"] if verbose else report["problems"][:10]
+
+    def text(data: dict[str, Any]) -> str:
+        checked = data["checked"]
+        head = (
+            f"{'clean' if data['clean'] else 'PROBLEMS FOUND'}: {checked['receipts']} receipts, "
+            f"{checked['days']} days, {checked['audit_entries']} audit entries, "
+            f"{checked['checkpoints']} checkpoints checked"
+        )
+        lines = [head] + [
+            f"  {p['code']}: {p['message']}" + (f" [field {p['field']}]" if p.get("field") else "")
+            for p in shown
+        ]
+        if len(shown) < len(data["problems"]):
+            lines.append(f"  ... and {len(data['problems']) - len(shown)} more (--verbose lists them)")
+        return "\n".join(lines)
+
+    _emit(report, as_json, text)
+    sys.exit(0 if report["clean"] else 1)
+
+
+@main.command("backup")
+@click.argument("dest", required=False)
+@click.option(
+    "--retain", type=int, default=None, help="Keep only the newest N backups (default: journal.retain)."
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
+@click.pass_obj
+def backup_command(cfg: configuration.Config, dest: str | None, retain: int | None, as_json: bool) -> None:
+    """Copy the journal online into DEST (default: journal.backup_dir) with a signed manifest."""
+    target = dest or cfg.journal["backup_dir"]
+    keep = retain if retain is not None else cfg.journal["retain"]
+    result = _with_box(cfg, lambda box: box.backup(target, keep))
+    _emit(
+        result,
+        as_json,
+        lambda r: (
+            f"backup {r['file']} (receipts up to {r['manifest']['last_global_no']}), "
+            f"manifest {r['manifest_file']}; removed {len(r['removed'])} older"
+        ),
+    )
+
+
+@main.command("restore")
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
+@click.pass_obj
+def restore_command(cfg: configuration.Config, manifest: str, as_json: bool) -> None:
+    """Put a backup in place of the journal; refused when it is older than what the box has committed."""
+    pem = _with_store(cfg, lambda store: store.public_key_pem())
+    try:
+        result = restore(Path(manifest), Path(cfg.journal["path"]), pem, Anchor(cfg.journal["anchor"]))
+    except FiscalError as error:
+        _fail(error)
+    _emit(result, as_json, lambda r: f"restored receipts up to {r['last_global_no']} into {r['restored']}")
+
+
+@main.command("export")
+@click.option("--from", "first", type=int, required=True, help="First global receipt number.")
+@click.option("--to", "last", type=int, required=True, help="Last global receipt number.")
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
+@click.pass_obj
+def export_command(cfg: configuration.Config, first: int, last: int, out: str, as_json: bool) -> None:
+    """Write receipts FROM..TO as a signed file that `fiscalbox journal verify` checks offline."""
+    result = _with_box(cfg, lambda box: box.export_journal(first, last, out))
+    _emit(result, as_json, lambda r: f"exported receipts {r['first']}..{r['last']} to {r['file']}")
 
 
 if __name__ == "__main__":

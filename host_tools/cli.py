@@ -20,6 +20,7 @@ from firmware.core import fdms
 from firmware.core.errors import FiscalError
 from hardware import signatures
 from host_tools import explain as explaining
+from host_tools import journal_file
 
 PASSPHRASE_ENV = "FISCALBOX_KEY_PASSPHRASE"
 
@@ -196,6 +197,36 @@ def explain_day(
     except FiscalError as error:
         _fail(error)
     _show(report, as_json)
+
+
+@main.group()
+def journal() -> None:
+    """A box's journal, offline."""
+
+
+@journal.command("verify")
+@click.argument("file")
+@click.option("--cert", "cert_path", required=True, help="The device's certificate or public key PEM.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
+def journal_verify(file: str, cert_path: str, as_json: bool) -> None:
+    """Check a journal export (`fiscalbox-device export`): exit 0 clean, 1 problems found, 2 bad input."""
+    try:
+        report = journal_file.verify_export(_read(file), _read_key(cert_path, False))
+    except FiscalError as error:
+        _fail(error)
+    except (KeyError, TypeError, ValueError) as error:
+        _fail(FiscalError("BOX_EXPORT_FORMAT", f"The file is missing or mangles a member ({error}).", "file"))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        verdict = "clean" if report["clean"] else "PROBLEMS FOUND"
+        click.echo(
+            f"{verdict}: device {report['device_id']}, receipts {report['first']}..{report['last']} "
+            f"({report['receipts']}), days {report['days']}"
+        )
+        for item in report["problems"]:
+            click.echo(f"  {item['code']}: {item['message']}")
+    sys.exit(0 if report["clean"] else 1)
 
 
 if __name__ == "__main__":
