@@ -1,21 +1,27 @@
-"""`make demo`: one fiscal day on a fresh key, from sales to the signed close, shown through `explain`.
+"""`make demo`: one fiscal day on a real box journal, from sales to the signed close, audit and export.
 
-Makes a device key in out/demo/ (encrypted file key store), its certificate request, then completes,
-validates, chains and signs a few receipts of every type (two currencies; exempt, 0 %, 15.5 %; a buyer;
-a credit and a debit note), refuses one bad sale the way the box will, and prepares the signed CloseDay
-body. Every signed document is written as JSON and checked with `fiscalbox explain` against the public key.
+Makes a device key in out/demo/ (encrypted file key store) and its certificate request, provisions a box
+on a fresh journal, and issues a few receipts of every type (two currencies; exempt, 0 %, 15.5 %; a buyer;
+a credit and a debit note), each committed before it is shown. One bad sale is refused with nothing
+written. The day's signed CloseDay request is prepared from the journal's counters, the journal is
+audited, backed up and exported, and the export is checked offline by `fiscalbox journal verify`.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from firmware.core import fdms, money, wire
+from firmware.backup import Anchor
+from firmware.box import Box
+from firmware.core import fdms, wire
 from firmware.core.errors import FiscalError
+from firmware.journal import Journal
 from hardware import ECDSA_P256
 from hardware.keystores import FileKeyStore
 
@@ -24,14 +30,11 @@ DEVICE_ID = 1234
 SERIAL = "FB-DEMO-0001"
 QR_URL = "https://fdmstest.zimra.co.zw"
 DAY_NO = 1
-OPENED = "2026-11-22T08:00:00"
-TAXES = fdms.parse_taxes(
-    [
-        {"taxID": 1, "taxName": "Exempt", "validFrom": "2023-01-01"},
-        {"taxID": 2, "taxPercent": 0, "taxName": "Zero rated 0%", "validFrom": "2023-01-01"},
-        {"taxID": 517, "taxPercent": "15.5", "taxName": "Standard rated 15.5%", "validFrom": "2025-12-15"},
-    ]
-)
+RAW_TAXES = [
+    {"taxID": 1, "taxName": "Exempt", "validFrom": "2023-01-01"},
+    {"taxID": 2, "taxPercent": 0, "taxName": "Zero rated 0%", "validFrom": "2023-01-01"},
+    {"taxID": 517, "taxPercent": "15.5", "taxName": "Standard rated 15.5%", "validFrom": "2025-12-15"},
+]
 
 
 def line(name: str, price: str, qty: str, tax_id: int, hs: str, kind: str = "Sale") -> dict[str, Any]:
@@ -114,84 +117,38 @@ BAD_SALE = {
 }
 
 
-class DemoDay:
-    """The numbering, chaining and counters of one day, as the journal will keep them."""
+class DemoClock:
+    """Starts at the real time and moves a couple of minutes per sale, so the day reads like a morning."""
 
-    def __init__(self, store: FileKeyStore) -> None:
-        self.store = store
-        self.issued: list[dict[str, Any]] = []
-        self.counters = fdms.new_counters()
-        self.previous: dict[str, Any] | None = None
+    def __init__(self) -> None:
+        self.t = time.time()
 
-    def issue(self, sale: dict[str, Any], at: str) -> dict[str, Any]:
-        receipt = fdms.complete(fdms.parse_receipt(sale))
-        receipt["receiptDate"] = at
-        receipt["receiptCounter"] = len(self.issued) + 1
-        receipt["receiptGlobalNo"] = len(self.issued) + 1
-        ctx = fdms.Context(
-            taxes=TAXES,
-            vat_payer=True,
-            currencies=("USD", "ZWG"),
-            day_opened=OPENED,
-            day_max_hours=24,
-            previous_in_day=self.previous,
-            first_in_day=self.previous is None,
-            last_global_no=0,
-            now=at,
-            invoice_seen=lambda no: any(r["invoiceNo"] == no for r in self.issued),
-            original=self._original,
-        )
-        red = fdms.blocking(fdms.validate(receipt, ctx))
-        if red:
-            raise FiscalError(red[0]["code"], red[0]["message"], red[0]["field"])
-        text = fdms.receipt_string(DEVICE_ID, receipt, self.previous and self.previous["hash"])
-        signature = self.store.sign(text.encode())
-        receipt["receiptDeviceSignature"] = {"hash": fdms.hash_b64(text), "signature": fdms.b64(signature)}
-        fdms.update_counters(self.counters, receipt)
-        self.issued.append(receipt)
-        self.previous = {
-            "receiptCounter": receipt["receiptCounter"],
-            "receiptGlobalNo": receipt["receiptGlobalNo"],
-            "receiptDate": at,
-            "hash": receipt["receiptDeviceSignature"]["hash"],
-        }
-        return receipt
+    def now(self) -> float:
+        return self.t
 
-    def _original(self, note: dict[str, Any]) -> dict[str, Any] | None:
-        for receipt in self.issued:
-            if (
-                receipt["receiptGlobalNo"] == note.get("receiptGlobalNo")
-                and receipt["receiptType"] == "FiscalInvoice"
-            ):
-                notes = sum(r["receiptTotal"] for r in self.issued if r.get("creditDebitNote") == note)
-                return {"receipt": receipt, "notes_total": notes}
-        return None
-
-    def close(self) -> dict[str, Any]:
-        ordered = fdms.day_counters(self.counters)
-        text = fdms.day_string(DEVICE_ID, DAY_NO, OPENED[:10], ordered)
-        signature = self.store.sign(text.encode())
-        return {
-            "fiscalDayNo": DAY_NO,
-            "fiscalDayCounters": fdms.counters_wire(ordered),
-            "fiscalDayDeviceSignature": {"hash": fdms.hash_b64(text), "signature": fdms.b64(signature)},
-            "receiptCounter": len(self.issued),
-        }
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
 
 
-def explain(*args: str) -> None:
-    """Run the real `fiscalbox explain` on a file the demo wrote, as an integrator would."""
-    command = [sys.executable, "-m", "host_tools.cli", "explain", *args]
-    print("$ fiscalbox explain " + " ".join(args), flush=True)
-    result = subprocess.run(command, check=False)
+def run(*command: str) -> None:
+    """Run one of the project's own commands, as a person would."""
+    print("$ " + " ".join(command), flush=True)
+    result = subprocess.run([sys.executable, "-m", *command], check=False)
     if result.returncode != 0:
-        raise SystemExit(f"explain found a problem (exit {result.returncode})")
+        raise SystemExit(f"{command[0]} reported a problem (exit {result.returncode})")
+
+
+def fresh_journal() -> None:
+    for name in ("journal.db", "journal.db-wal", "journal.db-shm", "anchor.json"):
+        (OUT / name).unlink(missing_ok=True)
+    shutil.rmtree(OUT / "backups", ignore_errors=True)
 
 
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    passphrase = os.environ.get("FISCALBOX_KEY_PASSPHRASE", "demo-passphrase").encode()
-    store = FileKeyStore(OUT / "keys", passphrase)
+    passphrase = os.environ.get("FISCALBOX_KEY_PASSPHRASE", "demo-passphrase")
+    os.environ["FISCALBOX_KEY_PASSPHRASE"] = passphrase
+    store = FileKeyStore(OUT / "keys", passphrase.encode())
     if store.algorithm is None:
         store.generate(ECDSA_P256)
     (OUT / "device.csr").write_bytes(store.certificate_request(fdms.csr_common_name(SERIAL, DEVICE_ID)))
@@ -199,69 +156,101 @@ def main() -> None:
     print(
         f"Device {DEVICE_ID} ({SERIAL}): {store.algorithm} key in {OUT / 'keys'}, CSR in {OUT / 'device.csr'}"
     )
-    print(f"Fiscal day {DAY_NO} opened {OPENED}\n")
 
-    day = DemoDay(store)
+    fresh_journal()
+    clock = DemoClock()
+    journal = Journal(OUT / "journal.db")
+    box = Box(journal, store, clock, anchor=Anchor(OUT / "anchor.json"))
+    box.provision(
+        {
+            "device_id": DEVICE_ID,
+            "serial": SERIAL,
+            "taxpayer_name": "Demo Traders (Pvt) Ltd",
+            "taxpayer_tin": "2000000001",
+            "vat_number": "220000001",
+            "taxes": RAW_TAXES,
+            "currencies": ["USD", "ZWG"],
+            "qr_url": QR_URL,
+        }
+    )
+    day = box.open_day()
+    print(
+        f"Journal {OUT / 'journal.db'} (WAL, synchronous=FULL); "
+        f"fiscal day {day['day_no']} opened {day['opened']}\n"
+    )
+
     receipts_dir = OUT / "receipts"
-    receipts_dir.mkdir(exist_ok=True)
-    for n, sale in enumerate(SALES):
-        receipt = day.issue(sale, "2026-11-22T%02d:%02d:00" % (9 + n, 15 * n))
-        body = wire.dumps({"receipt": fdms.receipt_wire(receipt)})
-        path = receipts_dir / f"{receipt['receiptGlobalNo']:04d}.json"
-        path.write_text(body + "\n")
-        data = fdms.qr_data(fdms.unb64(receipt["receiptDeviceSignature"]["signature"]))
-        total = money.format_fixed(receipt["receiptTotal"], 2)
+    shutil.rmtree(receipts_dir, ignore_errors=True)
+    receipts_dir.mkdir()
+    for sale in SALES:
+        clock.advance(137)
+        result = box.issue(sale)
+        row = journal.receipt(result["global_no"])
+        assert row is not None
+        path = receipts_dir / f"{result['global_no']:04d}.json"
+        path.write_text(row["body"] + "\n")
         print(
-            f"#{receipt['receiptGlobalNo']} {receipt['receiptType']:<13} "
-            f"{receipt['receiptCurrency']} {total:>9}"
-            f"  code {fdms.verification_code(data)}  -> {path}"
+            f"#{result['global_no']} {result['type']:<13} {result['currency']} {result['total']:>9}"
+            f"  code {result['verification_code']}  committed, -> {path}"
         )
     try:
-        day.issue(BAD_SALE, "2026-11-22T14:00:00")
+        clock.advance(60)
+        box.issue(BAD_SALE)
     except FiscalError as refusal:
-        print(f"\nA sale paid 1.00 for a 1.15 total is refused, nothing signed: {refusal}\n")
+        print(f"\nA sale paid 1.00 for a 1.15 total is refused, nothing written: {refusal}\n")
 
-    first, last = day.issued[0], day.issued[-1]
-    explain(
-        "receipt",
-        str(receipts_dir / "0001.json"),
-        "--device-id",
-        str(DEVICE_ID),
-        "--cert",
-        str(OUT / "device-public.pem"),
-        "--qr-url",
-        QR_URL,
-    )
+    report = box.x_report()
+    print(f"X report, day {report['day_no']}: {report['receipts']} receipts")
+    for document in report["documents"]:
+        print(f"  {document['type']:<13} {document['currency']} x{document['count']} {document['total']:>10}")
     print()
-    explain(
+    previous = journal.receipt(3)
+    previous_hash = "" if previous is None else previous["hash"]
+    run(
+        "host_tools.cli",
+        "explain",
         "receipt",
-        str(receipts_dir / f"{last['receiptGlobalNo']:04d}.json"),
+        str(receipts_dir / "0004.json"),
         "--device-id",
         str(DEVICE_ID),
         "--previous-hash",
-        day.issued[-2]["receiptDeviceSignature"]["hash"],
+        previous_hash,
         "--cert",
         str(OUT / "device-public.pem"),
         "--qr-url",
         QR_URL,
     )
-    close = day.close()
+
+    clock.advance(3600)
+    close = box.close_day()
     close_path = OUT / "close-day.json"
     close_path.write_text(wire.dumps(close) + "\n")
     print(
-        f"\nCloseDay body for day {DAY_NO} ({len(day.issued)} receipts, "
-        f"first {first['invoiceNo']}) -> {close_path}"
+        f"\nCloseDay request for day {close['fiscalDayNo']} ({close['receiptCounter']} receipts)"
+        f" -> {close_path}"
     )
-    explain(
+    run(
+        "host_tools.cli",
+        "explain",
         "day",
         str(close_path),
         "--device-id",
         str(DEVICE_ID),
         "--day-date",
-        OPENED[:10],
+        day["opened"][:10],
         "--cert",
         str(OUT / "device-public.pem"),
     )
+
+    audit = box.audit()
+    print(f"\nAudit: {'clean' if audit['clean'] else audit['problems']}, {audit['checked']}")
+    backup = box.backup(OUT / "backups", retain=3)
+    print(f"Backup: {backup['file']} with signed manifest; anchor at receipt {box.anchor.value()}")  # type: ignore[union-attr]
+    export_path = OUT / "journal-export.json"
+    box.export_journal(1, journal.head()["last_global_no"], export_path)
+    journal.close()
+    print()
+    run("host_tools.cli", "journal", "verify", str(export_path), "--cert", str(OUT / "device-public.pem"))
 
 
 if __name__ == "__main__":
