@@ -35,6 +35,8 @@ test-micropython: setup
 
 bench: setup
 	$(PY) bench/signing.py
+	$(PY) bench/journal.py
+	$(PY) bench/crash.py --kills 1000
 
 lint: setup
 	$(VENV)/bin/ruff check .
