@@ -242,3 +242,24 @@ def test_mismatch_at_boot_stops_issuing(rig: Rig, box: Box) -> None:
     assert refused.value.code == "BOX_JOURNAL_MISMATCH"
     events = [row[0] for row in reopened.journal.db.execute("SELECT event FROM audit_log ORDER BY seq")]
     assert events[-1] == "boot"
+
+
+def test_a_failed_migration_leaves_the_journal_as_it_was(
+    rig: Rig, box: Box, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from firmware import journal as journal_module
+
+    box.issue(sale())
+    rig.close()
+    monkeypatch.setattr(journal_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    broken = ["ALTER TABLE receipts ADD COLUMN printed_at TEXT", "THIS IS NOT SQL"]
+    monkeypatch.setitem(journal_module.MIGRATIONS, SCHEMA_VERSION + 1, broken)
+    with pytest.raises(FiscalError) as refused:
+        Journal(rig.journal_path)
+    assert refused.value.code == "BOX_JOURNAL"
+    monkeypatch.undo()
+    reopened = rig.box()
+    columns = [row[1] for row in reopened.journal.db.execute("PRAGMA table_info(receipts)")]
+    assert "printed_at" not in columns
+    assert reopened.journal.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert reopened.boot["clean"] and reopened.status()["last_global_no"] == 1
