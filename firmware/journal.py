@@ -112,6 +112,20 @@ MIGRATIONS: dict[int, list[str]] = {
     ],
 }
 
+DAY_COLUMNS = (
+    "day_no",
+    "opened",
+    "status",
+    "first_global_no",
+    "close_request",
+    "close_hash",
+    "close_signature",
+    "close_requested_at",
+    "closed_at",
+    "server_signature",
+    "closing_error",
+)
+
 OPENED = "FiscalDayOpened"
 CLOSE_INITIATED = "FiscalDayCloseInitiated"
 CLOSED = "FiscalDayClosed"
@@ -350,9 +364,8 @@ class Journal:
         return dict(zip(names, row, strict=True))
 
     def days(self) -> list[dict[str, Any]]:
-        cursor = self.db.execute("SELECT * FROM days ORDER BY day_no")
-        names = [d[0] for d in cursor.get_description()]
-        return [dict(zip(names, row, strict=True)) for row in cursor]
+        rows = list(self.db.execute(f"SELECT {', '.join(DAY_COLUMNS)} FROM days ORDER BY day_no"))
+        return [dict(zip(DAY_COLUMNS, row, strict=True)) for row in rows]
 
     def current_day(self) -> dict[str, Any] | None:
         day_no = self._scalar("SELECT day_no FROM head")
