@@ -52,6 +52,7 @@ class Box:
         day_warn_minutes: int = 60,
         future_skew_seconds: int = 300,
         anchor: backups.Anchor | None = None,
+        checkpoint_every: int = 1000,
     ) -> None:
         self.journal = journal
         self.keys = keys
@@ -60,6 +61,7 @@ class Box:
         self.day_warn_minutes = day_warn_minutes
         self.future_skew_seconds = future_skew_seconds
         self.anchor = anchor
+        self.checkpoint_every = checkpoint_every  # bounds what a restart re-walks: boot time stays flat
         self._settings: dict[str, Any] = {}
         self._taxes: list[dict[str, Any]] | None = None
         self._context: fdms.Context | None = None
@@ -339,6 +341,18 @@ class Box:
             )
 
         head, new = self.journal.commit_receipt(make, now)
+        if head.global_no % self.checkpoint_every == 0:
+            try:  # after the commit: the sale stands whatever happens here, so a failure is only a warning
+                self._checkpoint(now, "periodic")
+            except (FiscalError, apsw.Error) as error:
+                warnings.append(
+                    {
+                        "code": "BOX_CHECKPOINT",
+                        "colour": "Yellow",
+                        "field": None,
+                        "message": f"The periodic checkpoint failed ({error}); the next boot checks more.",
+                    }
+                )
         warnings.extend(self._day_warnings(head.day_opened, now))
         return {
             "global_no": head.global_no,

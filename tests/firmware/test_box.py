@@ -263,3 +263,17 @@ def test_a_failed_migration_leaves_the_journal_as_it_was(
     assert "printed_at" not in columns
     assert reopened.journal.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert reopened.boot["clean"] and reopened.status()["last_global_no"] == 1
+
+
+def test_periodic_checkpoints_bound_what_a_restart_rewalks(rig: Rig) -> None:
+    box = rig.box(checkpoint_every=3)
+    box.provision(SETTINGS)
+    box.open_day()
+    for _ in range(7):
+        rig.clock.advance(2)
+        box.issue(sale())
+    checkpoint = box.journal.last_checkpoint()
+    assert checkpoint is not None and checkpoint.global_no == 6
+    assert [c.global_no for c in box.journal.checkpoints()].count(3) == 1
+    reopened = rig.box(checkpoint_every=3)
+    assert reopened.boot["clean"] and reopened.audit()["clean"]
