@@ -105,7 +105,7 @@ def file_system(path: Path) -> dict[str, str]:
     """What `df -T` says of the directory the journals live in."""
     lines = subprocess.run(["df", "-T", str(path)], capture_output=True, text=True, check=True).stdout
     device, kind, *_ = lines.splitlines()[-1].split()
-    return {"device": device, "type": kind, "path": str(path)}
+    return {"device": device, "type": kind, "path": str(path.relative_to(ROOT))}
 
 
 def drop_from_cache(path: Path) -> None:

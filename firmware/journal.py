@@ -355,13 +355,16 @@ class Journal:
             "audit_link": audit_link,
         }
 
-    def day(self, day_no: int) -> dict[str, Any] | None:
-        cursor = self.db.execute("SELECT * FROM days WHERE day_no = ?", (day_no,))
+    def _named_row(self, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
+        """One row as a dict of its column names (asked for before the cursor is used up)."""
+        cursor = self.db.execute(sql, params)
         row = cursor.fetchone()
         if row is None:
             return None
-        names = [d[0] for d in cursor.get_description()]
-        return dict(zip(names, row, strict=True))
+        return dict(zip([d[0] for d in cursor.get_description()], row, strict=True))
+
+    def day(self, day_no: int) -> dict[str, Any] | None:
+        return self._named_row("SELECT * FROM days WHERE day_no = ?", (day_no,))
 
     def days(self) -> list[dict[str, Any]]:
         rows = list(self.db.execute(f"SELECT {', '.join(DAY_COLUMNS)} FROM days ORDER BY day_no"))
@@ -474,12 +477,7 @@ class Journal:
         return head, new
 
     def receipt(self, global_no: int) -> dict[str, Any] | None:
-        cursor = self.db.execute("SELECT * FROM receipts WHERE global_no = ?", (global_no,))
-        row = cursor.fetchone()
-        if row is None:
-            return None
-        names = [d[0] for d in cursor.get_description()]
-        return dict(zip(names, row, strict=True))
+        return self._named_row("SELECT * FROM receipts WHERE global_no = ?", (global_no,))
 
     def receipts(
         self, first: int = 1, last: int | None = None, day_no: int | None = None
