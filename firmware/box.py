@@ -24,6 +24,7 @@ from firmware.core import fdms, localtime, money, wire
 from firmware.core.errors import FiscalError
 from firmware.journal import CLOSE_INITIATED, CLOSED, OPENED, Head, Journal, NewReceipt
 from hardware import Clock, KeyStore
+from hardware.signatures import load_public_key
 
 REQUIRED_SETTINGS = ("device_id", "serial", "taxpayer_name", "taxpayer_tin", "taxes", "currencies", "qr_url")
 OPTIONAL_SETTINGS = {
@@ -89,8 +90,6 @@ class Box:
         return int(self._settings["device_id"])
 
     def _public_key(self) -> Any:
-        from hardware.signatures import load_public_key
-
         return load_public_key(self.keys.public_key_pem())
 
     # -----------------------------------------------------------------------------------------------------
