@@ -585,33 +585,25 @@ class Journal:
         here: the head, the current day's counters and the settings in force."""
         with self.transaction():
             head = self.head()
-            day_no = head["day_no"]
-            counters = self.counters(day_no)
+            counters = self.counters(head["day_no"])
             settings = self.settings()
-            text = checkpoint_text(
+            where = (
                 at,
                 head["last_global_no"],
                 head["link"],
                 head["audit_seq"],
                 head["audit_link"],
-                day_no,
-                counters,
-                settings,
+                head["day_no"],
             )
             self.db.execute(
                 "INSERT INTO checkpoints "
                 "(at, global_no, link, audit_seq, audit_link, day_no, counters, settings, signature) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    at,
-                    head["last_global_no"],
-                    head["link"],
-                    head["audit_seq"],
-                    head["audit_link"],
-                    day_no,
+                    *where,
                     detail_json(counters_json(counters)),
                     detail_json(settings),
-                    sign(text),
+                    sign(checkpoint_text(*where, counters, settings)),
                 ),
             )
             self.log(

@@ -17,7 +17,7 @@ from typing import Any
 
 from firmware.core import chain, fdms, money
 from firmware.core.errors import FiscalError
-from firmware.journal import CLOSE_INITIATED, OPENED, CounterKey, Journal, counters_from_json, detail_json
+from firmware.journal import CLOSE_INITIATED, OPENED, CounterKey, Journal, detail_json
 from hardware.signatures import verify as verify_signature
 
 Progress = Callable[[int, int], None]
@@ -81,14 +81,13 @@ class Walk:
         day_no: int = 0,
         counter: int = 0,
         day_hash: str | None = None,
-        counters: dict[CounterKey, int] | None = None,
     ) -> None:
         self.global_no = global_no
         self.link = link
         self.day_no = day_no
         self.counter = counter
         self.day_hash = day_hash
-        self.counters: dict[int, dict[CounterKey, int]] = {day_no: dict(counters or {})}
+        self.counters: dict[int, dict[CounterKey, int]] = {day_no: {}}  # recomputed, per day
 
 
 SMALL_TABLES = ("settings", "days", "counters", "head", "print_log", "checkpoints")
@@ -310,8 +309,8 @@ def _compare_counters(
 
 def _audit_entries(
     journal: Journal, after_seq: int, previous: bytes, found: Findings
-) -> Iterator[tuple[int, str, str, str]]:
-    """The audit log after `after_seq`, each entry re-linked; yields (seq, at, event, detail JSON)."""
+) -> Iterator[tuple[int, str, str, str, bytes]]:
+    """The audit log after `after_seq`, each entry re-linked; yields (seq, at, event, detail JSON, link)."""
     expected = after_seq + 1
     for seq, at, event, text, link in journal.db.execute(
         "SELECT seq, at, event, detail, link FROM audit_log WHERE seq > ? ORDER BY seq", (after_seq,)
@@ -324,7 +323,7 @@ def _audit_entries(
                 "BOX_AUDIT_LOG", f"Audit entry {seq} ({event}) was changed.", audit_seq=seq, field="detail"
             )
         previous = link
-        yield seq, at, event, text
+        yield seq, at, event, text, link
 
 
 def _check_head(
@@ -448,11 +447,11 @@ def _check_logs(
     """Walk the audit log; every receipt issued since `after_receipt` must have its entry, with its hash
     and its outbox row. With `replay`, the tables must also equal a replay of every entry."""
     receipts = iter(journal.db.execute(ISSUED_ROWS, (after_receipt,)))
-    last_seq = after_seq
+    last_seq, last_link = after_seq, previous
     state = Replay()
     state.settings = dict(settings)
-    for seq, at, event, text in _audit_entries(journal, after_seq, previous, found):
-        last_seq = seq
+    for seq, at, event, text, link in _audit_entries(journal, after_seq, previous, found):
+        last_seq, last_link = seq, link
         if event == "receipt.issued":
             _check_issued(found, seq, at, text, next(receipts, None))
             continue
@@ -470,7 +469,6 @@ def _check_logs(
                     audit_seq=seq,
                     field="detail",
                 )
-    last_link = journal.head()["audit_link"] if last_seq == after_seq else _link_of(journal, last_seq)
     extra = next(receipts, None)
     if extra is not None:
         found.add(
@@ -723,4 +721,4 @@ def full_audit(
     return {"clean": not found.items, "problems": found.items, "checked": checked}
 
 
-__all__ = ["boot_check", "full_audit", "signed_view", "counters_from_json"]
+__all__ = ["boot_check", "full_audit", "signed_view"]
