@@ -1,8 +1,8 @@
-"""The box's operations: the one place that combines the journal, the key store and the clock.
+"""The box's operations: the one place that combines the journal, the key store, the clock and the printer.
 
 Each method is one thing a person or a POS can ask. It returns plain data or raises FiscalError with the
-authority's code or a BOX_ code and a sentence; a refusal writes nothing. Printing and FDMS delivery are
-added by their own modules and never sit inside the journal's transaction.
+authority's code or a BOX_ code and a sentence; a refusal writes nothing. Printing and FDMS delivery come
+after the journal's commit and never inside its transaction: a printer or network fault cannot undo a sale.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import apsw
 from firmware import backup as backups
 from firmware import export as exports
 from firmware import verify
-from firmware.core import fdms, localtime, money, wire
+from firmware.core import fdms, layout, localtime, money, wire
 from firmware.core.errors import FiscalError
 from firmware.journal import CLOSE_INITIATED, CLOSED, OPENED, Head, Journal, NewReceipt
-from hardware import Clock, KeyStore
+from hardware import Clock, KeyStore, Printer
 from hardware.signatures import load_public_key
 
 REQUIRED_SETTINGS = ("device_id", "serial", "taxpayer_name", "taxpayer_tin", "taxes", "currencies", "qr_url")
@@ -31,6 +31,8 @@ OPTIONAL_SETTINGS = {
     "vat_number": None,
     "branch_name": "",
     "branch_address": "",
+    "branch_email": "",
+    "branch_phone": "",
     "day_max_hours": 24,
 }
 # Fields of a sale the box decides itself; a POS that sends them is told so rather than silently overruled.
@@ -54,6 +56,7 @@ class Box:
         future_skew_seconds: int = 300,
         anchor: backups.Anchor | None = None,
         checkpoint_every: int = 1000,
+        printer: Printer | None = None,
     ) -> None:
         self.journal = journal
         self.keys = keys
@@ -63,6 +66,7 @@ class Box:
         self.future_skew_seconds = future_skew_seconds
         self.anchor = anchor
         self.checkpoint_every = checkpoint_every  # bounds what a restart re-walks: boot time stays flat
+        self.printer = printer
         self._settings: dict[str, Any] = {}
         self._taxes: list[dict[str, Any]] | None = None
         self._context: fdms.Context | None = None
@@ -353,6 +357,21 @@ class Box:
                     }
                 )
         warnings.extend(self._day_warnings(head.day_opened, now))
+        printed = False
+        if self.printer is not None:
+            try:  # the sale is committed: a printer fault is reported, and the receipt waits for a reprint
+                self._print_receipt(head.global_no)
+                printed = True
+            except FiscalError as error:
+                warnings.append(
+                    {
+                        "code": error.code,
+                        "colour": "Yellow",
+                        "field": None,
+                        "message": f"{error.message} Receipt {head.global_no} is committed but not printed: "
+                        "reprint it once the printer is ready.",
+                    }
+                )
         return {
             "global_no": head.global_no,
             "counter": head.counter,
@@ -367,6 +386,7 @@ class Box:
                 self._settings["qr_url"], self.device_id, new.date, head.global_no, new.qr_data
             ),
             "verification_code": fdms.verification_code(new.qr_data),
+            "printed": printed,
             "warnings": warnings,
         }
 
@@ -384,6 +404,92 @@ class Box:
                 }
             ]
         return []
+
+    # -----------------------------------------------------------------------------------------------------
+    # Printing
+
+    def receipt_document(self, global_no: int, copy: bool = False, width: int = 48) -> layout.Document:
+        """A committed receipt laid out for the configured printer (or `width` columns without one)."""
+        row = self.journal.receipt(global_no)
+        if row is None:
+            raise _refuse("BOX_NO_RECEIPT", f"There is no receipt {global_no}.", "global_no")
+        receipt = fdms.parse_receipt(json.loads(row["body"], parse_float=str))
+        original = None
+        if row["note_of"] is not None:
+            first = self.journal.receipt(row["note_of"])
+            if first is not None:
+                original = {
+                    "serial": self._settings["serial"],
+                    "global_no": first["global_no"],
+                    "date": first["date"],
+                    "invoice_no": first["invoice_no"],
+                }
+        info = {"day_no": row["day_no"], "qr_data": row["qr_data"], "original": original}
+        seller = {**self._settings, "taxes": self._taxes}
+        if self.printer is not None:
+            return layout.receipt_document(
+                receipt, seller, info, self.printer.columns, copy, self.printer.legible
+            )
+        return layout.receipt_document(receipt, seller, info, width, copy)
+
+    def _require_printer(self) -> Printer:
+        if self.printer is None:
+            raise _refuse("BOX_NO_PRINTER", "No printer is configured: set [printer] in the configuration.")
+        return self.printer
+
+    def _print_receipt(self, global_no: int) -> bool:
+        """Print a receipt; a COPY when any print of it began before. The start is recorded before the first
+        byte goes out, so a receipt torn off half-printed is never printed again as an original."""
+        printer = self._require_printer()
+        printer.check()  # a printer that says it cannot print is refused before anything is recorded
+        started, _ = self.journal.prints(global_no)
+        document = self.receipt_document(global_no, copy=started > 0)
+        self.journal.print_started(global_no, self.now_local())
+        printer.print_document(document)
+        self.journal.print_completed(global_no, self.now_local())
+        return started > 0
+
+    def reprint(self, global_no: int) -> dict[str, Any]:
+        """Print a committed receipt again, marked COPY when it was printed (or began printing) before. The
+        fiscal content is the stored receipt's, never re-signed."""
+        if self.journal.receipt(global_no) is None:
+            raise _refuse("BOX_NO_RECEIPT", f"There is no receipt {global_no}.", "global_no")
+        copy = self._print_receipt(global_no)
+        return {"global_no": global_no, "copy": copy, "prints": self.journal.prints(global_no)[1]}
+
+    def print_unprinted(self) -> dict[str, Any]:
+        """Print every receipt with no finished print, oldest first; stops at the first printer fault."""
+        done: list[int] = []
+        for global_no in self.journal.unprinted():
+            try:
+                self._print_receipt(global_no)
+            except FiscalError as error:
+                return {"printed": done, "stopped_at": global_no, "error": error.as_dict()}
+            done.append(global_no)
+        return {"printed": done, "stopped_at": None, "error": None}
+
+    def report_document(self, day_no: int | None = None, width: int = 48) -> layout.Document:
+        """The X report of the current day, or the Z report of a closed day."""
+        day = self.journal.current_day() if day_no is None else self.journal.day(day_no)
+        if day is None:
+            raise _refuse("BOX_DAY_NOT_OPEN", "No such fiscal day.", "day_no")
+        seller = {**self._settings, "taxes": self._taxes}
+        counters = self.journal.counters(day["day_no"])
+        documents = self.journal.documents(day["day_no"])
+        at = self.now_local()
+        if self.printer is not None:
+            return layout.report_document(
+                day, counters, documents, seller, at, self.printer.columns, self.printer.legible
+            )
+        return layout.report_document(day, counters, documents, seller, at, width)
+
+    def print_report(self, day_no: int | None = None) -> dict[str, Any]:
+        """Print the X report (the day so far) or, for a closed day, its Z report."""
+        printer = self._require_printer()
+        document = self.report_document(day_no)
+        printer.check()
+        printer.print_document(document)
+        return {"day_no": day_no or self.journal.head()["day_no"], "title": document.lines[0].text}
 
     # -----------------------------------------------------------------------------------------------------
     # Status and reports
@@ -419,6 +525,13 @@ class Box:
         day = self.journal.current_day()
         if day is None:
             raise _refuse("BOX_DAY_NOT_OPEN", "No fiscal day has been opened yet.")
+        return self._day_report(day)
+
+    def z_report(self, day_no: int) -> dict[str, Any]:
+        """A closed day's final counters and documents."""
+        day = self.journal.day(day_no)
+        if day is None or day["status"] != CLOSED:
+            raise _refuse("BOX_DAY_NOT_CLOSED", f"Fiscal day {day_no} is not closed, so it has no Z report.")
         return self._day_report(day)
 
     def _day_report(self, day: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import apsw
 from firmware.core import chain
 from firmware.core.errors import FiscalError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each entry upgrades a journal from the version before it; a journal is never downgraded.
 MIGRATIONS: dict[int, list[str]] = {
@@ -90,7 +90,7 @@ MIGRATIONS: dict[int, list[str]] = {
             global_no INTEGER PRIMARY KEY,
             printed INTEGER NOT NULL,
             copies INTEGER NOT NULL,
-            last_at TEXT NOT NULL)""",
+            last_at TEXT NOT NULL)""",  # renamed in version 2
         """CREATE TABLE audit_log (
             seq INTEGER PRIMARY KEY,
             at TEXT NOT NULL,
@@ -109,6 +109,13 @@ MIGRATIONS: dict[int, list[str]] = {
             settings TEXT NOT NULL,
             signature BLOB NOT NULL)""",
         """INSERT INTO head VALUES (1, 0, 0, zeroblob(32), 0, zeroblob(32))""",
+    ],
+    # A print is now recorded when it starts as well as when it ends, so a receipt half-printed before a
+    # paper-out or power cut is reprinted as COPY. Version 1 rows recorded only finished prints.
+    2: [
+        "ALTER TABLE print_log RENAME COLUMN copies TO started",
+        "ALTER TABLE print_log RENAME COLUMN printed TO completed",
+        "UPDATE print_log SET completed = started",
     ],
 }
 
@@ -526,28 +533,43 @@ class Journal:
     # -----------------------------------------------------------------------------------------------------
     # Printing and delivery state
 
-    def mark_printed(self, global_no: int, at: str) -> int:
-        """Record one completed print; returns how many prints came before it (0: this was the original)."""
+    def print_started(self, global_no: int, at: str) -> int:
+        """Record that a print of the receipt begins; returns how many began before (0: this is the original).
+
+        Written before the first byte goes to the printer: whatever happens to the paper after this, the next
+        print of this receipt says COPY."""
         with self.transaction():
-            row = self.db.execute("SELECT copies FROM print_log WHERE global_no = ?", (global_no,)).fetchone()
-            before = 0 if row is None else row[0]
+            before = self._scalar("SELECT started FROM print_log WHERE global_no = ?", (global_no,)) or 0
             self.db.execute(
-                "INSERT INTO print_log VALUES (?, 1, 1, ?) "
-                "ON CONFLICT DO UPDATE SET copies = copies + 1, last_at = ?",
+                "INSERT INTO print_log VALUES (?, 0, 1, ?) "
+                "ON CONFLICT DO UPDATE SET started = started + 1, last_at = ?",
                 (global_no, at, at),
             )
-            self.log(at, "receipt.printed", {"global_no": global_no, "copy": before > 0})
-        return before
+            self.log(at, "print.started", {"global_no": global_no, "copy": before > 0})
+        return int(before)
 
-    def print_count(self, global_no: int) -> int:
-        return int(
-            self._scalar("SELECT coalesce(max(copies), 0) FROM print_log WHERE global_no = ?", (global_no,))
-        )
+    def print_completed(self, global_no: int, at: str) -> None:
+        """Record that the printer reported the print finished."""
+        with self.transaction():
+            self.db.execute(
+                "UPDATE print_log SET completed = completed + 1, last_at = ? WHERE global_no = ?",
+                (at, global_no),
+            )
+            self.log(at, "print.completed", {"global_no": global_no})
 
-    def unprinted(self) -> list[int]:
+    def prints(self, global_no: int) -> tuple[int, int]:
+        """(prints started, prints completed) of a receipt."""
+        row = self.db.execute(
+            "SELECT started, completed FROM print_log WHERE global_no = ?", (global_no,)
+        ).fetchone()
+        return (0, 0) if row is None else (row[0], row[1])
+
+    def unprinted(self, limit: int = 100) -> list[int]:
+        """Receipts with no finished print, oldest first (at most `limit` of them)."""
         rows = self.db.execute(
             "SELECT r.global_no FROM receipts r LEFT JOIN print_log p USING (global_no) "
-            "WHERE p.global_no IS NULL ORDER BY r.global_no"
+            "WHERE p.completed IS NULL OR p.completed = 0 ORDER BY r.global_no LIMIT ?",
+            (limit,),
         )
         return [row[0] for row in rows]
 

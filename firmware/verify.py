@@ -356,7 +356,7 @@ class Replay:
     def __init__(self) -> None:
         self.settings: dict[str, Any] = {}
         self.days: dict[int, dict[str, Any]] = {}
-        self.prints: dict[int, tuple[int, str]] = {}
+        self.prints: dict[int, tuple[int, int, str]] = {}  # global_no -> (completed, started, last at)
         self.checkpoints: list[tuple[str, dict[str, Any]]] = []
         self.outbox_changed: list[int] = []
 
@@ -383,9 +383,14 @@ class Replay:
             )
         elif event == "day.status" and detail.get("day_no") in self.days:
             self.days[detail["day_no"]].update({k: v for k, v in detail.items() if k != "day_no"})
-        elif event == "receipt.printed":
-            copies = self.prints.get(detail["global_no"], (0, ""))[0]
-            self.prints[detail["global_no"]] = (copies + 1, at)
+        elif event in ("print.started", "print.completed", "receipt.printed"):
+            # receipt.printed is schema version 1's single entry for a finished print
+            completed, started, _ = self.prints.get(detail["global_no"], (0, 0, ""))
+            if event != "print.completed":
+                started += 1
+            if event != "print.started":
+                completed += 1
+            self.prints[detail["global_no"]] = (completed, started, at)
         elif event == "checkpoint":
             self.checkpoints.append((at, detail))
 
@@ -532,8 +537,10 @@ def _compare_replay(found: Findings, journal: Journal, state: Replay) -> None:
     if head_day != max(state.days, default=0):
         found.add("BOX_HEAD", "The journal head names the wrong current day.", field="day_no")
     prints = dict(state.prints)
-    for global_no, printed, copies, last_at in journal.db.execute("SELECT * FROM print_log"):
-        if (printed, copies, last_at) != (1, *prints.pop(global_no, (0, None))):
+    for global_no, completed, started, last_at in journal.db.execute(
+        "SELECT global_no, completed, started, last_at FROM print_log"
+    ):
+        if (completed, started, last_at) != prints.pop(global_no, None):
             found.add(
                 "BOX_TAMPER_PRINT",
                 f"Receipt {global_no}'s print record differs from the audit log.",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 # Key algorithms FDMS accepts, in its order of preference.
 ECDSA_P256 = "ECDSA_P256"
@@ -39,3 +39,28 @@ class Clock(Protocol):
     """Where time comes from, so day limits are tested without waiting."""
 
     def now(self) -> float: ...
+
+
+class Printer(Protocol):
+    """A receipt printer. The box checks it, records the start of a print, prints, then records the end.
+
+    `check` and `print_document` raise FiscalError with a BOX_PRINTER_ code (paper out, cover open, offline)
+    when the printer can tell; `legible` turns any text into text its code page shows.
+    """
+
+    @property
+    def columns(self) -> int: ...
+
+    def legible(self, text: str) -> str: ...
+
+    def check(self) -> None: ...
+
+    def print_document(self, document: Any) -> None: ...
+
+
+class SerialPort(Protocol):
+    """A byte link to a device: a pyserial Serial, a pseudo-terminal, or a simulator in the same process."""
+
+    def write(self, data: bytes) -> int | None: ...
+
+    def read(self, size: int = 1) -> bytes: ...

@@ -33,7 +33,9 @@ def build(rig: Rig) -> Path:
     note = {"deviceID": DEVICE_ID, "receiptGlobalNo": 2, "fiscalDayNo": 1}
     box.issue(sale("-1.00", kind="CreditNote", creditDebitNote=note, receiptNotes="Returned"))
     for global_no in (1, 2, 2):
-        box.journal.mark_printed(global_no, box.now_local())
+        box.journal.print_started(global_no, box.now_local())
+        box.journal.print_completed(global_no, box.now_local())
+    box.journal.print_started(3, box.now_local())  # a print that never finished (paper out)
     box.close_day()
     box.record_close(1, "FiscalDayClosed", closed_at=box.now_local(), server_signature="c2VydmVy")
     rig.clock.advance(600)
