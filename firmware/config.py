@@ -34,6 +34,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "retain": 7,
     },
     "box": {"zone": "Africa/Harare", "day_warn_minutes": 60},
+    # model "" means no printer; models are hardware.printers.PROFILES (serial or USB-serial ports)
+    "printer": {"model": "", "port": "/dev/ttyUSB0", "baud": 19200, "adafruit_firmware": "2.68"},
 }
 
 
@@ -45,6 +47,7 @@ class Config:
     keys: dict[str, Any]
     journal: dict[str, Any]
     box: dict[str, Any]
+    printer: dict[str, Any]
 
     def secret(self, section: str, env_key: str, environ: Mapping[str, str]) -> str:
         """The secret held in the environment variable the config names; refused clearly when absent."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
+import serial
 from cryptography import x509
 
 from firmware import config as configuration
@@ -26,7 +27,7 @@ from firmware.box import Box
 from firmware.core import fdms
 from firmware.core.errors import FiscalError
 from firmware.journal import Journal
-from hardware import ECDSA_P256, RSA_2048, KeyStore
+from hardware import ECDSA_P256, RSA_2048, KeyStore, Printer, printers
 from hardware.keystores import FileKeyStore, Pkcs11KeyStore
 from hardware.signatures import load_public_key
 
@@ -166,7 +167,25 @@ def _emit(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
     click.echo(json.dumps(data, indent=2) if as_json else text(data))
 
 
-def _open_box(cfg: configuration.Config, store: KeyStore, journal_path: str | None = None) -> Box:
+def build_printer(cfg: configuration.Config) -> Printer | None:
+    """The configured printer on its serial port, or None when the box has none."""
+    settings = cfg.printer
+    if not settings["model"]:
+        return None
+    model = printers.profile(settings["model"])  # refuses an unknown model before the port is opened
+    try:
+        port = serial.Serial(settings["port"], settings["baud"], timeout=1, write_timeout=10)
+    except serial.SerialException as error:
+        raise FiscalError(
+            "BOX_PRINTER_OFFLINE", f"Cannot open the printer port {settings['port']}: {error}."
+        ) from None
+    options = {"firmware": settings["adafruit_firmware"]} if model.escpos_profile is None else {}
+    return printers.open_printer(model.name, port, **options)
+
+
+def _open_box(
+    cfg: configuration.Config, store: KeyStore, journal_path: str | None = None, printing: bool = False
+) -> Box:
     journal = Journal(journal_path or cfg.journal["path"])
     return Box(
         journal,
@@ -175,12 +194,18 @@ def _open_box(cfg: configuration.Config, store: KeyStore, journal_path: str | No
         zone=cfg.box["zone"],
         day_warn_minutes=cfg.box["day_warn_minutes"],
         anchor=Anchor(cfg.journal["anchor"]),
+        printer=build_printer(cfg) if printing else None,
     )
 
 
-def _with_box(cfg: configuration.Config, action: Callable[[Box], T], journal_path: str | None = None) -> T:
+def _with_box(
+    cfg: configuration.Config,
+    action: Callable[[Box], T],
+    journal_path: str | None = None,
+    printing: bool = False,
+) -> T:
     def run(store: KeyStore) -> T:
-        box = _open_box(cfg, store, journal_path)
+        box = _open_box(cfg, store, journal_path, printing)
         try:
             return action(box)
         finally:
@@ -333,6 +358,65 @@ def export_command(cfg: configuration.Config, first: int, last: int, out: str, a
     """Write receipts FROM..TO as a signed file that `fiscalbox journal verify` checks offline."""
     result = _with_box(cfg, lambda box: box.export_journal(first, last, out))
     _emit(result, as_json, lambda r: f"exported receipts {r['first']}..{r['last']} to {r['file']}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Printing: receipts, reprints, X and Z reports
+
+
+@main.command("show")
+@click.argument("global_no", type=int)
+@click.option("--width", type=click.Choice(["32", "42", "48"]), default="48", show_default=True)
+@click.pass_obj
+def show_command(cfg: configuration.Config, global_no: int, width: str) -> None:
+    """Show receipt GLOBAL_NO as it prints (the QR as its URL). Prints nothing and changes nothing."""
+    click.echo(
+        _with_box(cfg, lambda box: box.receipt_document(global_no, width=int(width)).plain()), nl=False
+    )
+
+
+@main.command("reprint")
+@click.argument("global_no", type=int, required=False)
+@click.option("--unprinted", is_flag=True, help="Print every receipt that has no finished print yet.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
+@click.pass_obj
+def reprint_command(cfg: configuration.Config, global_no: int | None, unprinted: bool, as_json: bool) -> None:
+    """Print receipt GLOBAL_NO again (marked COPY after a first print), or all unprinted receipts."""
+    if (global_no is None) == (not unprinted):
+        _fail(FiscalError("BOX_USAGE", "Give either a receipt number or --unprinted."))
+    if unprinted:
+        result = _with_box(cfg, lambda box: box.print_unprinted(), printing=True)
+        _emit(result, as_json, _unprinted_text)
+        sys.exit(0 if result["error"] is None else 1)
+    assert global_no is not None
+    done = _with_box(cfg, lambda box: box.reprint(global_no), printing=True)
+    _emit(done, as_json, lambda r: f"printed receipt {r['global_no']}" + (" as COPY" if r["copy"] else ""))
+
+
+def _unprinted_text(result: dict[str, Any]) -> str:
+    text = f"printed {len(result['printed'])} receipts"
+    if result["error"] is not None:
+        error = result["error"]
+        text += f"; stopped at receipt {result['stopped_at']}: {error['code']}: {error['message']}"
+    return text
+
+
+@main.command("report")
+@click.option("--day", "day_no", type=int, default=None, help="A closed day's Z report (default: X report).")
+@click.option("--print", "to_printer", is_flag=True, help="Print it on the configured printer.")
+@click.option("--json", "as_json", is_flag=True, help="The report's figures as one JSON object.")
+@click.pass_obj
+def report_command(cfg: configuration.Config, day_no: int | None, to_printer: bool, as_json: bool) -> None:
+    """The X report of the open day, or the Z report of closed day --day; shown, or printed with --print."""
+    if to_printer:
+        result = _with_box(cfg, lambda box: box.print_report(day_no), printing=True)
+        _emit(result, as_json, lambda r: f"printed the {r['title']} of day {r['day_no']}")
+        return
+    if as_json:
+        report = _with_box(cfg, lambda box: box.x_report() if day_no is None else box.z_report(day_no))
+        _emit(report, True, str)
+        return
+    click.echo(_with_box(cfg, lambda box: box.report_document(day_no).plain()), nl=False)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Any
 
 import qrcode
 from anyascii import anyascii
+from escpos.constants import QR_ECLEVEL_M
 from escpos.escpos import Escpos
 from escpos.printer import Dummy
 from PIL import Image
@@ -186,7 +187,7 @@ class EscposPrinter:
                 if self.profile.native_qr:
                     out.qr(
                         line.text,
-                        ec=qrcode.constants.ERROR_CORRECT_M,
+                        ec=QR_ECLEVEL_M,
                         size=self.profile.qr_module,
                         native=True,
                     )
