@@ -37,6 +37,7 @@ bench: setup
 	$(PY) bench/signing.py
 	$(PY) bench/journal.py
 	$(PY) bench/crash.py --kills 1000
+	$(PY) bench/printing.py
 
 lint: setup
 	$(VENV)/bin/ruff check .
