@@ -41,7 +41,7 @@ bench: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy firmware hardware host_tools
+	$(VENV)/bin/mypy firmware hardware host_tools sim
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis

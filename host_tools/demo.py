@@ -2,9 +2,12 @@
 
 Makes a device key in out/demo/ (encrypted file key store) and its certificate request, provisions a box
 on a fresh journal, and issues a few receipts of every type (two currencies; exempt, 0 %, 15.5 %; a buyer;
-a credit and a debit note), each committed before it is shown. One bad sale is refused with nothing
-written. The day's signed CloseDay request is prepared from the journal's counters, the journal is
-audited, backed up and exported, and the export is checked offline by `fiscalbox journal verify`.
+a credit and a debit note), each committed before it is shown and printed through the Epson TM-T20II
+driver into the virtual printer: out/receipts/ gets a text dump and a PNG of every receipt. The paper runs
+out in the middle of one receipt; it stays committed, and its reprint says COPY. One bad sale is refused
+with nothing written. The X report is printed, the day's signed CloseDay request is prepared from the
+journal's counters, the journal is audited, backed up and exported, and the export is checked offline by
+`fiscalbox journal verify`.
 """
 
 from __future__ import annotations
@@ -22,10 +25,13 @@ from firmware.box import Box
 from firmware.core import fdms, wire
 from firmware.core.errors import FiscalError
 from firmware.journal import Journal
-from hardware import ECDSA_P256
+from hardware import ECDSA_P256, printers
 from hardware.keystores import FileKeyStore
+from sim.printer import VirtualPrinter
 
 OUT = Path("out/demo")
+PRINTED = Path("out/receipts")
+PRINTER_MODEL = "epson-tm-t20ii"
 DEVICE_ID = 1234
 SERIAL = "FB-DEMO-0001"
 QR_URL = "https://fdmstest.zimra.co.zw"
@@ -144,6 +150,15 @@ def fresh_journal() -> None:
     shutil.rmtree(OUT / "backups", ignore_errors=True)
 
 
+def save_pages(paper: VirtualPrinter, saved: int, stem: str) -> tuple[int, list[Path]]:
+    """Write the pages the virtual printer finished since `saved` to out/receipts/ as text and PNG."""
+    written = []
+    for page in paper.pages[saved:]:
+        text_path, _ = paper.save(page, PRINTED, stem)
+        written.append(text_path)
+    return len(paper.pages), written
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     passphrase = os.environ.get("FISCALBOX_KEY_PASSPHRASE", "demo-passphrase")
@@ -160,7 +175,18 @@ def main() -> None:
     fresh_journal()
     clock = DemoClock()
     journal = Journal(OUT / "journal.db")
-    box = Box(journal, store, clock, anchor=Anchor(OUT / "anchor.json"))
+    model = printers.PROFILES[PRINTER_MODEL]
+    paper = VirtualPrinter(dots=model.dots)
+    shutil.rmtree(PRINTED, ignore_errors=True)
+    PRINTED.mkdir(parents=True)
+    box = Box(
+        journal,
+        store,
+        clock,
+        anchor=Anchor(OUT / "anchor.json"),
+        printer=printers.EscposPrinter(model, paper),
+    )
+    saved = 0
     box.provision(
         {
             "device_id": DEVICE_ID,
@@ -182,17 +208,31 @@ def main() -> None:
     receipts_dir = OUT / "receipts"
     shutil.rmtree(receipts_dir, ignore_errors=True)
     receipts_dir.mkdir()
-    for sale in SALES:
+    for n, sale in enumerate(SALES):
         clock.advance(137)
+        if n == 2:
+            paper.load_paper(lines=12)  # the roll runs out a dozen lines into the next receipt
         result = box.issue(sale)
         row = journal.receipt(result["global_no"])
         assert row is not None
         path = receipts_dir / f"{result['global_no']:04d}.json"
         path.write_text(row["body"] + "\n")
+        saved, pages = save_pages(paper, saved, f"{result['global_no']:04d}")
         print(
             f"#{result['global_no']} {result['type']:<13} {result['currency']} {result['total']:>9}"
             f"  code {result['verification_code']}  committed, -> {path}"
+            + (f", printed -> {pages[0]} (+ .png)" if result["printed"] else "")
         )
+        for warning in result["warnings"]:
+            print(f"   {warning['code']}: {warning['message']}")
+        if not result["printed"]:
+            print(f"   unprinted now: {box.status()['unprinted']}; a new roll goes in")
+            paper.load_paper()  # the stub printed before the paper ran out is torn off
+            saved, pages = save_pages(paper, saved, f"{result['global_no']:04d}-torn")
+            print(f"   the torn-off stub -> {pages[0]} (+ .png)")
+            reprint = box.reprint(result["global_no"])
+            saved, pages = save_pages(paper, saved, f"{result['global_no']:04d}-copy")
+            print(f"   reprinted {'as COPY' if reprint['copy'] else ''} -> {pages[0]} (+ .png)")
     try:
         clock.advance(60)
         box.issue(BAD_SALE)
@@ -203,7 +243,9 @@ def main() -> None:
     print(f"X report, day {report['day_no']}: {report['receipts']} receipts")
     for document in report["documents"]:
         print(f"  {document['type']:<13} {document['currency']} x{document['count']} {document['total']:>10}")
-    print()
+    box.print_report()
+    saved, pages = save_pages(paper, saved, f"x-report-day-{report['day_no']}")
+    print(f"  printed -> {pages[0]} (+ .png)\n")
     previous = journal.receipt(3)
     previous_hash = "" if previous is None else previous["hash"]
     run(

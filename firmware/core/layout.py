@@ -406,7 +406,9 @@ def receipt_document(receipt, seller, info, width=48, copy=False, legible=None):
         receipt["receiptGlobalNo"],
         info["qr_data"],
     )
+    doc.blank()
     doc.qr(url)
+    doc.blank()
     doc.text("Verification code:", CENTER)
     doc.text(fdms.verification_code(info["qr_data"]), CENTER, True)
     doc.text("Verify this receipt at", CENTER)

@@ -63,7 +63,8 @@ def test_defaults_file_and_environment_layer(tmp_path):
     [
         ('[device]\nid = "187"\n', "device.id"),
         ("[device]\ncolour = 1\n", "device.colour"),
-        ("[printer]\nx = 1\n", "printer"),
+        ("[printer]\nx = 1\n", "printer.x"),
+        ("[usb]\nport = 1\n", "usb"),
         ("[device\n", None),
     ],
 )

@@ -548,14 +548,16 @@ def run_cut(
         vfs = CrashVFS(f"crash{_vfs_serial}", rng.randrange(2**32), cut_at, keep=chance)
         ledger = Ledger()
         clock = StepClock()
-        try:
-            with quiet_power_cut_errors():
+        # The hook stays in place until the failed run's traceback is dropped: the connection it holds
+        # is closed then, and its last sync meets the cut too.
+        with quiet_power_cut_errors():
+            try:
                 workload.run(directory / "journal.db", keys, clock, vfs, synchronous, ledger)
-        except Exception:
-            if not vfs.cut:
-                raise  # an error the cut did not cause is a finding of its own
-        finally:
-            vfs.unregister()
+            except Exception:
+                if not vfs.cut:
+                    raise  # an error the cut did not cause is a finding of its own
+            finally:
+                vfs.unregister()
         return vfs, ledger, clock
 
     dry, dry_ledger, _ = attempt(root / f"uncut-{seed}", None)

@@ -1,0 +1,111 @@
+"""`fiscalbox-device show / reprint / report` against the virtual printer on a real pseudo-terminal."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from box_rig import SETTINGS, StepClock, sale
+from click.testing import CliRunner
+
+from firmware.box import Box
+from firmware.journal import Journal
+from firmware.main import main
+from hardware import ECDSA_P256
+from hardware.keystores import FileKeyStore
+from sim.printer import VirtualPrinter
+from sim.pty_port import PtyPort, serve_on_pty
+
+PASS = "cli pass phrase"
+
+
+@pytest.fixture
+def paper() -> Iterator[tuple[VirtualPrinter, PtyPort]]:
+    printer = VirtualPrinter(dots=576)
+    with serve_on_pty(printer) as port:
+        yield printer, port
+
+
+def make_box(tmp_path: Path) -> None:
+    keys = FileKeyStore(tmp_path / "keys", PASS.encode())
+    keys.generate(ECDSA_P256)
+    clock = StepClock()
+    with Journal(tmp_path / "journal.db") as journal:
+        box = Box(journal, keys, clock)
+        box.provision(SETTINGS)
+        box.open_day()
+        for total in ("4.00", "6.50"):
+            clock.advance(60)
+            box.issue(sale(total))
+
+
+def config(tmp_path: Path, port: str) -> str:
+    path = tmp_path / "box.toml"
+    path.write_text(
+        f'[keys]\nstore = "file"\ndirectory = "{tmp_path / "keys"}"\n\n'
+        f'[journal]\npath = "{tmp_path / "journal.db"}"\nanchor = "{tmp_path / "anchor.json"}"\n\n'
+        f'[printer]\nmodel = "epson-tm-t20ii"\nport = "{port}"\n'
+    )
+    return str(path)
+
+
+def run(cfg: str, *args: str):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(main, ["--config", cfg, *args], env={"FISCALBOX_KEY_PASSPHRASE": PASS})
+
+
+def test_reprint_and_unprinted_over_a_serial_port(
+    tmp_path: Path, paper: tuple[VirtualPrinter, PtyPort]
+) -> None:
+    printer, port = paper
+    make_box(tmp_path)
+    cfg = config(tmp_path, port.path)
+
+    first = run(cfg, "reprint", "1")
+    assert first.exit_code == 0, first.output
+    assert first.output.strip() == "printed receipt 1"  # never printed before: the original
+    again = run(cfg, "reprint", "1")
+    assert again.output.strip() == "printed receipt 1 as COPY"
+    rest = run(cfg, "reprint", "--unprinted", "--json")
+    assert rest.exit_code == 0
+    assert json.loads(rest.output) == {"printed": [2], "stopped_at": None, "error": None}
+    assert len(printer.pages) == 3
+    assert "COPY" not in printer.pages[0].text().replace(" ", "")
+    assert "COPY" in printer.pages[1].text().replace(" ", "")
+    assert printer.pages[0].qr_payloads == printer.pages[1].qr_payloads
+
+    shown = run(cfg, "show", "2", "--width", "32")
+    assert shown.exit_code == 0 and "6.50" in shown.output and "[QR https://" in shown.output
+    assert len(printer.pages) == 3  # showing prints nothing
+
+    report = run(cfg, "report")
+    assert report.exit_code == 0 and "X REPORT" in report.output and "10.50" in report.output
+    figures = json.loads(run(cfg, "report", "--json").output)
+    assert figures["receipts"] == 2
+    printed = run(cfg, "report", "--print")
+    assert printed.exit_code == 0 and "X REPORT" in printed.output
+    assert "END OF X REPORT" in printer.pages[-1].text()
+
+
+def test_printer_faults_are_refused_with_their_code(
+    tmp_path: Path, paper: tuple[VirtualPrinter, PtyPort]
+) -> None:
+    printer, port = paper
+    make_box(tmp_path)
+    printer.cover_open = True
+    refused = run(config(tmp_path, port.path), "reprint", "1")
+    assert refused.exit_code == 2
+    assert "error BOX_PRINTER_COVER_OPEN" in refused.output
+    assert printer.pages == []
+    with Journal(tmp_path / "journal.db") as journal:
+        assert journal.prints(1) == (0, 0)  # refused before anything was recorded
+
+    missing = run(config(tmp_path, str(tmp_path / "no-such-port")), "reprint", "1")
+    assert (
+        missing.exit_code == 2 and "error BOX_PRINTER_OFFLINE: Cannot open the printer port" in missing.output
+    )
+    cfg = Path(config(tmp_path, port.path))
+    cfg.write_text(cfg.read_text().replace("epson-tm-t20ii", "tm-x"))
+    unknown = run(str(cfg), "reprint", "1")
+    assert unknown.exit_code == 2 and "error BOX_CONFIG: Unknown printer model" in unknown.output
