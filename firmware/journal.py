@@ -26,7 +26,7 @@ import apsw
 from firmware.core import chain
 from firmware.core.errors import FiscalError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each entry upgrades a journal from the version before it; a journal is never downgraded.
 MIGRATIONS: dict[int, list[str]] = {
@@ -117,6 +117,29 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE print_log RENAME COLUMN printed TO completed",
         "UPDATE print_log SET completed = started",
     ],
+    # Delivery to FDMS: when the day's OpenDay was accepted, the device keys retired by certificate renewal
+    # (receipts keep verifying with the key that signed them), and the files an offline-mode device sent.
+    3: [
+        "ALTER TABLE days ADD COLUMN open_sent_at TEXT",
+        """CREATE TABLE device_keys (
+            seq INTEGER PRIMARY KEY,
+            algorithm TEXT NOT NULL,
+            public_key TEXT NOT NULL,
+            last_global_no INTEGER NOT NULL,
+            retired_at TEXT NOT NULL)""",
+        """CREATE TABLE files (
+            day_no INTEGER NOT NULL,
+            sequence INTEGER NOT NULL,
+            first_global_no INTEGER,
+            last_global_no INTEGER,
+            has_footer INTEGER NOT NULL,
+            sha256 TEXT NOT NULL,
+            operation_id TEXT,
+            status TEXT NOT NULL,
+            error TEXT,
+            updated TEXT NOT NULL,
+            PRIMARY KEY (day_no, sequence))""",
+    ],
 }
 
 DAY_COLUMNS = (
@@ -131,6 +154,7 @@ DAY_COLUMNS = (
     "closed_at",
     "server_signature",
     "closing_error",
+    "open_sent_at",
 )
 
 OPENED = "FiscalDayOpened"
@@ -575,6 +599,177 @@ class Journal:
 
     def outbox_counts(self) -> dict[str, int]:
         return {state: n for state, n in self.db.execute("SELECT state, count(*) FROM outbox GROUP BY state")}
+
+    def next_pending(self) -> dict[str, Any] | None:
+        """The undelivered receipt with the lowest global number: delivery goes strictly in that order."""
+        return self._named_row(
+            "SELECT r.global_no, r.day_no, r.counter, r.body, r.hash, r.signature FROM outbox o "
+            "JOIN receipts r USING (global_no) WHERE o.state = 'pending' ORDER BY o.global_no LIMIT 1",
+            (),
+        )
+
+    def pending_in_day(self, day_no: int) -> int:
+        return int(
+            self._scalar(
+                "SELECT count(*) FROM outbox o JOIN receipts r USING (global_no) "
+                "WHERE o.state = 'pending' AND r.day_no = ?",
+                (day_no,),
+            )
+        )
+
+    def record_delivery(
+        self,
+        global_no: int,
+        state: str,
+        attempts: int,
+        at: str,
+        receipt_id: int | None = None,
+        server_date: str | None = None,
+        server_signature: dict[str, Any] | None = None,
+        errors: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """What FDMS answered for a receipt (`delivered`), or that it went in an offline file (`filed`).
+
+        Retries are not written: an outage leaves the journal quiet, and the final count is kept here."""
+        signature_text = None if server_signature is None else detail_json(server_signature)
+        errors_text = None if errors is None else detail_json(errors)
+        with self.transaction():
+            changed = self.db.execute(
+                "UPDATE outbox SET state = ?, attempts = ?, receipt_id = ?, server_date = ?, "
+                "server_signature = ?, errors = ?, updated = ? WHERE global_no = ? AND state = 'pending' "
+                "RETURNING global_no",
+                (state, attempts, receipt_id, server_date, signature_text, errors_text, at, global_no),
+            ).fetchall()
+            if not changed:
+                raise _error("BOX_DELIVERY", f"Receipt {global_no} is not waiting for delivery.")
+            self.log(
+                at,
+                "receipt.delivered",
+                {
+                    "global_no": global_no,
+                    "state": state,
+                    "attempts": attempts,
+                    "receipt_id": receipt_id,
+                    "server_date": server_date,
+                    "server_signature": server_signature,
+                    "errors": errors,
+                },
+            )
+
+    def delivery(self, global_no: int) -> dict[str, Any] | None:
+        """The outbox row of a receipt, with its server signature and errors parsed."""
+        row = self._named_row("SELECT * FROM outbox WHERE global_no = ?", (global_no,))
+        if row is not None:
+            for name in ("server_signature", "errors"):
+                row[name] = None if row[name] is None else json.loads(row[name])
+        return row
+
+    def flagged(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Delivered receipts FDMS reported validation errors for, oldest first."""
+        rows = self.db.execute(
+            "SELECT global_no, errors FROM outbox WHERE errors IS NOT NULL AND errors != '[]' "
+            "ORDER BY global_no LIMIT ?",
+            (limit,),
+        )
+        return [{"global_no": g, "errors": json.loads(e)} for g, e in rows]
+
+    def mark_open_sent(self, day_no: int, at: str) -> None:
+        """FDMS accepted the day's OpenDay: its receipts may now be sent."""
+        with self.transaction():
+            self.db.execute("UPDATE days SET open_sent_at = ? WHERE day_no = ?", (at, day_no))
+            self.log(at, "day.open_sent", {"day_no": day_no})
+
+    # -----------------------------------------------------------------------------------------------------
+    # Device keys retired by certificate renewal
+
+    def retire_key(self, algorithm: str, public_key_pem: str, at: str) -> None:
+        """Record the key in force until now: receipts up to the last one issued verify with it."""
+        with self.transaction():
+            last = self._scalar("SELECT last_global_no FROM head")
+            self.db.execute(
+                "INSERT INTO device_keys (algorithm, public_key, last_global_no, retired_at) "
+                "VALUES (?, ?, ?, ?)",
+                (algorithm, public_key_pem, last, at),
+            )
+            self.log(
+                at,
+                "key.retired",
+                {"algorithm": algorithm, "public_key": public_key_pem, "last_global_no": last},
+            )
+
+    def retired_keys(self) -> list[dict[str, Any]]:
+        """Keys that signed earlier receipts, oldest first: (algorithm, public_key, last_global_no)."""
+        rows = self.db.execute(
+            "SELECT algorithm, public_key, last_global_no, retired_at FROM device_keys ORDER BY seq"
+        )
+        return [
+            {"algorithm": a, "public_key": k, "last_global_no": n, "retired_at": at} for a, k, n, at in rows
+        ]
+
+    # -----------------------------------------------------------------------------------------------------
+    # Offline-mode files
+
+    def record_file(
+        self,
+        day_no: int,
+        sequence: int,
+        first_global_no: int | None,
+        last_global_no: int | None,
+        has_footer: bool,
+        sha256: str,
+        operation_id: str | None,
+        at: str,
+    ) -> None:
+        """A file of the day's receipts accepted by SubmitFile; its receipts are `filed` in the same step."""
+        with self.transaction():
+            self.db.execute(
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, 'submitted', NULL, ?)",
+                (
+                    day_no,
+                    sequence,
+                    first_global_no,
+                    last_global_no,
+                    int(has_footer),
+                    sha256,
+                    operation_id,
+                    at,
+                ),
+            )
+            detail = {
+                "day_no": day_no,
+                "sequence": sequence,
+                "first_global_no": first_global_no,
+                "last_global_no": last_global_no,
+                "has_footer": has_footer,
+                "sha256": sha256,
+                "operation_id": operation_id,
+            }
+            self.log(at, "file.submitted", detail)
+            if first_global_no is not None and last_global_no is not None:
+                self.db.execute(
+                    "UPDATE outbox SET state = 'filed', attempts = 1, updated = ? "
+                    "WHERE global_no BETWEEN ? AND ? AND state = 'pending'",
+                    (at, first_global_no, last_global_no),
+                )
+
+    def files(self, day_no: int) -> list[dict[str, Any]]:
+        cursor = self.db.execute("SELECT * FROM files WHERE day_no = ? ORDER BY sequence", (day_no,))
+        names = None
+        out = []
+        for row in cursor:
+            names = names or [d[0] for d in cursor.get_description()]
+            out.append(dict(zip(names, row, strict=True)))
+        return out
+
+    def update_file(self, day_no: int, sequence: int, status: str, error: str | None, at: str) -> None:
+        with self.transaction():
+            self.db.execute(
+                "UPDATE files SET status = ?, error = ?, updated = ? WHERE day_no = ? AND sequence = ?",
+                (status, error, at, day_no, sequence),
+            )
+            self.log(
+                at, "file.status", {"day_no": day_no, "sequence": sequence, "status": status, "error": error}
+            )
 
     # -----------------------------------------------------------------------------------------------------
     # Checkpoints

@@ -18,6 +18,7 @@ from typing import Any
 from firmware.core import chain, fdms, money
 from firmware.core.errors import FiscalError
 from firmware.journal import CLOSE_INITIATED, OPENED, CounterKey, Journal, detail_json
+from hardware.signatures import load_public_key
 from hardware.signatures import verify as verify_signature
 
 Progress = Callable[[int, int], None]
@@ -33,6 +34,36 @@ class Findings:
 
     def add(self, code: str, message: str, **where: Any) -> None:
         self.items.append({"code": code, "message": message, **where})
+
+
+class KeyRing:
+    """The device's keys over time. Certificate renewal retires a key; each receipt verifies with the key
+    that was in force when it was issued. Checkpoints and close requests verify with any of the device's keys
+    (a retired private key is destroyed, so it can sign nothing new)."""
+
+    def __init__(self, current: Any, retired: list[tuple[int, Any]] | None = None) -> None:
+        self.current = current
+        self.retired = retired or []  # (last global number it signed, public key), oldest first
+
+    @classmethod
+    def of(cls, journal: Journal, current: Any) -> KeyRing:
+        if isinstance(current, KeyRing):
+            return current
+        retired = [
+            (key["last_global_no"], load_public_key(key["public_key"].encode()))
+            for key in journal.retired_keys()
+        ]
+        return cls(current, retired)
+
+    def for_receipt(self, global_no: int) -> Any:
+        for last, key in self.retired:
+            if global_no <= last:
+                return key
+        return self.current
+
+    def verify_any(self, data: bytes, signature: bytes) -> bool:
+        keys = [self.current] + [key for _, key in reversed(self.retired)]
+        return any(verify_signature(key, data, signature) for key in keys)
 
 
 def signed_view(body: str) -> dict[str, Any]:
@@ -103,7 +134,7 @@ def walk_receipts(
     device_id: int,
     start: Walk,
     found: Findings,
-    public_key: Any = None,
+    keys: KeyRing | None = None,
     progress: Progress | None = None,
     total: int = 0,
 ) -> Walk:
@@ -217,7 +248,9 @@ def walk_receipts(
                     global_no=global_no,
                     field="qr_data",
                 )
-            if public_key is not None and not verify_signature(public_key, text.encode(), signature):
+            if keys is not None and not verify_signature(
+                keys.for_receipt(global_no), text.encode(), signature
+            ):
                 found.add(
                     "BOX_TAMPER_SIGNATURE",
                     f"Receipt {global_no}'s signature does not verify with the device key.",
@@ -358,7 +391,8 @@ class Replay:
         self.days: dict[int, dict[str, Any]] = {}
         self.prints: dict[int, tuple[int, int, str]] = {}  # global_no -> (completed, started, last at)
         self.checkpoints: list[tuple[str, dict[str, Any]]] = []
-        self.outbox_changed: list[int] = []
+        self.outbox_changed: list[int] = []  # rows that are no longer what issuing wrote
+        self.outbox: dict[int, tuple[Any, ...]] = {}  # global_no -> the row delivery's entries say it holds
 
     def apply(self, at: str, event: str, detail: dict[str, Any]) -> None:
         if event == "settings":
@@ -373,6 +407,7 @@ class Replay:
                 "closed_at": None,
                 "server_signature": None,
                 "closing_error": None,
+                "open_sent_at": None,
             }
         elif event == "day.close_requested" and detail.get("day_no") in self.days:
             self.days[detail["day_no"]].update(
@@ -381,6 +416,23 @@ class Replay:
                 close_requested_at=at,
                 request_sha256=detail["request_sha256"],
             )
+        elif event == "day.open_sent" and detail.get("day_no") in self.days:
+            self.days[detail["day_no"]]["open_sent_at"] = at
+        elif event == "receipt.delivered":
+            signature, errors = detail["server_signature"], detail["errors"]
+            self.outbox[detail["global_no"]] = (
+                detail["state"],
+                detail["attempts"],
+                detail["receipt_id"],
+                detail["server_date"],
+                None if signature is None else detail_json(signature),
+                None if errors is None else detail_json(errors),
+                at,
+            )
+        elif event == "file.submitted" and detail["first_global_no"] is not None:
+            for global_no in range(detail["first_global_no"], detail["last_global_no"] + 1):
+                if global_no not in self.outbox:
+                    self.outbox[global_no] = ("filed", 1, None, None, None, None, at)
         elif event == "day.status" and detail.get("day_no") in self.days:
             self.days[detail["day_no"]].update({k: v for k, v in detail.items() if k != "day_no"})
         elif event in ("print.started", "print.completed", "receipt.printed"):
@@ -395,14 +447,15 @@ class Replay:
             self.checkpoints.append((at, detail))
 
 
-def _check_issued(found: Findings, seq: int, at: str, text: str, row: Any) -> None:
+def _check_issued(found: Findings, seq: int, at: str, text: str, row: Any, changed: list[int]) -> None:
     """A receipt.issued entry against the receipt and outbox rows it must match.
 
     The entry is compared as text with what issuing writes, and parsed only when it differs (the audit
-    reads one such entry per receipt)."""
+    reads one such entry per receipt). An outbox row that delivery has moved on is noted in `changed`, to be
+    checked against delivery's own entries once the whole log has been read."""
     if row is not None and text == detail_json({"global_no": row[0], "hash": row[1]}):
         if row[2:] != ("pending", 0, None, None, None, None, at):
-            _outbox_differs(found, row[0])
+            changed.append(row[0])
         return
     try:
         detail = json.loads(text)
@@ -427,11 +480,25 @@ def _check_issued(found: Findings, seq: int, at: str, text: str, row: Any) -> No
             field="hash",
         )
     if outbox != ["pending", 0, None, None, None, None, at]:
-        _outbox_differs(found, global_no)
+        changed.append(global_no)
+
+
+def _check_outbox(found: Findings, journal: Journal, state: Replay) -> None:
+    """An outbox row is what issuing wrote, or what delivery's last entry for it says."""
+    for global_no in state.outbox_changed:
+        if global_no not in state.outbox:
+            _outbox_differs(found, global_no)
+    for global_no, want in state.outbox.items():
+        row = journal.db.execute(
+            "SELECT state, attempts, receipt_id, server_date, server_signature, errors, updated FROM outbox "
+            "WHERE global_no = ?",
+            (global_no,),
+        ).fetchone()
+        if row is None or tuple(row) != want:
+            _outbox_differs(found, global_no)
 
 
 def _outbox_differs(found: Findings, global_no: int) -> None:
-    """Until delivery records its own entries, an outbox row is exactly what issuing wrote."""
     found.add(
         "BOX_OUTBOX",
         f"Receipt {global_no}'s outbox row differs from what the audit log recorded.",
@@ -458,13 +525,13 @@ def _check_logs(
     for seq, at, event, text, link in _audit_entries(journal, after_seq, previous, found):
         last_seq, last_link = seq, link
         if event == "receipt.issued":
-            _check_issued(found, seq, at, text, next(receipts, None))
+            _check_issued(found, seq, at, text, next(receipts, None), state.outbox_changed)
             continue
         try:
             detail = json.loads(text)
         except ValueError:
             detail = {}
-        if replay or event == "settings":
+        if replay or event in ("settings", "receipt.delivered", "file.submitted"):
             try:
                 state.apply(at, event, detail)
             except (KeyError, TypeError):
@@ -483,6 +550,7 @@ def _check_logs(
             field="global_no",
         )
     _compare_settings(found, journal, state.settings)
+    _check_outbox(found, journal, state)
     if replay:
         _compare_replay(found, journal, state)
     return last_seq, last_link
@@ -571,8 +639,8 @@ def _compare_replay(found: Findings, journal: Journal, state: Replay) -> None:
             )
 
 
-def _check_checkpoint(found: Findings, journal: Journal, checkpoint: Any, public_key: Any) -> bool:
-    ok = verify_signature(public_key, checkpoint.signed_text(), checkpoint.signature)
+def _check_checkpoint(found: Findings, journal: Journal, checkpoint: Any, keys: KeyRing) -> bool:
+    ok = keys.verify_any(checkpoint.signed_text(), checkpoint.signature)
     row = journal.db.execute(
         "SELECT link FROM receipts WHERE global_no = ?", (checkpoint.global_no,)
     ).fetchone()
@@ -594,7 +662,7 @@ def _close_requests(
     found: Findings,
     journal: Journal,
     device_id: int,
-    public_key: Any,
+    keys: KeyRing,
     counters: dict[int, dict[CounterKey, int]],
 ) -> None:
     """Every signed CloseDay request must carry the day's recomputed counters and a valid signature."""
@@ -629,7 +697,7 @@ def _close_requests(
                 field="close_request",
             )
         signature = fdms.unb64(day["close_signature"] or "")
-        if not verify_signature(public_key, text.encode(), signature):
+        if not keys.verify_any(text.encode(), signature):
             found.add(
                 "BOX_TAMPER_SIGNATURE",
                 f"Day {n}'s close signature does not verify.",
@@ -669,11 +737,12 @@ def boot_check(journal: Journal, public_key: Any, device_id: int) -> dict[str, A
     found = Findings()
     try:
         if _structure(found, journal, full=False):
+            keys = KeyRing.of(journal, public_key)
             checkpoint = journal.last_checkpoint()
             start = Walk()
             audit_seq, audit_link = 0, chain.GENESIS
             settings: dict[str, Any] = {}
-            if checkpoint is not None and _check_checkpoint(found, journal, checkpoint, public_key):
+            if checkpoint is not None and _check_checkpoint(found, journal, checkpoint, keys):
                 settings = checkpoint.settings
                 row = journal.receipt(checkpoint.global_no) if checkpoint.global_no else None
                 if row is not None:
@@ -708,20 +777,21 @@ def full_audit(
     checked = {"receipts": 0, "days": 0, "audit_entries": 0, "checkpoints": 0, "signatures": signatures}
     try:
         if _structure(found, journal, full=True):
+            keys = KeyRing.of(journal, public_key)
             end = walk_receipts(
-                journal, device_id, Walk(), found, public_key if signatures else None, progress, total
+                journal, device_id, Walk(), found, keys if signatures else None, progress, total
             )
             checked["receipts"] = end.global_no
             days = journal.days()
             checked["days"] = len(days)
             for day in days:
                 _compare_counters(found, journal, day["day_no"], end.counters.get(day["day_no"], {}))
-            _close_requests(found, journal, device_id, public_key, end.counters)
+            _close_requests(found, journal, device_id, keys, end.counters)
             seq, link = _check_logs(found, journal, 0, chain.GENESIS, 0, replay=True, settings={})
             checked["audit_entries"] = seq
             _check_head(found, journal, end, seq, link)
             for checkpoint in journal.checkpoints():
-                _check_checkpoint(found, journal, checkpoint, public_key)
+                _check_checkpoint(found, journal, checkpoint, keys)
                 checked["checkpoints"] += 1
     except Exception as error:  # see boot_check
         found.add("BOX_JOURNAL_CORRUPT", f"The journal could not be read: {error}.", field="file")
