@@ -8,8 +8,12 @@ after the journal's commit and never inside its transaction: a printer or networ
 from __future__ import annotations
 
 import datetime
+import functools
+import hashlib
 import json
 import os
+import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,8 +26,8 @@ from firmware import export as exports
 from firmware import verify
 from firmware.core import fdms, layout, localtime, money, wire
 from firmware.core.errors import FiscalError
-from firmware.journal import CLOSE_INITIATED, CLOSED, OPENED, Head, Journal, NewReceipt
-from hardware import Clock, KeyStore, Printer
+from firmware.journal import CLOSE_FAILED, CLOSE_INITIATED, CLOSED, OPENED, Head, Journal, NewReceipt
+from hardware import ECDSA_P256, Clock, KeyStore, Printer
 from hardware.signatures import load_public_key
 
 REQUIRED_SETTINGS = ("device_id", "serial", "taxpayer_name", "taxpayer_tin", "taxes", "currencies", "qr_url")
@@ -34,13 +38,51 @@ OPTIONAL_SETTINGS = {
     "branch_email": "",
     "branch_phone": "",
     "day_max_hours": 24,
+    "operating_mode": "Online",
+    "certificate_valid_till": None,
+    "day_end_notification_hours": 2,
 }
+FILE_LIMIT = 3_000_000  # bytes: FDMS refuses a SubmitFile file over 3 MB (FILE01)
 # Fields of a sale the box decides itself; a POS that sends them is told so rather than silently overruled.
 BOX_FIELDS = ("receiptCounter", "receiptGlobalNo", "receiptDate", "receiptDeviceSignature")
 
 
 def _refuse(code: str, message: str, field: str | None = None) -> FiscalError:
     return FiscalError(code, message, field)
+
+
+def _serialized(method: Callable[..., Any]) -> Callable[..., Any]:
+    """One operation at a time: the POS and the delivery worker share the box (and its one journal
+    connection) from different threads."""
+
+    @functools.wraps(method)
+    def run(self: Box, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return run
+
+
+def settings_from_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The box's settings from a GetConfig answer: taxpayer, branch, taxes, limits, QR URL."""
+    address = config.get("deviceBranchAddress") or {}
+    contacts = config.get("deviceBranchContacts") or {}
+    parts = [address.get("houseNo"), address.get("street"), address.get("city"), address.get("province")]
+    return {
+        "taxpayer_name": config["taxPayerName"],
+        "taxpayer_tin": config["taxPayerTIN"],
+        "vat_number": config.get("vatNumber") or None,
+        "branch_name": config.get("deviceBranchName") or "",
+        "branch_address": ", ".join(str(p) for p in parts if p),
+        "branch_email": contacts.get("email") or "",
+        "branch_phone": contacts.get("phoneNo") or "",
+        "taxes": config["applicableTaxes"],
+        "qr_url": config["qrUrl"],
+        "day_max_hours": int(config.get("taxPayerDayMaxHrs") or 24),
+        "day_end_notification_hours": int(config.get("taxpayerDayEndNotificationHrs") or 2),
+        "operating_mode": config.get("deviceOperatingMode") or "Online",
+        "certificate_valid_till": config.get("certificateValidTill"),
+    }
 
 
 class Box:
@@ -57,6 +99,7 @@ class Box:
         anchor: backups.Anchor | None = None,
         checkpoint_every: int = 1000,
         printer: Printer | None = None,
+        fdms_client: Any = None,
     ) -> None:
         self.journal = journal
         self.keys = keys
@@ -67,6 +110,9 @@ class Box:
         self.anchor = anchor
         self.checkpoint_every = checkpoint_every  # bounds what a restart re-walks: boot time stays flat
         self.printer = printer
+        self.fdms = fdms_client  # firmware.fdms_client.FdmsClient, or None for a box not yet connected
+        self.delivery: Any = None  # the Delivery worker, when one runs: status() reports its state
+        self.lock = threading.RLock()
         self._settings: dict[str, Any] = {}
         self._taxes: list[dict[str, Any]] | None = None
         self._context: fdms.Context | None = None
@@ -128,6 +174,7 @@ class Box:
     # -----------------------------------------------------------------------------------------------------
     # Provisioning
 
+    @_serialized
     def provision(self, values: dict[str, Any]) -> dict[str, Any]:
         """Store the identity and fiscal settings in force: taxpayer, taxes, currencies, QR URL, day limit."""
         unknown = sorted(set(values) - set(REQUIRED_SETTINGS) - set(OPTIONAL_SETTINGS))
@@ -175,7 +222,22 @@ class Box:
     # Days
 
     def open_day(self) -> dict[str, Any]:
-        """Open the next fiscal day at the local time now."""
+        """Open the next fiscal day at the local time now, with the taxes and taxpayer data FDMS gives just
+        before (GetConfig); when FDMS cannot be reached the day opens with the settings stored, and delivery
+        reports the open once FDMS is back."""
+        warnings: list[dict[str, Any]] = []
+        if self.fdms is not None and self._settings.get("operating_mode", "Online") == "Online":
+            try:
+                self.refresh_config()
+            except FiscalError as error:
+                warnings.append(
+                    {"code": error.code, "colour": "Yellow", "field": None, "message": error.message}
+                )
+        opened = self._open_day()
+        return {**opened, "warnings": warnings}
+
+    @_serialized
+    def _open_day(self) -> dict[str, Any]:
         self._ensure_provisioned()
         self._ensure_sound()
         day = self.journal.current_day()
@@ -204,6 +266,7 @@ class Box:
     def _max_hours(self) -> int:
         return int(self._settings.get("day_max_hours", 24))
 
+    @_serialized
     def record_close(self, day_no: int, status: str, **values: Any) -> None:
         """What FDMS answered to the close (called by delivery): Closed or CloseFailed with its code."""
         day = self.journal.day(day_no)
@@ -211,13 +274,14 @@ class Box:
             raise _refuse("BOX_DAY_STATE", f"Fiscal day {day_no} has no close in progress.")
         self.journal.set_day_status(day_no, status, self.now_local(), **values)
 
+    @_serialized
     def close_day(self) -> dict[str, Any]:
         """Prepare and sign the CloseDay request from the incremental counters; the cost does not grow with
         the number of receipts."""
         self._ensure_provisioned()
         self._ensure_sound()
         day = self.journal.current_day()
-        if day is None or day["status"] != OPENED:
+        if day is None or day["status"] not in (OPENED, CLOSE_FAILED):
             raise _refuse("BOX_DAY_NOT_OPEN", "No fiscal day is open, so there is nothing to close.")
         ordered = fdms.day_counters(self.journal.counters(day["day_no"]))
         text = fdms.day_string(self.device_id, day["day_no"], day["opened"][:10], ordered)
@@ -289,6 +353,7 @@ class Box:
             )
         return date
 
+    @_serialized
     def issue(self, sale: dict[str, Any]) -> dict[str, Any]:
         """Validate, number, chain, sign and commit one sale. Returns only after the commit is durable."""
         self._ensure_provisioned()
@@ -408,6 +473,7 @@ class Box:
     # -----------------------------------------------------------------------------------------------------
     # Printing
 
+    @_serialized
     def receipt_document(self, global_no: int, copy: bool = False, width: int = 48) -> layout.Document:
         """A committed receipt laid out for the configured printer (or `width` columns without one)."""
         row = self.journal.receipt(global_no)
@@ -449,6 +515,7 @@ class Box:
         self.journal.print_completed(global_no, self.now_local())
         return started > 0
 
+    @_serialized
     def reprint(self, global_no: int) -> dict[str, Any]:
         """Print a committed receipt again, marked COPY when it was printed (or began printing) before. The
         fiscal content is the stored receipt's, never re-signed."""
@@ -457,6 +524,7 @@ class Box:
         copy = self._print_receipt(global_no)
         return {"global_no": global_no, "copy": copy, "prints": self.journal.prints(global_no)[1]}
 
+    @_serialized
     def print_unprinted(self) -> dict[str, Any]:
         """Print every receipt with no finished print, oldest first; stops at the first printer fault."""
         done: list[int] = []
@@ -468,6 +536,7 @@ class Box:
             done.append(global_no)
         return {"printed": done, "stopped_at": None, "error": None}
 
+    @_serialized
     def report_document(self, day_no: int | None = None, width: int = 48) -> layout.Document:
         """The X report of the current day, or the Z report of a closed day."""
         day = self.journal.current_day() if day_no is None else self.journal.day(day_no)
@@ -483,6 +552,7 @@ class Box:
             )
         return layout.report_document(day, counters, documents, seller, at, width)
 
+    @_serialized
     def print_report(self, day_no: int | None = None) -> dict[str, Any]:
         """Print the X report (the day so far) or, for a closed day, its Z report."""
         printer = self._require_printer()
@@ -494,6 +564,7 @@ class Box:
     # -----------------------------------------------------------------------------------------------------
     # Status and reports
 
+    @_serialized
     def status(self) -> dict[str, Any]:
         head = self.journal.head()
         day = self.journal.current_day()
@@ -505,6 +576,12 @@ class Box:
             "outbox": self.journal.outbox_counts(),
             "unprinted": self.journal.unprinted(),
             "journal": {"clean": self.boot["clean"], "problems": self.boot["problems"]},
+            "fdms": {
+                "mode": self.operating_mode(),
+                "certificate_valid_till": self.certificate_valid_till(),
+                "flagged": self.journal.flagged(limit=20),
+                "delivery": None if self.delivery is None else self.delivery.state(),
+            },
             "warnings": [],
         }
         if day is not None:
@@ -520,6 +597,7 @@ class Box:
                 info["warnings"] = self._day_warnings(day["opened"], self.now_local())
         return info
 
+    @_serialized
     def x_report(self) -> dict[str, Any]:
         """The open day so far: counters per currency and tax, payments, and documents per type."""
         day = self.journal.current_day()
@@ -527,6 +605,7 @@ class Box:
             raise _refuse("BOX_DAY_NOT_OPEN", "No fiscal day has been opened yet.")
         return self._day_report(day)
 
+    @_serialized
     def z_report(self, day_no: int) -> dict[str, Any]:
         """A closed day's final counters and documents."""
         day = self.journal.day(day_no)
@@ -550,8 +629,204 @@ class Box:
         }
 
     # -----------------------------------------------------------------------------------------------------
+    # FDMS: registration, configuration, certificate renewal (the network calls are never inside a
+    # journal transaction), and what delivery records
+
+    def _require_fdms(self) -> Any:
+        if self.fdms is None:
+            raise _refuse("BOX_NO_FDMS", "No FDMS connection is configured: set [fdms] in the configuration.")
+        return self.fdms
+
+    def _use_certificate(self) -> None:
+        """Point the FDMS client at the key store's current certificate and key for mutual TLS."""
+        material = getattr(self.keys, "tls_key_material", None)
+        if self.fdms is not None and material is not None and self.keys.certificate_pem() is not None:
+            self.fdms.use_certificate(material())
+
+    def register(
+        self,
+        device_id: int,
+        serial: str,
+        activation_key: str,
+        currencies: list[str],
+        algorithm: str = ECDSA_P256,
+    ) -> dict[str, Any]:
+        """VerifyTaxpayerInformation, a key in the key store, a CSR, RegisterDevice, the certificate stored,
+        then GetConfig: the box is provisioned with what FDMS says."""
+        client = self._require_fdms()
+        if self.journal.head()["last_global_no"] and self._settings.get("device_id") not in (None, device_id):
+            raise _refuse("BOX_SETTINGS", "This journal holds another device's receipts.", "device_id")
+        taxpayer = client.verify_taxpayer_information(activation_key, serial).body
+        with self.lock:
+            if self.keys.algorithm is None:
+                self.keys.generate(algorithm)
+            csr = self.keys.certificate_request(fdms.csr_common_name(serial, device_id))
+        answer = client.register_device(activation_key, csr)
+        with self.lock:
+            self.keys.install_certificate(answer.body["certificate"].encode())
+            self._use_certificate()
+        config = self.refresh_config(
+            {"device_id": device_id, "serial": serial, "currencies": list(currencies)}
+        )
+        return {"taxpayer": taxpayer, "config": config}
+
+    def refresh_config(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """GetConfig, and the settings it carries stored (taxes, taxpayer and branch data, limits)."""
+        config = self._require_fdms().get_config().body
+        with self.lock:
+            settings = {**settings_from_config(config), **(extra or {})}
+            return self.provision(settings)
+
+    def certificate_valid_till(self) -> str | None:
+        """certificateValidTill as FDMS last reported it (from GetConfig)."""
+        return self._settings.get("certificate_valid_till")
+
+    def renew_certificate(self, algorithm: str | None = None) -> dict[str, Any]:
+        """A new key and certificate: the pending key's CSR goes out over TLS with the current certificate;
+        the retired key is recorded in the journal before the key store switches, so every receipt keeps
+        verifying with the key that signed it."""
+        client = self._require_fdms()
+        self._ensure_provisioned()
+        with self.lock:
+            old_algorithm = self.keys.algorithm
+            self.keys.begin_renewal(algorithm or old_algorithm or ECDSA_P256)
+            csr = self.keys.renewal_request(fdms.csr_common_name(self._settings["serial"], self.device_id))
+        try:
+            answer = client.issue_certificate(csr)
+        except FiscalError:
+            with self.lock:
+                self.keys.cancel_renewal()
+            raise
+        with self.lock:
+            at = self.now_local()
+            old_public = self.keys.public_key_pem().decode()
+            self.journal.retire_key(str(old_algorithm), old_public, at)
+            self.keys.install_certificate(answer.body["certificate"].encode())
+            self._use_certificate()
+            self._checkpoint(at, "key renewed")
+        config = self.refresh_config()
+        return {"renewed_at": at, "certificate_valid_till": config.get("certificate_valid_till")}
+
+    def fiscal_day(self, day_no: int) -> dict[str, Any] | None:
+        with self.lock:
+            return self.journal.day(day_no)
+
+    def next_pending(self) -> dict[str, Any] | None:
+        with self.lock:
+            return self.journal.next_pending()
+
+    def unfinished_days(self) -> list[dict[str, Any]]:
+        """Days FDMS has not yet confirmed closed, oldest first: delivery works through them in order."""
+        with self.lock:
+            return [day for day in self.journal.days() if day["status"] != CLOSED]
+
+    def pending_in_day(self, day_no: int) -> int:
+        with self.lock:
+            return self.journal.pending_in_day(day_no)
+
+    def mark_open_sent(self, day_no: int) -> None:
+        with self.lock:
+            self.journal.mark_open_sent(day_no, self.now_local())
+
+    def record_delivery(self, global_no: int, attempts: int, **answer: Any) -> None:
+        with self.lock:
+            self.journal.record_delivery(global_no, "delivered", attempts, self.now_local(), **answer)
+
+    def operating_mode(self) -> str:
+        return str(self._settings.get("operating_mode") or "Online")
+
+    def day_files(self, day_no: int, limit: int = FILE_LIMIT) -> list[dict[str, Any]]:
+        """The SubmitFile files of a day whose close was requested (offline mode; also for manual upload in
+        the ZIMRA portal): header, the receipts exactly as signed, split under `limit` bytes, and the footer
+        (the signed close) in the last file."""
+        with self.lock:
+            day = self.journal.day(day_no)
+            if day is None or day["close_request"] is None:
+                raise _refuse("BOX_DAY_NOT_CLOSED", f"Day {day_no} has no signed close yet: close it first.")
+            request = day["close_request"]
+            footer = (
+                '{"fiscalDayClosed":'
+                + wire.dumps(day["close_requested_at"])
+                + ","
+                + re.sub(r',"fiscalDayNo":\d+', "", request[1:], count=1)
+            )
+            prefix = '{"receipt":'
+            receipts = [(row[0], row[7][len(prefix) : -1]) for row in self.journal.receipts(day_no=day_no)]
+
+        def header(sequence: int) -> str:
+            return wire.dumps(
+                {
+                    "deviceID": self.device_id,
+                    "fiscalDayNo": day_no,
+                    "fiscalDayOpened": day["opened"],
+                    "fileSequence": sequence,
+                }
+            )
+
+        files: list[dict[str, Any]] = []
+        batch: list[tuple[int, str]] = []
+        size = 0
+        room = limit - len(footer) - 200  # the header and the JSON punctuation around it
+        for global_no, text in receipts:
+            if batch and size + len(text.encode()) + 1 > room:
+                files.append(self._file(header(len(files) + 1), batch, None))
+                batch, size = [], 0
+            batch.append((global_no, text))
+            size += len(text.encode()) + 1
+        files.append(self._file(header(len(files) + 1), batch, footer))
+        for sequence, item in enumerate(files, start=1):
+            item["sequence"] = sequence
+        return files
+
+    @staticmethod
+    def _file(header: str, batch: list[tuple[int, str]], footer: str | None) -> dict[str, Any]:
+        body = '{"header":' + header
+        if batch:
+            body += ',"content":{"receipts":[' + ",".join(text for _, text in batch) + "]}"
+        if footer is not None:
+            body += ',"footer":' + footer
+        body += "}"
+        return {
+            "first_global_no": batch[0][0] if batch else None,
+            "last_global_no": batch[-1][0] if batch else None,
+            "has_footer": footer is not None,
+            "body": body.encode(),
+        }
+
+    def record_file(self, day_no: int, item: dict[str, Any], operation_id: str | None) -> None:
+        with self.lock:
+            self.journal.record_file(
+                day_no,
+                item["sequence"],
+                item["first_global_no"],
+                item["last_global_no"],
+                item["has_footer"],
+                hashlib.sha256(item["body"]).hexdigest(),
+                operation_id,
+                self.now_local(),
+            )
+
+    def sent_files(self, day_no: int) -> list[dict[str, Any]]:
+        with self.lock:
+            return self.journal.files(day_no)
+
+    def update_file(self, day_no: int, sequence: int, status: str, error: str | None) -> None:
+        with self.lock:
+            self.journal.update_file(day_no, sequence, status, error, self.now_local())
+
+    def delivery_findings(self, day_no: int | None = None) -> list[dict[str, Any]]:
+        """Receipts FDMS flagged, with their errors; Grey and Red ones block the day's close."""
+        with self.lock:
+            flagged = self.journal.flagged()
+            if day_no is None:
+                return flagged
+            rows = [(f, self.journal.receipt(f["global_no"])) for f in flagged]
+            return [f for f, row in rows if row is not None and row["day_no"] == day_no]
+
+    # -----------------------------------------------------------------------------------------------------
     # Audit, backup, export
 
+    @_serialized
     def audit(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
         """Verify everything; name the receipt and field of any tampering. A clean audit is a checkpoint."""
         if self.keys.algorithm is None:
@@ -567,6 +842,7 @@ class Box:
             self._checkpoint(at, "audit")
         return report
 
+    @_serialized
     def backup(self, dest: str | os.PathLike[str], retain: int | None = None) -> dict[str, Any]:
         """An online copy of the journal and its signed manifest; keeps the newest `retain` copies."""
         self._ensure_provisioned()
@@ -577,6 +853,7 @@ class Box:
             self.anchor.advance(result["manifest"]["last_global_no"])
         return result
 
+    @_serialized
     def export_journal(self, first: int, last: int, dest: str | os.PathLike[str]) -> dict[str, Any]:
         """A portable, signed file of receipts first..last that the host tool checks offline."""
         self._ensure_provisioned()

@@ -1,0 +1,384 @@
+"""The outbox worker: every receipt reaches FDMS exactly once, in global-number order.
+
+Each `step()` does one piece of work and returns what it did, so tests drive it synchronously and the box
+runs it on a thread. The order is FDMS's: a day's OpenDay before any of its receipts, its receipts one at a
+time in ascending global number, its CloseDay only once all of them are delivered, and the next day's OpenDay
+only after FDMS confirmed the close. Nothing is decided from memory that FDMS can answer: after a restart or a
+lost answer, the receipt is sent again (FDMS returns the original ID and signature) and the close follows
+GetStatus.
+
+An outage never stops the shop: the box keeps issuing; the worker backs off (exponentially, with jitter,
+honouring 429's Retry-After) and catches up when FDMS is back. Retries are not written to the journal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from firmware.core import fdms, localtime
+from firmware.core.errors import FiscalError
+from firmware.fdms_client import FdmsError, FdmsUnavailable
+from firmware.journal import CLOSE_FAILED, CLOSE_INITIATED, CLOSED, OPENED
+from hardware import Clock
+from hardware.signatures import load_public_key
+from hardware.signatures import verify as verify_signature
+
+log = logging.getLogger(__name__)
+
+# What step() reports.
+IDLE = "idle"
+WAITING = "waiting"  # backing off after a failure
+OPENED_DAY = "opened"
+SENT = "sent"
+CLOSE_SENT = "close sent"
+CLOSE_PENDING = "close pending"
+DAY_CLOSED = "closed"
+CLOSE_FAILED_STEP = "close failed"
+BLOCKED = "blocked"  # something only a person can resolve; said in `problem`
+PINGED = "pinged"
+RENEWED = "renewed"
+
+
+class Delivery:
+    """Works the box's outbox against one FDMS client."""
+
+    def __init__(
+        self,
+        box: Any,
+        client: Any,
+        clock: Clock,
+        rng: random.Random | None = None,
+        backoff_base: float = 1.0,
+        backoff_max: float = 300.0,
+        renew_days_before: int = 30,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.box = box
+        self.client = client
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.renew_days_before = renew_days_before
+        self.sleep = sleep
+        self.failures = 0  # consecutive failed calls: the backoff exponent
+        self.not_before = 0.0  # no call before this clock time
+        self.attempts: dict[int, int] = {}  # global_no -> calls made for it (kept in memory only)
+        self.problem: dict[str, Any] | None = None  # the last refusal or outage, for status()
+        self.reporting_frequency = 5  # minutes, from Ping
+        self.last_ping: float | None = None
+        self.server_keys: dict[str, Any] = {}  # FDMS signing certificates by thumbprint
+        self.close_sent: set[tuple[int, str]] = set()  # (day, close request time) sent by this run
+        self.files_sent: dict[tuple[int, int], str] = {}  # offline mode: (day, sequence) -> operation ID
+        self.sent = 0
+
+    # -----------------------------------------------------------------------------------------------------
+    # Driving
+
+    def step(self) -> str:
+        """Do the next piece of work, if it is time; never raises for FDMS's or the network's faults."""
+        now = self.clock.now()
+        if now < self.not_before:
+            return WAITING
+        try:
+            done = self._work()
+        except FdmsUnavailable as error:
+            self._back_off(error, error.retry_after)
+            return WAITING
+        except FiscalError as error:
+            # A refusal retried unchanged gets the same answer: wait long, say what it was.
+            self._back_off(error, None)
+            return BLOCKED
+        self.failures = 0
+        self.problem = None if done != BLOCKED else self.problem
+        return done
+
+    def run_until_idle(
+        self, max_steps: int = 1_000_000, advance: Callable[[float], None] | None = None
+    ) -> int:
+        """Step until there is nothing to do; while backing off, wait (or `advance` an injected clock).
+        Returns the number of steps. Stops when blocked."""
+        for steps in range(1, max_steps + 1):
+            done = self.step()
+            if done in (IDLE, BLOCKED):
+                return steps
+            if done == WAITING or done == CLOSE_PENDING:
+                pause = max(self.not_before - self.clock.now(), 0.05)
+                if advance is not None:
+                    advance(pause)
+                else:
+                    self.sleep(pause)
+        raise RuntimeError("delivery did not settle")
+
+    def run(self, stop: threading.Event, idle_seconds: float = 1.0) -> None:
+        """The box's delivery thread: step until `stop` is set."""
+        while not stop.is_set():
+            done = self.step()
+            if done in (IDLE, WAITING, BLOCKED, CLOSE_PENDING):
+                pause = idle_seconds if done == IDLE else max(self.not_before - self.clock.now(), 0.05)
+                stop.wait(min(pause, idle_seconds * 10))
+
+    def _back_off(self, error: FiscalError, retry_after: float | None) -> None:
+        self.failures += 1
+        delay = min(self.backoff_max, self.backoff_base * 2 ** min(self.failures - 1, 16))
+        delay *= 0.5 + self.rng.random()  # jitter: a shop full of boxes does not retry in step
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        self.not_before = self.clock.now() + delay
+        self.problem = {**error.as_dict(), "retry_in_seconds": round(delay, 1)}
+        log.info(json.dumps({"event": "delivery.backoff", "code": error.code, "seconds": round(delay, 1)}))
+
+    def state(self) -> dict[str, Any]:
+        """For status(): the last problem, the clock skew FDMS's Date header shows, and what is pending."""
+        return {
+            "problem": self.problem,
+            "clock_skew_seconds": None if self.client.clock_skew is None else round(self.client.clock_skew),
+            "last_ping": self.last_ping,
+            "sent": self.sent,
+        }
+
+    # -----------------------------------------------------------------------------------------------------
+    # The work, in FDMS's order
+
+    def _work(self) -> str:
+        if self._renewal_due():
+            self.box.renew_certificate()
+            return RENEWED
+        if self.box.operating_mode() == "Offline":
+            return self._offline()
+        for day in self.box.unfinished_days():
+            return self._work_on_day(day)
+        return self._ping_if_due()
+
+    def _work_on_day(self, day: dict[str, Any]) -> str:
+        day_no = day["day_no"]
+        if day["open_sent_at"] is None:
+            return self._open(day)
+        pending = self.box.next_pending()
+        if pending is not None and pending["day_no"] == day_no:
+            return self._send(pending)
+        if day["status"] in (OPENED, CLOSE_FAILED):
+            return self._ping_if_due()
+        if day["status"] == CLOSE_INITIATED:
+            return self._close(day)
+        return IDLE
+
+    def _open(self, day: dict[str, Any]) -> str:
+        try:
+            answer = self.client.open_day(day["opened"], day["day_no"])
+        except FdmsError as error:
+            if error.code != "FISC01":
+                raise
+            # FISC01: FDMS has a day open already: this one, when an earlier answer was lost.
+            status = self.client.get_status().body
+            if not (
+                status.get("lastFiscalDayNo") == day["day_no"]
+                and status.get("fiscalDayStatus") != "FiscalDayClosed"
+            ):
+                raise FiscalError(
+                    "FISC01",
+                    f"FDMS will not open day {day['day_no']}: its last day is "
+                    f"{status.get('lastFiscalDayNo')} ({status.get('fiscalDayStatus')}). "
+                    "Ask ZIMRA to close the day in its portal.",
+                ) from None
+        else:
+            if answer.body.get("fiscalDayNo") not in (None, day["day_no"]):
+                raise FiscalError(
+                    "BOX_FDMS_DAY",
+                    f"FDMS opened day {answer.body['fiscalDayNo']} where the box opened {day['day_no']}.",
+                )
+        self.box.mark_open_sent(day["day_no"])
+        return OPENED_DAY
+
+    def _send(self, pending: dict[str, Any]) -> str:
+        global_no = pending["global_no"]
+        self.attempts[global_no] = self.attempts.get(global_no, 0) + 1
+        answer = self.client.submit_receipt(pending["body"]).body
+        errors = [
+            {
+                "code": e.get("validationErrorCode"),
+                "colour": e.get("validationErrorColor"),
+                "message": e.get("validationErrorDescription"),
+            }
+            for e in answer.get("validationErrors") or []
+        ]
+        server_signature = answer.get("receiptServerSignature") or {}
+        receipt_id = int(answer["receiptID"])
+        server_date = str(answer["serverDate"])
+        text = fdms.receipt_server_string(pending["signature"], receipt_id, server_date)
+        if not self._server_signed(text, server_signature):
+            errors.append(
+                {
+                    "code": "BOX_SERVER_SIGNATURE",
+                    "colour": "Red",
+                    "message": "FDMS's receipt signature does not verify with its certificate.",
+                }
+            )
+        self.box.record_delivery(
+            global_no,
+            self.attempts.pop(global_no),
+            receipt_id=receipt_id,
+            server_date=server_date,
+            server_signature=server_signature,
+            errors=errors,
+        )
+        self.sent += 1
+        return SENT
+
+    def _close(self, day: dict[str, Any]) -> str:
+        """CloseDay once every receipt of the day is delivered, then follow GetStatus to its end."""
+        day_no = day["day_no"]
+        blockers = [
+            f
+            for f in self.box.delivery_findings(day_no)
+            if any(e["colour"] in ("Red", "Grey") for e in f["errors"])
+        ]
+        if blockers:
+            first = blockers[0]
+            error = next(e for e in first["errors"] if e["colour"] in ("Red", "Grey"))
+            self.problem = {
+                "code": "BOX_CLOSE_BLOCKED",
+                "message": f"Day {day_no} cannot be closed by the box: FDMS flagged receipt "
+                f"{first['global_no']} {error['colour']} ({error['code']}: {error['message']}). "
+                "Only ZIMRA can close this day: ask for a manual close in the FDMS portal.",
+                "field": None,
+            }
+            return BLOCKED
+        status = self.client.get_status().body
+        state = status.get("fiscalDayStatus")
+        same_day = status.get("lastFiscalDayNo") == day_no
+        if same_day and state == "FiscalDayClosed":
+            return self._closed(day, status)
+        attempt = (day_no, day["close_requested_at"])
+        if same_day and state == "FiscalDayCloseFailed" and attempt in self.close_sent:
+            return self._close_failed(day, status)
+        if same_day and state == "FiscalDayCloseInitiated":
+            self.not_before = self.clock.now() + 1.0  # FDMS closes asynchronously: poll again shortly
+            return CLOSE_PENDING
+        # Sent again after a restart even if it went before: FDMS takes a close any number of times.
+        self.client.close_day(day["close_request"])
+        self.close_sent.add(attempt)
+        self.not_before = self.clock.now() + 0.2
+        return CLOSE_SENT
+
+    def _closed(self, day: dict[str, Any], status: dict[str, Any]) -> str:
+        signature = status.get("fiscalDayServerSignature") or {}
+        request = json.loads(day["close_request"], parse_float=str)
+        closed_at = str(status.get("fiscalDayClosed") or "")
+        mode = str(status.get("fiscalDayReconciliationMode") or "Auto")
+        counters = fdms.parse_counters(request["fiscalDayCounters"])
+        text = fdms.day_server_string(
+            self.box.device_id,
+            day["day_no"],
+            day["opened"][:10],
+            closed_at,
+            mode,
+            counters,
+            day["close_signature"],
+        )
+        values: dict[str, Any] = {"closed_at": closed_at, "server_signature": json.dumps(signature)}
+        if mode.upper() == "AUTO" and not self._server_signed(text, signature):
+            values["closing_error"] = "BOX_SERVER_SIGNATURE"
+        self.box.record_close(day["day_no"], CLOSED, **values)
+        return DAY_CLOSED
+
+    def _close_failed(self, day: dict[str, Any], status: dict[str, Any]) -> str:
+        code = status.get("fiscalDayClosingErrorCode") or "InternalError"
+        self.box.record_close(day["day_no"], CLOSE_FAILED, closing_error=code)
+        self.problem = {
+            "code": "BOX_CLOSE_FAILED",
+            "message": f"FDMS could not close day {day['day_no']}: {code}. Check the day "
+            "(`fiscalbox-device status`), then close it again.",
+            "field": None,
+        }
+        return CLOSE_FAILED_STEP
+
+    # -----------------------------------------------------------------------------------------------------
+    # Offline mode: a closed day goes as SubmitFile files, followed through SubmittedFileList
+
+    def _offline(self) -> str:
+        for day in self.box.unfinished_days():
+            if day["status"] != CLOSE_INITIATED:
+                return IDLE  # an offline device reports a day only once it is closed
+            return self._offline_day(day)
+        return IDLE
+
+    def _offline_day(self, day: dict[str, Any]) -> str:
+        day_no = day["day_no"]
+        sent = {f["sequence"]: f for f in self.box.sent_files(day_no)}
+        for item in self.box.day_files(day_no):
+            if item["sequence"] not in sent:
+                answer = self.client.submit_file(item["body"])
+                self.box.record_file(day_no, item, answer.operation_id or answer.body.get("operationID"))
+                return SENT
+        today = self.box.now_local()[:10]
+        listing = self.client.submitted_file_list(day["opened"][:10], today).body
+        rows = [r for r in listing.get("rows") or [] if r.get("dayNo") == day_no]
+        by_sequence = {r.get("fileSequence"): r for r in rows}
+        last = max(sent)
+        for sequence, record in sent.items():
+            row = by_sequence.get(sequence)
+            if row is None:
+                continue
+            status = str(row.get("fileProcessingStatus") or "")
+            if status != record["status"]:
+                self.box.update_file(day_no, sequence, status, row.get("fileProcessingError"))
+        final = by_sequence.get(last) or {}
+        outcome = final.get("fileProcessingStatus")
+        if outcome in ("FileProcessingIsSuccessful", "CompleteSuccessful"):
+            self.box.record_close(day_no, CLOSED, closed_at=str(final.get("fileProcessingDate") or ""))
+            return DAY_CLOSED
+        if outcome in ("FileProcessingWithErrors", "FailedWithErrors"):
+            code = str(final.get("fileProcessingError") or "IncorrectFileFormat")
+            return self._close_failed(day, {"fiscalDayClosingErrorCode": code})
+        self.not_before = self.clock.now() + 1.0
+        return CLOSE_PENDING
+
+    # -----------------------------------------------------------------------------------------------------
+    # Ping, renewal, FDMS's signatures
+
+    def _ping_if_due(self) -> str:
+        now = self.clock.now()
+        if self.last_ping is not None and now - self.last_ping < self.reporting_frequency * 60:
+            return IDLE
+        answer = self.client.ping().body
+        self.last_ping = now
+        frequency = answer.get("reportingFrequency")
+        if isinstance(frequency, int) and frequency > 0:
+            self.reporting_frequency = frequency
+        return PINGED
+
+    def _renewal_due(self) -> bool:
+        till = self.box.certificate_valid_till()
+        if not till:
+            return False
+        local_till = str(till)[:19]
+        left = localtime.seconds(local_till) - localtime.seconds(self.box.now_local())
+        return left < self.renew_days_before * 86400
+
+    def _server_signed(self, text: str, signature: dict[str, Any]) -> bool:
+        """FDMS's hash and signature over `text`, checked with its certificate (fetched once a thumbprint)."""
+        if signature.get("hash") != fdms.hash_b64(text):
+            return False
+        thumbprint = str(signature.get("certificateThumbprint") or "").lower()
+        key = self.server_keys.get(thumbprint)
+        if key is None:
+            chain = self.client.get_server_certificate(thumbprint or None).body.get("certificate") or []
+            pem = chain[0] if isinstance(chain, list) and chain else chain
+            if not isinstance(pem, str) or not pem:
+                return False
+            key = self.server_keys[thumbprint] = load_public_key(pem.encode())
+        try:
+            raw = fdms.unb64(str(signature.get("signature") or ""))
+        except FiscalError:
+            return False
+        return verify_signature(key, text.encode(), raw)
+
+
+__all__ = ["Delivery"]
