@@ -36,6 +36,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "box": {"zone": "Africa/Harare", "day_warn_minutes": 60},
     # model "" means no printer; models are hardware.printers.PROFILES (serial or USB-serial ports)
     "printer": {"model": "", "port": "/dev/ttyUSB0", "baud": 19200, "adafruit_firmware": "2.68"},
+    # url "" means no FDMS connection (the box issues and queues; delivery waits)
+    "fdms": {
+        "url": "",
+        "ca_file": "",
+        "activation_key_env": "FISCALBOX_ACTIVATION_KEY",
+        "currencies": "USD,ZWG",
+        "renew_days_before": 30,
+        "timeout_seconds": 30,
+    },
 }
 
 
@@ -48,6 +57,7 @@ class Config:
     journal: dict[str, Any]
     box: dict[str, Any]
     printer: dict[str, Any]
+    fdms: dict[str, Any]
 
     def secret(self, section: str, env_key: str, environ: Mapping[str, str]) -> str:
         """The secret held in the environment variable the config names; refused clearly when absent."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from contextlib import closing
@@ -26,6 +28,8 @@ from firmware.backup import Anchor, restore
 from firmware.box import Box
 from firmware.core import fdms
 from firmware.core.errors import FiscalError
+from firmware.delivery import Delivery
+from firmware.fdms_client import FdmsClient
 from firmware.journal import Journal
 from hardware import ECDSA_P256, RSA_2048, KeyStore, Printer, printers
 from hardware.keystores import FileKeyStore, Pkcs11KeyStore
@@ -183,6 +187,25 @@ def build_printer(cfg: configuration.Config) -> Printer | None:
     return printers.open_printer(model.name, port, **options)
 
 
+def build_fdms_client(cfg: configuration.Config, store: KeyStore) -> FdmsClient | None:
+    """The FDMS client for the configured URL, with the key store's certificate once there is one."""
+    settings = cfg.fdms
+    if not settings["url"]:
+        return None
+    client = FdmsClient(
+        settings["url"],
+        cfg.device["id"],
+        cfg.device["model_name"],
+        cfg.device["model_version"],
+        ca_file=settings["ca_file"] or None,
+        timeout=float(settings["timeout_seconds"]),
+    )
+    material = getattr(store, "tls_key_material", None)
+    if material is not None and store.algorithm is not None and store.certificate_pem() is not None:
+        client.use_certificate(material())
+    return client
+
+
 def _open_box(
     cfg: configuration.Config, store: KeyStore, journal_path: str | None = None, printing: bool = False
 ) -> Box:
@@ -195,6 +218,7 @@ def _open_box(
         day_warn_minutes=cfg.box["day_warn_minutes"],
         anchor=Anchor(cfg.journal["anchor"]),
         printer=build_printer(cfg) if printing else None,
+        fdms_client=build_fdms_client(cfg, store),
     )
 
 
@@ -421,3 +445,57 @@ def report_command(cfg: configuration.Config, day_no: int | None, to_printer: bo
 
 if __name__ == "__main__":
     main()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# FDMS: registration and delivery
+
+
+@main.command("register")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
+@click.pass_obj
+def register(cfg: configuration.Config, as_json: bool) -> None:
+    """Register with FDMS: taxpayer check, a key in the key store, CSR, certificate, configuration.
+    The activation key comes from the environment variable [fdms] activation_key_env names."""
+
+    def run(box: Box) -> dict[str, Any]:
+        key = cfg.secret("fdms", "activation_key_env", os.environ)
+        currencies = [c.strip() for c in cfg.fdms["currencies"].split(",") if c.strip()]
+        result = box.register(cfg.device["id"], cfg.device["serial"], key, currencies)
+        return {"taxpayer": result["taxpayer"].get("taxPayerName"), "settings": result["config"]}
+
+    try:
+        result = _with_box(cfg, run)
+    except FiscalError as error:
+        _fail(error)
+    _emit(result, as_json, lambda r: f"registered: {r['taxpayer']}, device {cfg.device['id']}")
+
+
+@main.command("deliver")
+@click.option("--until-idle", is_flag=True, help="Stop once everything is delivered (otherwise run on).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
+@click.pass_obj
+def deliver(cfg: configuration.Config, until_idle: bool, as_json: bool) -> None:
+    """Deliver the outbox to FDMS in order: day opens, receipts, closes, pings, certificate renewal."""
+
+    def run(box: Box) -> dict[str, Any]:
+        if box.fdms is None:
+            raise FiscalError("BOX_NO_FDMS", "Set [fdms] url in the configuration first.")
+        worker = Delivery(box, box.fdms, SystemClock(), renew_days_before=cfg.fdms["renew_days_before"])
+        box.delivery = worker
+        if until_idle:
+            worker.run_until_idle()
+        else:
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            try:
+                worker.run(stop)
+            except KeyboardInterrupt:
+                pass
+        return {"sent": worker.sent, **worker.state(), "outbox": box.journal.outbox_counts()}
+
+    try:
+        result = _with_box(cfg, run)
+    except FiscalError as error:
+        _fail(error)
+    _emit(result, as_json, lambda r: f"delivered {r['sent']} receipts; outbox {r['outbox']}")
