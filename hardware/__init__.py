@@ -15,6 +15,9 @@ class KeyStore(Protocol):
 
     `sign` uses FDMS's schemes over the given bytes (the hash is computed inside):
     ECDSA P-256 with SHA-256, DER-encoded; RSA-2048 PKCS#1 v1.5 with SHA-256.
+
+    `install_certificate` accepts a certificate for the current key (stored beside it) or for the pending
+    renewal key (switches to it, see below); any other is refused with BOX_CERT_MISMATCH and nothing changed.
     """
 
     @property
@@ -31,6 +34,29 @@ class KeyStore(Protocol):
     def install_certificate(self, pem: bytes) -> None: ...
 
     def certificate_pem(self) -> bytes | None: ...
+
+    # Certificate renewal with a new key. The pending key lives beside the current one, which keeps signing
+    # (and serving TLS, which IssueCertificate itself needs) until `install_certificate` gets a certificate
+    # for the pending key: then that key and certificate replace the current pair together, atomically
+    # whatever instant the power is cut, and the old private key is destroyed.
+
+    def begin_renewal(self, algorithm: str) -> bytes:
+        """Generate a pending key beside the current one (replacing any earlier pending key) and return its
+        PEM public key. The current key and certificate stay in force. BOX_KEY_MISSING without a current
+        key."""
+        ...
+
+    def renewal_request(self, common_name: str) -> bytes:
+        """A PEM CSR signed by the pending key (same subject rules as certificate_request).
+        FiscalError BOX_NO_RENEWAL when there is no pending key."""
+        ...
+
+    @property
+    def pending_algorithm(self) -> str | None: ...
+
+    def cancel_renewal(self) -> None:
+        """Destroy the pending key, if any."""
+        ...
 
     def close(self) -> None: ...
 

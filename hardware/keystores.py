@@ -3,17 +3,25 @@
 Both stores implement `hardware.KeyStore` and behave the same from the outside: the same error codes, the same
 signature encodings FDMS accepts (ECDSA P-256 DER / RSA-2048 PKCS#1 v1.5, SHA-256 over the exact bytes) and
 byte-for-byte the same certificate request layout, because one builder (`_certificate_request`) serves both.
+
+Both renew the same way: `begin_renewal` makes a pending key beside the current one, `renewal_request` is its
+certificate request, and `install_certificate` with a certificate for the pending key switches to that key and
+certificate together, with one commit point that recovery on open finishes or rolls back around (see each
+store's class docstring), so no power cut leaves a key with another key's certificate.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +134,12 @@ def _certificate_request(
     return asn1_pem.armor("CERTIFICATE REQUEST", request.dump())
 
 
-def _matching_certificate(pem: bytes, spki_der: bytes) -> x509.Certificate:
-    """Parse `pem` and insist that it certifies our key; refusing here is what keeps a wrong cert out."""
+def _matching_certificate(pem: bytes, *spki_ders: bytes) -> tuple[x509.Certificate, int]:
+    """Parse `pem` and insist that it certifies one of our keys; refusing here is what keeps a wrong cert out.
+
+    `spki_ders` are the keys it may be for (the current key, then a renewal's pending key); the index of the
+    one it certifies comes back with the certificate.
+    """
     try:
         certificate = x509.load_pem_x509_certificate(pem)
         public_key = certificate.public_key()
@@ -137,13 +149,15 @@ def _matching_certificate(pem: bytes, spki_der: bytes) -> x509.Certificate:
             "The certificate could not be read; paste the whole PEM text FDMS returned, "
             "from -----BEGIN CERTIFICATE----- to -----END CERTIFICATE-----.",
         ) from exc
-    if _spki_der(public_key) != spki_der:
+    certified = _spki_der(public_key)
+    if certified not in spki_ders:
         raise FiscalError(
             "BOX_CERT_MISMATCH",
-            "This certificate was issued for a different key than the one in this box; nothing was changed. "
-            "Request a certificate with this box's current certificate request.",
+            "This certificate was issued for a different key than the one in this box (or the one it is "
+            "renewing to); nothing was changed. Request a certificate with this box's current certificate "
+            "request.",
         )
-    return certificate
+    return certificate, spki_ders.index(certified)
 
 
 def _key_missing() -> FiscalError:
@@ -155,6 +169,14 @@ def _key_exists() -> FiscalError:
         "BOX_KEY_EXISTS",
         "This box already has a signing key; replacing it makes its certificate useless, "
         "so ask for replacement explicitly.",
+    )
+
+
+def _no_renewal() -> FiscalError:
+    return FiscalError(
+        "BOX_NO_RENEWAL",
+        "No certificate renewal is under way (or it was cancelled); start one, which makes the new key "
+        "first.",
     )
 
 
@@ -209,15 +231,75 @@ def _is_encrypted_pkcs8(data: bytes) -> bool:
     return True
 
 
-class FileKeyStore:
-    """The device key in an encrypted PKCS#8 PEM file (`device-key.pem`, 0600), its certificate beside it.
+def _storage_error(what: str, exc: OSError) -> FiscalError:
+    return FiscalError(
+        "BOX_KEY_STORAGE",
+        f"{what} failed ({exc.strerror}); check that the storage card is writable and not full.",
+    )
 
-    For boxes without a token. The key is decrypted once, when the store opens (or on `generate`), and kept in
-    memory: a receipt signature costs a signature, not a PBKDF2 run. Both files are replaced atomically.
+
+def _unlink_if_present(path: Path) -> bool:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+# A generation folder: one key and its certificate. Numbers only grow, so a name is never reused.
+_GENERATION = re.compile(r"gen-([1-9][0-9]{0,8})\Z")
+
+
+@dataclass(frozen=True)
+class _SoftKey:
+    """A key decrypted in memory, what is derived from it, and its encrypted PKCS#8 PEM as stored."""
+
+    key: _PrivateKey
+    algorithm: str
+    spki: bytes
+    encrypted_pem: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class _Generation:
+    """The key in force, its certificate and the folder holding both; replaced as one object, so a thread
+    reading it never sees one key with another key's certificate."""
+
+    folder: Path
+    key: _SoftKey
+    certificate: bytes | None
+
+
+class FileKeyStore:
+    """The device key in an encrypted PKCS#8 PEM file (0600), its certificate beside it.
+
+    For boxes without a token. Keys are decrypted when the store opens (or when made) and kept in memory:
+    a receipt signature costs a signature, not a PBKDF2 run.
+
+    Layout of `directory`:
+
+        current                  "gen-<n>": the generation in force (absent: the older layout below is)
+        gen-<n>/device-key.pem   the key in force, encrypted PKCS#8 (0600)
+        gen-<n>/device-cert.pem  its certificate, when installed
+        renewal-key.pem          a renewal's pending key, encrypted PKCS#8 (0600)
+        device-key.pem, device-cert.pem
+                                 the layout before generations, in force while `current` is absent, so a box
+                                 upgraded in the field opens its store unchanged
+
+    A new key (from `generate`, or a renewal's pending key with its certificate) is written complete into a
+    fresh generation folder, and is in force once `current` is replaced (temporary file, fsync, rename, fsync
+    of the folder): that rename is the one commit point. Only then are the old key's files removed.
+
+    Recovery (on open, and after every commit) trusts `current` alone: generation folders it does not name,
+    the older layout's files once it exists, and temporary files are leftovers of a switch that never
+    committed or of the key it retired, and are removed. A renewal key equal to the key in force is what a
+    committed switch left behind, and is removed too.
     """
 
     KEY_FILE = "device-key.pem"
     CERT_FILE = "device-cert.pem"
+    POINTER_FILE = "current"
+    RENEWAL_FILE = "renewal-key.pem"
 
     def __init__(self, directory: str | os.PathLike[str], passphrase: bytes) -> None:
         if not isinstance(passphrase, bytes) or not passphrase:
@@ -228,13 +310,9 @@ class FileKeyStore:
         self._directory = Path(directory)
         self._passphrase = passphrase
         self._lock = threading.Lock()
-        self._key: _PrivateKey | None = None
-        self._algorithm: str | None = None
-        self._spki: bytes = b""
-        self._certificate: bytes | None = None
-        if self.key_path.exists():
-            self._load_key()
-            self._load_certificate()
+        self._current: _Generation | None = None
+        self._pending: _SoftKey | None = None
+        self._recover()
 
     @classmethod
     def from_environment(
@@ -255,101 +333,247 @@ class FileKeyStore:
 
     @property
     def key_path(self) -> Path:
-        return self._directory / self.KEY_FILE
+        """The file of the key in force (it moves to a new generation folder when the key changes)."""
+        return self._folder() / self.KEY_FILE
 
     @property
     def certificate_path(self) -> Path:
-        return self._directory / self.CERT_FILE
+        return self._folder() / self.CERT_FILE
 
     @property
     def algorithm(self) -> str | None:
-        return self._algorithm
+        current = self._current
+        return None if current is None else current.key.algorithm
+
+    @property
+    def pending_algorithm(self) -> str | None:
+        pending = self._pending
+        return None if pending is None else pending.algorithm
 
     def generate(self, algorithm: str, replace: bool = False) -> None:
-        """Make a new key and save it encrypted; refuses to overwrite a key unless `replace` is given.
+        """Make a new key and save it encrypted; refuses to replace a key unless `replace` is given.
 
-        Replacing also removes the certificate, which belonged to the old key and can no longer be used.
+        Replacing drops the old key's certificate (it certifies the old key) and any renewal under way.
         """
         _check_algorithm(algorithm)
         with self._lock:
-            if self._key is not None and not replace:
+            if self._current is not None and not replace:
                 raise _key_exists()
-            key: _PrivateKey = (
-                ec.generate_private_key(ec.SECP256R1())
-                if algorithm == ECDSA_P256
-                else rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            )
-            pem = key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.BestAvailableEncryption(self._passphrase),
-            )
+            key = self._new_key(algorithm)
             try:
                 self._directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             except OSError as exc:
-                raise FiscalError(
-                    "BOX_KEY_STORAGE",
-                    f"The key folder could not be created ({exc.strerror}); check the storage card.",
-                ) from exc
-            _write_atomically(self.key_path, pem, 0o600)
-            self._use_key(key)
-            self._certificate = None
-            # A certificate left behind (a power cut right here) no longer matches and is ignored on load.
-            with contextlib.suppress(OSError):
-                self.certificate_path.unlink()
-                _fsync_directory(self._directory)
+                raise _storage_error("Creating the key folder", exc) from exc
+            self._cancel_renewal_locked()
+            self._commit(key, None)
 
     def public_key_pem(self) -> bytes:
-        if self._key is None:
-            raise _key_missing()
-        return _spki_pem(self._spki)
+        return _spki_pem(self._in_force().key.spki)
 
     def sign(self, data: bytes) -> bytes:
         """ECDSA P-256 (DER) or RSA-2048 PKCS#1 v1.5, SHA-256 over `data` itself."""
-        if self._key is None:
-            raise _key_missing()
-        return signatures.sign(self._key, data)
+        return signatures.sign(self._in_force().key.key, data)
 
     def certificate_request(self, common_name: str) -> bytes:
-        if self._key is None or self._algorithm is None:
-            raise _key_missing()
-        return _certificate_request(common_name, self._spki, self._algorithm, self.sign)
+        key = self._in_force().key
+        return _certificate_request(common_name, key.spki, key.algorithm, partial(signatures.sign, key.key))
 
     def install_certificate(self, pem: bytes) -> None:
-        """Save the certificate FDMS issued, but only if it is for this store's key."""
+        """Save the certificate FDMS issued: for the key in force, beside it; for a renewal's pending key, by
+        switching to that key and this certificate together (see the class). Refused for any other key."""
         with self._lock:
-            if self._key is None:
-                raise _key_missing()
-            certificate = _matching_certificate(pem, self._spki)
+            current = self._in_force()
+            pending = self._pending
+            candidates = (current.key.spki,) if pending is None else (current.key.spki, pending.spki)
+            certificate, which = _matching_certificate(pem, *candidates)
             normalized = certificate.public_bytes(serialization.Encoding.PEM)
-            _write_atomically(self.certificate_path, normalized, 0o644)
-            self._certificate = normalized
+            if which == 0:
+                _write_atomically(current.folder / self.CERT_FILE, normalized, 0o644)
+                self._current = dataclasses.replace(current, certificate=normalized)
+                return
+            assert pending is not None
+            self._commit(pending, normalized)
+            self._pending = None
+            with contextlib.suppress(OSError):  # recovery removes it if this does not (it equals the new key)
+                if _unlink_if_present(self._directory / self.RENEWAL_FILE):
+                    _fsync_directory(self._directory)
 
     def certificate_pem(self) -> bytes | None:
-        return self._certificate
+        current = self._current
+        return None if current is None else current.certificate
+
+    def begin_renewal(self, algorithm: str) -> bytes:
+        """Make a pending key (replacing an earlier one) and return its PEM public key; the key in force and
+        its certificate stay in force until a certificate for the pending key is installed."""
+        _check_algorithm(algorithm)
+        with self._lock:
+            self._in_force()
+            key = self._new_key(algorithm)
+            _write_atomically(self._directory / self.RENEWAL_FILE, key.encrypted_pem, 0o600)
+            self._pending = key
+            return _spki_pem(key.spki)
+
+    def renewal_request(self, common_name: str) -> bytes:
+        """A certificate request for the pending key, signed by it (subject rules as certificate_request)."""
+        pending = self._pending
+        if pending is None:
+            raise _no_renewal()
+        return _certificate_request(
+            common_name, pending.spki, pending.algorithm, partial(signatures.sign, pending.key)
+        )
+
+    def cancel_renewal(self) -> None:
+        """Remove the pending key, if any."""
+        with self._lock:
+            self._cancel_renewal_locked()
 
     def close(self) -> None:
-        """Nothing to release: the key lives in memory until the process ends."""
+        """Nothing to release: the keys live in memory until the process ends."""
 
     def tls_key_material(self) -> TlsKeyMaterial:
-        """Paths and password for mutual TLS: `ctx.load_cert_chain(m.certfile, m.keyfile, m.password)`."""
-        if self._key is None:
-            raise _key_missing()
-        if self._certificate is None:
+        """Paths and password for mutual TLS: `ctx.load_cert_chain(m.certfile, m.keyfile, m.password)`.
+
+        The paths are those of the key in force; load them before installing a renewed certificate, which
+        moves the key to a new folder and removes the old one.
+        """
+        current = self._in_force()
+        if current.certificate is None:
             raise FiscalError(
                 "BOX_CERT_MISSING",
                 "This box has no certificate yet; register the device with FDMS first.",
             )
-        return TlsKeyMaterial(str(self.certificate_path), str(self.key_path), self._passphrase)
+        return TlsKeyMaterial(
+            str(current.folder / self.CERT_FILE), str(current.folder / self.KEY_FILE), self._passphrase
+        )
 
-    def _use_key(self, key: _PrivateKey) -> None:
-        self._spki = _spki_der(key.public_key())
-        self._algorithm = _algorithm_of(key.public_key())
-        self._key = key
+    # -- internals ------------------------------------------------------------------------------------------
 
-    def _load_key(self) -> None:
+    def _in_force(self) -> _Generation:
+        current = self._current
+        if current is None:
+            raise _key_missing()
+        return current
+
+    def _folder(self) -> Path:
+        current = self._current
+        return self._directory if current is None else current.folder
+
+    def _new_key(self, algorithm: str) -> _SoftKey:
+        key: _PrivateKey = (
+            ec.generate_private_key(ec.SECP256R1())
+            if algorithm == ECDSA_P256
+            else rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        )
+        encrypted = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(self._passphrase),
+        )
+        return _SoftKey(key, algorithm, _spki_der(key.public_key()), encrypted)
+
+    def _cancel_renewal_locked(self) -> None:
         try:
-            data = self.key_path.read_bytes()
+            if _unlink_if_present(self._directory / self.RENEWAL_FILE):
+                _fsync_directory(self._directory)
+        except OSError as exc:
+            raise _storage_error("Removing the renewal key", exc) from exc
+        self._pending = None
+
+    def _commit(self, key: _SoftKey, certificate: bytes | None) -> None:
+        """Put `key` (and its certificate) in force: a new generation folder, then the pointer, then tidy."""
+        try:
+            numbers = [int(m.group(1)) for e in self._directory.iterdir() if (m := _GENERATION.match(e.name))]
+            name = f"gen-{max(numbers, default=0) + 1}"
+            folder = self._directory / name
+            folder.mkdir(mode=0o700)
+            _fsync_directory(self._directory)
+        except OSError as exc:
+            raise _storage_error("Creating a key folder", exc) from exc
+        _write_atomically(folder / self.KEY_FILE, key.encrypted_pem, 0o600)
+        if certificate is not None:
+            _write_atomically(folder / self.CERT_FILE, certificate, 0o644)
+        # The commit point. If this raises after the rename (a failed fsync), the files of both keys are
+        # still there, and whichever the pointer names after a restart is a complete, matching pair.
+        _write_atomically(self._directory / self.POINTER_FILE, f"{name}\n".encode(), 0o644)
+        self._current = _Generation(folder, key, certificate)
+        with contextlib.suppress(OSError):  # what is left is removed by the next commit or open
+            self._tidy(name)
+
+    def _recover(self) -> None:
+        """Open the generation `current` names (or the older layout), then remove what it does not need."""
+        name = self._read_pointer()
+        folder = self._directory if name is None else self._directory / name
+        key_path = folder / self.KEY_FILE
+        if key_path.exists():
+            key = self._load_key(key_path)
+            self._current = _Generation(folder, key, self._load_certificate(folder, key.spki))
+        elif name is not None:
+            raise FiscalError(
+                "BOX_KEY_UNREADABLE",
+                f"{self._directory / self.POINTER_FILE} names {name}, which holds no key; "
+                "restore the key folder from a backup or generate a new key.",
+            )
+        with contextlib.suppress(OSError):
+            self._tidy(name)
+        self._pending = self._load_renewal_key()
+
+    def _read_pointer(self) -> str | None:
+        path = self._directory / self.POINTER_FILE
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise FiscalError(
+                "BOX_KEY_STORAGE",
+                f"{path} could not be read ({exc.strerror}); check the storage card.",
+            ) from exc
+        name = data.decode("ascii", "replace").strip()
+        if not _GENERATION.match(name):
+            raise FiscalError(
+                "BOX_KEY_UNREADABLE",
+                f"{path} is damaged; restore the key folder from a backup or generate a new key.",
+            )
+        return name
+
+    def _tidy(self, current: str | None) -> None:
+        """Remove what the state `current` names does not need; raises OSError (callers ignore it: what is
+        in force is decided by the pointer alone, and the next open tidies again)."""
+        removed = False
+        for entry in sorted(self._directory.iterdir(), key=lambda e: (e.name != self.KEY_FILE, e.name)):
+            if _GENERATION.match(entry.name) and entry.is_dir() and not entry.is_symlink():
+                if entry.name != current:
+                    self._remove_generation(entry)
+                    removed = True
+            elif (current is not None and entry.name in (self.KEY_FILE, self.CERT_FILE)) or self._temporary(
+                entry.name
+            ):
+                entry.unlink()
+                removed = True
+        if current is not None:
+            folder = self._directory / current
+            leftovers = [entry for entry in folder.iterdir() if self._temporary(entry.name)]
+            for entry in leftovers:
+                entry.unlink()
+            if leftovers:
+                _fsync_directory(folder)
+        if removed:
+            _fsync_directory(self._directory)
+
+    def _remove_generation(self, folder: Path) -> None:
+        """Remove a generation folder, its key file first."""
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name != self.KEY_FILE):
+            entry.unlink()
+        folder.rmdir()
+
+    def _temporary(self, name: str) -> bool:
+        """A temporary file `_write_atomically` left behind (interrupted before its rename)."""
+        ours = (self.KEY_FILE, self.CERT_FILE, self.POINTER_FILE, self.RENEWAL_FILE)
+        return name.endswith(".tmp") and any(name.startswith(f".{n}.") for n in ours)
+
+    def _load_key(self, path: Path) -> _SoftKey:
+        try:
+            data = path.read_bytes()
         except OSError as exc:
             raise FiscalError(
                 "BOX_KEY_STORAGE",
@@ -360,7 +584,7 @@ class FileKeyStore:
         except TypeError as exc:  # the file is not encrypted: not something this box ever writes
             raise FiscalError(
                 "BOX_KEY_UNREADABLE",
-                f"{self.key_path} is not encrypted, so it was not written by this box; "
+                f"{path} is not encrypted, so it was not written by this box; "
                 "restore the key from a backup or generate a new one.",
             ) from exc
         except ValueError as exc:
@@ -372,27 +596,43 @@ class FileKeyStore:
                 ) from exc
             raise FiscalError(
                 "BOX_KEY_UNREADABLE",
-                f"{self.key_path} is damaged; restore the key from a backup or generate a new one.",
+                f"{path} is damaged; restore the key from a backup or generate a new one.",
             ) from exc
-        if (
-            not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey)
-            or _algorithm_of(key.public_key()) is None
-        ):
+        algorithm = _algorithm_of(key.public_key())
+        if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) or algorithm is None:
             raise FiscalError(
                 "BOX_KEY_ALGORITHM",
-                f"{self.key_path} holds a key type FDMS does not accept; "
-                "generate an ECDSA P-256 or RSA-2048 key.",
+                f"{path} holds a key type FDMS does not accept; generate an ECDSA P-256 or RSA-2048 key.",
             )
-        self._use_key(key)
+        return _SoftKey(key, algorithm, _spki_der(key.public_key()), data)
 
-    def _load_certificate(self) -> None:
-        """Load the certificate if it is for the current key; a stale or unreadable one counts as none."""
+    def _load_certificate(self, folder: Path, spki: bytes) -> bytes | None:
+        """The certificate in `folder` if it is for `spki`; a stale or unreadable one counts as none."""
         try:
-            pem = self.certificate_path.read_bytes()
-            certificate = _matching_certificate(pem, self._spki)
+            certificate, _ = _matching_certificate((folder / self.CERT_FILE).read_bytes(), spki)
         except (OSError, FiscalError):
-            return
-        self._certificate = certificate.public_bytes(serialization.Encoding.PEM)
+            return None
+        return certificate.public_bytes(serialization.Encoding.PEM)
+
+    def _load_renewal_key(self) -> _SoftKey | None:
+        """The pending key; one equal to the key in force is a committed switch's leftover and is removed.
+
+        An unreadable one counts as none (a renewal just starts again), and is left for the next
+        `begin_renewal` or `cancel_renewal` to replace or remove.
+        """
+        path = self._directory / self.RENEWAL_FILE
+        if self._current is None or not path.exists():
+            return None
+        try:
+            key = self._load_key(path)
+        except FiscalError:
+            return None
+        if key.spki == self._current.key.spki:
+            with contextlib.suppress(OSError):
+                path.unlink()
+                _fsync_directory(self._directory)
+            return None
+        return key
 
 
 # --- PKCS#11 token ------------------------------------------------------------------------------------------
@@ -440,6 +680,17 @@ def _token_public_key_spki(public_key: Any) -> bytes:
     return _spki_der(serialization.load_der_public_key(info.dump()))
 
 
+@dataclass(frozen=True)
+class _TokenKey:
+    """A key pair on the token: the private key's handle and what was read from its public half once."""
+
+    private: Any
+    key_id: bytes
+    algorithm: str
+    spki: bytes
+    mechanism: Mechanism
+
+
 class Pkcs11KeyStore:
     """The device key on a PKCS#11 token (SoftHSM2 in tests, a TPM via tpm2-pkcs11 on a box).
 
@@ -450,6 +701,12 @@ class Pkcs11KeyStore:
     the device identity is then one thing. A `pkcs11:` URI finds key and certificate together for an OpenSSL
     pkcs11 provider doing mutual TLS, and backing up or swapping the token moves both.
 
+    Labels (CKA_LABEL), with `<label>` the key label: `<label>` the key in force, its public key and
+    certificate; `<label>.next` a renewal's pending pair; `<label>.new` a replacement key (`generate`) before
+    its commit; `<label>.old` the key in force while a renewal switches. Each pair has its own random CKA_ID,
+    which its certificate shares. `_settle` (run on every open, and to finish every change) says how an
+    interrupted change is finished or rolled back.
+
     PKCS#11 login is per process, so only one store per token may be open at a time in a process.
     """
 
@@ -458,13 +715,12 @@ class Pkcs11KeyStore:
     ) -> None:
         self._key_label = key_label
         self._staging_label = key_label + ".new"
+        self._renewal_label = key_label + ".next"
+        self._retired_label = key_label + ".old"
         self._lock = threading.Lock()
         self._session: Any = None
-        self._private: Any = None
-        self._key_id: bytes = b""
-        self._algorithm: str | None = None
-        self._spki: bytes = b""
-        self._mechanism: Mechanism | None = None
+        self._current: _TokenKey | None = None
+        self._pending: _TokenKey | None = None
         self._certificate: bytes | None = None
 
         try:
@@ -522,13 +778,18 @@ class Pkcs11KeyStore:
 
     @property
     def algorithm(self) -> str | None:
-        return self._algorithm
+        current = self._current
+        return None if current is None else current.algorithm
+
+    @property
+    def pending_algorithm(self) -> str | None:
+        pending = self._pending
+        return None if pending is None else pending.algorithm
 
     def close(self) -> None:
         """Log out and close the session; the store cannot sign afterwards."""
         with self._lock:
             session, self._session = self._session, None
-            self._private = None
             if session is not None:
                 with contextlib.suppress(pkcs11.PKCS11Error):
                     session.close()
@@ -536,79 +797,115 @@ class Pkcs11KeyStore:
     def generate(self, algorithm: str, replace: bool = False) -> None:
         """Make a new key pair on the token; refuses to replace a key unless `replace` is given.
 
-        The new pair is made under a staging label first; deleting the old private key is the commit point,
-        and `_settle` (also run on every open) finishes or discards a replacement a power cut interrupted.
-        Replacing removes the old key's certificate as well.
+        The new pair is made under "<label>.new" first; deleting the old private key is the commit point, and
+        `_settle` (also run on every open) finishes or discards a replacement a power cut interrupted.
+        Replacing removes the old key's certificate and any renewal under way as well.
         """
         _check_algorithm(algorithm)
         with self._lock:
             session = self._open_session()
-            if self._private is not None and not replace:
+            if self._current is not None and not replace:
                 raise _key_exists()
-            generation = (
-                Mechanism.EC_KEY_PAIR_GEN if algorithm == ECDSA_P256 else Mechanism.RSA_PKCS_KEY_PAIR_GEN
-            )
-            if generation not in self._mechanisms or self._sign_mechanism(algorithm) is None:
-                raise FiscalError(
-                    "BOX_KEY_ALGORITHM",
-                    f"This key token cannot make or use {algorithm} keys; choose the other key type.",
-                )
+            self._check_token_algorithm(algorithm)
             with _token_errors("generating the device key"):
-                for leftover in self._objects(label=self._staging_label):
-                    leftover.destroy()
-                self._generate_pair(session, algorithm)
-                old = self._private
-                if old is not None:
-                    old.destroy()  # the commit point
-                self._private = None
+                self._discard(self._staging_label)
+                self._discard(self._renewal_label)
+                self._pending = None
+                self._generate_pair(session, algorithm, self._staging_label)
+                if self._current is not None:
+                    self._destroy(self._current.private)  # the commit point
+                    self._current = None
                 self._settle()
                 self._load()
 
     def public_key_pem(self) -> bytes:
-        if self._algorithm is None:
-            raise _key_missing()
-        return _spki_pem(self._spki)
+        return _spki_pem(self._in_force().spki)
 
     def sign(self, data: bytes) -> bytes:
         """ECDSA P-256 (DER) or RSA-2048 PKCS#1 v1.5, SHA-256 over `data` itself, inside the token."""
         with self._lock:
-            return self._sign_locked(data)
+            self._open_session()
+            return self._sign_with(self._in_force(), data)
 
     def certificate_request(self, common_name: str) -> bytes:
         """A PKCS#10 request signed on the token: the request info is built here and only its DER goes in."""
         with self._lock:
             self._open_session()
-            if self._private is None or self._algorithm is None:
-                raise _key_missing()
-            return _certificate_request(common_name, self._spki, self._algorithm, self._sign_locked)
+            key = self._in_force()
+            return _certificate_request(common_name, key.spki, key.algorithm, partial(self._sign_with, key))
 
     def install_certificate(self, pem: bytes) -> None:
-        """Store the certificate on the token next to the key, if it is for this key; the new one is written
-        before the old one is deleted, so a power cut never leaves the box without one."""
+        """Store the certificate on the token: for the key in force, beside it (the new one is written before
+        the old one is deleted, so a power cut never leaves the box without one); for a renewal's pending key,
+        by switching to that key and this certificate together (see `_switch`). Refused for any other key."""
         with self._lock:
             session = self._open_session()
-            if self._private is None:
-                raise _key_missing()
-            certificate = _matching_certificate(pem, self._spki)
+            current = self._in_force()
+            pending = self._pending
+            candidates = (current.spki,) if pending is None else (current.spki, pending.spki)
+            certificate, which = _matching_certificate(pem, *candidates)
             der = certificate.public_bytes(serialization.Encoding.DER)
-            with _token_errors("saving the certificate"):
-                old = list(self._objects(label=self._key_label, object_class=ObjectClass.CERTIFICATE))
-                template = decode_x509_certificate(der)
-                template.update(
-                    {
-                        Attribute.TOKEN: True,
-                        Attribute.PRIVATE: False,
-                        Attribute.LABEL: self._key_label,
-                        Attribute.ID: self._key_id,
-                    }
-                )
-                session.create_object(template)
-                for previous in old:
-                    previous.destroy()
-            self._certificate = certificate.public_bytes(serialization.Encoding.PEM)
+            if which == 0:
+                with _token_errors("saving the certificate"):
+                    old = self._objects(self._key_label, ObjectClass.CERTIFICATE)
+                    self._create_certificate(session, der, self._key_label, current.key_id)
+                    for previous in old:
+                        self._destroy(previous)
+                self._certificate = certificate.public_bytes(serialization.Encoding.PEM)
+                return
+            assert pending is not None
+            with _token_errors("switching to the renewed key"):
+                try:
+                    self._switch(session, current, pending, der)
+                except BaseException:
+                    # Finish or roll back now, so this process goes on with a matching pair; if the token
+                    # refuses, the next open does it.
+                    with contextlib.suppress(pkcs11.PKCS11Error, FiscalError):
+                        self._settle()
+                        self._load()
+                    raise
 
     def certificate_pem(self) -> bytes | None:
         return self._certificate
+
+    def begin_renewal(self, algorithm: str) -> bytes:
+        """Make a pending key pair under "<label>.next" (replacing an earlier one) and return its PEM public
+        key; the key in force and its certificate stay in force until a certificate for it is installed."""
+        _check_algorithm(algorithm)
+        with self._lock:
+            session = self._open_session()
+            self._in_force()
+            self._check_token_algorithm(algorithm)
+            with _token_errors("generating the renewal key"):
+                self._pending = None
+                self._discard(self._renewal_label)
+                self._generate_pair(session, algorithm, self._renewal_label)
+                pending = self._read_pair(self._renewal_label)
+            if pending is None:  # the token did not keep what it just made
+                raise FiscalError(
+                    "BOX_TOKEN", "The key token did not keep the renewal key; check that it is working."
+                )
+            self._pending = pending
+            return _spki_pem(pending.spki)
+
+    def renewal_request(self, common_name: str) -> bytes:
+        """A certificate request for the pending key, signed by it on the token."""
+        with self._lock:
+            self._open_session()
+            pending = self._pending
+            if pending is None:
+                raise _no_renewal()
+            return _certificate_request(
+                common_name, pending.spki, pending.algorithm, partial(self._sign_with, pending)
+            )
+
+    def cancel_renewal(self) -> None:
+        """Destroy the pending key pair, if any."""
+        with self._lock:
+            self._open_session()
+            with _token_errors("removing the renewal key"):
+                self._pending = None
+                self._discard(self._renewal_label)
 
     # -- internals; all called with self._lock held (a PKCS#11 session must not be used by two threads) --
 
@@ -616,6 +913,20 @@ class Pkcs11KeyStore:
         if self._session is None:
             raise FiscalError("BOX_TOKEN", "The key token has been closed; restart the box.")
         return self._session
+
+    def _in_force(self) -> _TokenKey:
+        current = self._current
+        if current is None:
+            raise _key_missing()
+        return current
+
+    def _check_token_algorithm(self, algorithm: str) -> None:
+        generation = Mechanism.EC_KEY_PAIR_GEN if algorithm == ECDSA_P256 else Mechanism.RSA_PKCS_KEY_PAIR_GEN
+        if generation not in self._mechanisms or self._sign_mechanism(algorithm) is None:
+            raise FiscalError(
+                "BOX_KEY_ALGORITHM",
+                f"This key token cannot make or use {algorithm} keys; choose the other key type.",
+            )
 
     def _sign_mechanism(self, algorithm: str) -> Mechanism | None:
         """CKM_ECDSA_SHA256 when offered, else CKM_ECDSA over a host-side SHA-256 (SoftHSM2 2.6 has no
@@ -626,40 +937,131 @@ class Pkcs11KeyStore:
         }[algorithm]
         return next((m for m in preferences if m in self._mechanisms), None)
 
-    def _sign_locked(self, data: bytes) -> bytes:
-        self._open_session()
-        if self._private is None:
-            raise _key_missing()
+    def _sign_with(self, key: _TokenKey, data: bytes) -> bytes:
         with _token_errors("signing"):
-            if self._mechanism == Mechanism.ECDSA:
-                raw = self._private.sign(hashlib.sha256(data).digest(), mechanism=Mechanism.ECDSA)
+            if key.mechanism == Mechanism.ECDSA:
+                raw = key.private.sign(hashlib.sha256(data).digest(), mechanism=Mechanism.ECDSA)
             else:
-                raw = self._private.sign(data, mechanism=self._mechanism)
-        if self._algorithm == ECDSA_P256:
+                raw = key.private.sign(data, mechanism=key.mechanism)
+        if key.algorithm == ECDSA_P256:
             return encode_ecdsa_signature(raw)  # FDMS wants DER, the token gives r||s
         return raw
+
+    def _switch(self, session: Any, current: _TokenKey, pending: _TokenKey, der: bytes) -> None:
+        """Put the pending key and its certificate in force, in an order `_settle` can always finish or undo:
+
+        1. the certificate is created under "<label>.next", with the pending key's CKA_ID;
+        2. the private key in force is relabelled "<label>.old";
+        3. the pending private key is relabelled "<label>": the commit point;
+        4. `_settle` gives the new key's public key and certificate the label, and destroys the old key's
+           objects (private key first).
+        Until 3, the old key signs; the old private key is destroyed only after it.
+        """
+        self._create_certificate(session, der, self._renewal_label, pending.key_id)
+        self._relabel(current.private, self._retired_label)
+        self._relabel(pending.private, self._key_label)
+        self._settle()
+        self._load()
+
+    def _settle(self) -> None:
+        """Finish or roll back a change a power cut (or a token error) interrupted.
+
+        The private keys decide. A private key under "<label>" is the key in force. If there is none, one
+        under "<label>.old" is a renewal switch stopped before its commit (step 3 of `_switch`): it is
+        relabelled back, and the renewal stays pending; failing that, one under "<label>.new" is a replacement
+        whose commit (deleting the old private key) happened: it takes the label. Then every object under
+        these four labels with the key in force's CKA_ID takes "<label>"; under "<label>.next" a complete
+        pending pair (one private and one public key, one CKA_ID, not the one in force) stays; everything else
+        (the retired key, uncommitted replacements, orphan halves, a certificate made for a switch that did
+        not commit) is destroyed, private keys first. Each step leaves a state this rule maps to the same
+        outcome, so an interrupted `_settle` is finished by the next.
+        """
+        current = self._one(self._key_label, ObjectClass.PRIVATE_KEY)
+        if current is None:
+            for label in (self._retired_label, self._staging_label):
+                found = self._objects(label, ObjectClass.PRIVATE_KEY)
+                if len(found) == 1:
+                    self._relabel(found[0], self._key_label)
+                    current = found[0]
+                    break
+        current_id = current[Attribute.ID] if current is not None else None
+        pending_id = self._pending_pair_id(current_id)
+        leftovers = []
+        for label in (self._key_label, self._retired_label, self._staging_label, self._renewal_label):
+            for obj in self._objects(label):
+                object_id = obj[Attribute.ID]
+                if current_id is not None and object_id == current_id:
+                    if label != self._key_label:
+                        self._relabel(obj, self._key_label)
+                elif not (
+                    label == self._renewal_label
+                    and object_id == pending_id
+                    and obj[Attribute.CLASS] != ObjectClass.CERTIFICATE
+                ):
+                    leftovers.append(obj)
+        leftovers.sort(key=lambda obj: obj[Attribute.CLASS] != ObjectClass.PRIVATE_KEY)
+        for obj in leftovers:
+            self._destroy(obj)
+
+    def _pending_pair_id(self, current_id: bytes | None) -> bytes | None:
+        privates = [
+            obj
+            for obj in self._objects(self._renewal_label, ObjectClass.PRIVATE_KEY)
+            if obj[Attribute.ID] != current_id
+        ]
+        if len(privates) != 1:
+            return None
+        pending_id: bytes = privates[0][Attribute.ID]
+        publics = [
+            obj
+            for obj in self._objects(self._renewal_label, ObjectClass.PUBLIC_KEY)
+            if obj[Attribute.ID] == pending_id
+        ]
+        return pending_id if len(publics) == 1 else None
+
+    # The token operations that change what is stored, one method each (the crash tests interrupt them).
+
+    def _relabel(self, obj: Any, label: str) -> None:
+        obj[Attribute.LABEL] = label
+
+    def _destroy(self, obj: Any) -> None:
+        obj.destroy()
+
+    def _create_certificate(self, session: Any, der: bytes, label: str, key_id: bytes) -> None:
+        template = decode_x509_certificate(der)
+        template.update(
+            {Attribute.TOKEN: True, Attribute.PRIVATE: False, Attribute.LABEL: label, Attribute.ID: key_id}
+        )
+        session.create_object(template)
+
+    def _discard(self, label: str) -> None:
+        """Destroy everything under `label`, private keys first."""
+        found = self._objects(label)
+        found.sort(key=lambda obj: obj[Attribute.CLASS] != ObjectClass.PRIVATE_KEY)
+        for obj in found:
+            self._destroy(obj)
 
     def _objects(self, label: str, object_class: ObjectClass | None = None) -> list[Any]:
         attrs: dict[Attribute, Any] = {Attribute.LABEL: label}
         if object_class is not None:
             attrs[Attribute.CLASS] = object_class
-        return list(self._session.get_objects(attrs))
+        return list(self._open_session().get_objects(attrs))
 
-    def _one(self, object_class: ObjectClass) -> Any:
-        found = self._objects(label=self._key_label, object_class=object_class)
+    def _one(self, label: str, object_class: ObjectClass) -> Any:
+        found = self._objects(label, object_class)
         if len(found) > 1:
             raise FiscalError(
                 "BOX_TOKEN",
-                f"The key token holds {len(found)} keys labelled {self._key_label!r}; "
+                f"The key token holds {len(found)} keys labelled {label!r}; "
                 "remove the extra ones with the token's tools.",
             )
         return found[0] if found else None
 
-    def _generate_pair(self, session: Any, algorithm: str) -> None:
-        """A signing-only pair under the staging label, sensitive and never extractable."""
+    def _generate_pair(self, session: Any, algorithm: str, label: str) -> None:
+        """A signing-only pair under `label` with a fresh CKA_ID, sensitive and never extractable."""
         common = {
             "id": os.urandom(16),
-            "label": self._staging_label,
+            "label": label,
             "store": True,
             "capabilities": MechanismFlag.SIGN | MechanismFlag.VERIFY,
             "private_template": {
@@ -682,41 +1084,16 @@ class Pkcs11KeyStore:
         else:
             session.generate_keypair(KeyType.RSA, 2048, **common)
 
-    def _settle(self) -> None:
-        """Finish or discard a key replacement that was interrupted, so exactly one key carries the label.
-
-        No private key under the label but one under the staging label means the old key was already
-        deleted (the commit point): the staged pair takes the label and the old key's leftovers go. Otherwise
-        the staged objects belong to a replacement that never committed, except those sharing the committed
-        key's CKA_ID (a power cut between relabelling the private and the public key).
-        """
-        current = self._one(ObjectClass.PRIVATE_KEY)
-        staged = self._objects(label=self._staging_label, object_class=ObjectClass.PRIVATE_KEY)
-        if current is None and len(staged) == 1:
-            for leftover in self._objects(label=self._key_label):
-                leftover.destroy()
-            staged[0][Attribute.LABEL] = self._key_label
-            current = staged[0]
-        current_id = current[Attribute.ID] if current is not None else None
-        for obj in self._objects(label=self._staging_label):
-            if current_id is not None and obj[Attribute.ID] == current_id:
-                obj[Attribute.LABEL] = self._key_label
-            else:
-                obj.destroy()
-
-    def _load(self) -> None:
-        """Find the key, its public half and its certificate; the public key is read once and kept."""
-        private = self._one(ObjectClass.PRIVATE_KEY)
+    def _read_pair(self, label: str) -> _TokenKey | None:
+        """The pair under `label`: its private key, and its public key read once."""
+        private = self._one(label, ObjectClass.PRIVATE_KEY)
         if private is None:
-            self._private, self._algorithm, self._spki, self._mechanism = None, None, b"", None
-            self._key_id, self._certificate = b"", None
-            return
-        public = self._one(ObjectClass.PUBLIC_KEY)
+            return None
+        public = self._one(label, ObjectClass.PUBLIC_KEY)
         if public is None:
             raise FiscalError(
                 "BOX_KEY_UNREADABLE",
-                f"The key token holds the private key {self._key_label!r} without its public key; "
-                "generate a new key.",
+                f"The key token holds the private key {label!r} without its public key; generate a new key.",
             )
         try:
             spki = _token_public_key_spki(public)
@@ -726,7 +1103,7 @@ class Pkcs11KeyStore:
         if algorithm is None:
             raise FiscalError(
                 "BOX_KEY_ALGORITHM",
-                f"The key {self._key_label!r} on the token is of a type FDMS does not accept; "
+                f"The key {label!r} on the token is of a type FDMS does not accept; "
                 "generate an ECDSA P-256 or RSA-2048 key.",
             )
         mechanism = self._sign_mechanism(algorithm)
@@ -736,17 +1113,25 @@ class Pkcs11KeyStore:
                 f"This key token cannot sign with its {algorithm} key the way FDMS requires; "
                 "generate a key of the other type.",
             )
-        self._private, self._algorithm, self._spki, self._mechanism = private, algorithm, spki, mechanism
-        self._key_id = private[Attribute.ID]
-        self._certificate = self._load_certificate()
+        return _TokenKey(private, private[Attribute.ID], algorithm, spki, mechanism)
+
+    def _load(self) -> None:
+        """Find the key in force, its certificate and a pending renewal key (unusable counts as none)."""
+        self._current = self._read_pair(self._key_label)
+        self._certificate = self._load_certificate() if self._current is not None else None
+        self._pending = None
+        if self._current is not None:
+            with contextlib.suppress(FiscalError):
+                self._pending = self._read_pair(self._renewal_label)
 
     def _load_certificate(self) -> bytes | None:
         """The newest certificate on the token for this key (two exist only if an install was interrupted)."""
+        assert self._current is not None
         best: x509.Certificate | None = None
-        for obj in self._objects(label=self._key_label, object_class=ObjectClass.CERTIFICATE):
+        for obj in self._objects(self._key_label, ObjectClass.CERTIFICATE):
             try:
                 certificate = x509.load_der_x509_certificate(obj[Attribute.VALUE])
-                if _spki_der(certificate.public_key()) != self._spki:
+                if _spki_der(certificate.public_key()) != self._current.spki:
                     continue
             except (ValueError, TypeError):
                 continue

@@ -127,6 +127,11 @@ def reopen(store: Any, open_store: Callable[[], Any]) -> Any:
     return open_store()
 
 
+def files(directory: Path) -> list[str]:
+    """Every file under `directory`, as sorted relative paths."""
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+
+
 def fiscal_error(call: Callable[[], Any]) -> FiscalError:
     with pytest.raises(FiscalError) as caught:
         call()
@@ -359,21 +364,25 @@ def test_key_file_is_owner_only_encrypted_and_written_whole(tmp_path: Path, algo
         )
         == store.public_key_pem()
     )
-    assert sorted(p.name for p in directory.iterdir()) == ["device-key.pem"]
+    assert files(directory) == ["current", "gen-1/device-key.pem"]
+    assert stat.S_IMODE((directory / "gen-1").stat().st_mode) == 0o700
 
     store.install_certificate(certificate_for(store))
-    assert sorted(p.name for p in directory.iterdir()) == ["device-cert.pem", "device-key.pem"]
+    assert files(directory) == ["current", "gen-1/device-cert.pem", "gen-1/device-key.pem"]
     assert store.certificate_path.read_bytes() == store.certificate_pem()
 
 
 def test_wrong_passphrase_is_refused_with_its_code(tmp_path: Path) -> None:
-    FileKeyStore(tmp_path, PASSPHRASE).generate(ECDSA_P256)
-    data = (tmp_path / "device-key.pem").read_bytes()
+    store = FileKeyStore(tmp_path, PASSPHRASE)
+    store.generate(ECDSA_P256)
+    data = store.key_path.read_bytes()
+    before = files(tmp_path)
 
     error = fiscal_error(lambda: FileKeyStore(tmp_path, b"correct horse battery stapler"))
     assert error.code == "BOX_KEY_PASSPHRASE"
     assert "correct horse" not in str(error)
-    assert (tmp_path / "device-key.pem").read_bytes() == data
+    assert store.key_path.read_bytes() == data
+    assert files(tmp_path) == before
     assert FileKeyStore(tmp_path, PASSPHRASE).algorithm == ECDSA_P256
 
 
@@ -408,7 +417,7 @@ def test_key_is_decrypted_once_not_per_signature(tmp_path: Path) -> None:
     store = FileKeyStore(tmp_path, PASSPHRASE)
     public_key = serialization.load_pem_public_key(store.public_key_pem())
     # If signing re-read the file, this would break it.
-    (tmp_path / "device-key.pem").write_bytes(b"gone")
+    store.key_path.write_bytes(b"gone")
     verify(public_key, store.sign(RECEIPT), RECEIPT)
 
 
@@ -494,7 +503,7 @@ def test_encrypted_key_file_serves_mutual_tls_as_it_is(tmp_path: Path, algorithm
     assert seen["peer"] == x509.load_pem_x509_certificate(device_certificate).public_bytes(
         serialization.Encoding.DER
     )
-    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["device-cert.pem", "device-key.pem"]
+    assert files(tmp_path / "keys") == ["current", "gen-1/device-cert.pem", "gen-1/device-key.pem"]
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
