@@ -272,7 +272,7 @@ class Delivery:
         request = json.loads(day["close_request"], parse_float=str)
         closed_at = str(status.get("fiscalDayClosed") or "")
         mode = str(status.get("fiscalDayReconciliationMode") or "Auto")
-        counters = fdms.parse_counters(request["fiscalDayCounters"])
+        counters = fdms.day_counters(fdms.parse_counters(request["fiscalDayCounters"]))
         text = fdms.day_server_string(
             self.box.device_id,
             day["day_no"],
