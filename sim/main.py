@@ -3,12 +3,17 @@
 `fiscalbox-sim printer` serves a virtual ESC/POS printer on a pseudo-terminal; every page it cuts or tears off
 is written to the output directory as NNNN.txt and NNNN.png, so a box configured with that port prints to
 files that can be read and decoded.
+
+`fiscalbox-sim fdms --config scenario.toml` serves the ZIMRA FDMS simulator (HTTPS with mutual TLS, and a
+plain-HTTP admin port on 127.0.0.1); it prints where it listens, the CA certificate a device must trust, and
+each device's ID and activation key, then serves until SIGINT or SIGTERM. Log lines (JSON) go to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 import threading
@@ -46,6 +51,60 @@ def serve_printer(args: argparse.Namespace) -> int:
                 return 0
 
 
+class _JsonLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = {"level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def serve_fdms(args: argparse.Namespace) -> int:
+    from sim.fdms.scenario import Scenario, ScenarioError
+    from sim.fdms.server import FdmsSimulator
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonLines())
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), handlers=[handler])
+    try:
+        scenario = Scenario.load(args.config) if args.config else Scenario.default()
+    except (OSError, ScenarioError) as error:
+        print(f"fiscalbox-sim fdms: {error}", file=sys.stderr)
+        return 2
+    if args.port is not None:
+        scenario.server.port = args.port
+    if args.admin_port is not None:
+        scenario.server.admin_port = args.admin_port
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with FdmsSimulator(scenario, state_dir=args.state_dir) as sim:
+        devices = [
+            {"id": d.id, "serial": d.serial, "mode": d.mode, "activation_key": d.activation_key}
+            for d in scenario.devices
+        ]
+        if args.json:
+            started = {
+                "url": sim.url,
+                "admin_url": sim.admin_url,
+                "ca_cert": str(sim.ca_cert_path),
+                "state_dir": str(sim.state_dir),
+                "certificate_thumbprint": sim.certificate_thumbprint,
+                "devices": devices,
+            }
+            print(json.dumps(started), flush=True)
+        else:
+            print(f"FDMS simulator on {sim.url}", flush=True)
+            print(f"admin on {sim.admin_url}", flush=True)
+            print(f"CA certificate: {sim.ca_cert_path}", flush=True)
+            print(f"state: {sim.state_dir}", flush=True)
+            for d in devices:
+                line = f"device {d['id']} serial {d['serial']} ({d['mode']})"
+                print(f"{line}: activation key {d['activation_key']}", flush=True)
+        stop.wait()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fiscalbox-sim", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +121,18 @@ def main(argv: list[str] | None = None) -> int:
     printer.add_argument("--poll", type=float, default=0.2, help=argparse.SUPPRESS)
     printer.add_argument("--json", action="store_true", help="one JSON object per line")
     printer.set_defaults(run=serve_printer)
+    fdms = commands.add_parser("fdms", help="the ZIMRA FDMS simulator (HTTPS, mutual TLS)")
+    fdms.add_argument(
+        "--config", help="scenario TOML (default: the built-in scenario; see sim/fdms/example.toml)"
+    )
+    fdms.add_argument(
+        "--state-dir", help="keys, certificates and state (default: the scenario's server.state_dir)"
+    )
+    fdms.add_argument("--port", type=int, help="HTTPS port (default: the scenario's; 0 = a free port)")
+    fdms.add_argument("--admin-port", type=int, help="admin port on 127.0.0.1 (default: the scenario's)")
+    fdms.add_argument("--json", action="store_true", help="print the start-up facts as one JSON object")
+    fdms.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    fdms.set_defaults(run=serve_fdms)
     args = parser.parse_args(argv)
     return int(args.run(args))
 
