@@ -317,8 +317,10 @@ class Delivery:
                 answer = self.client.submit_file(item["body"])
                 self.box.record_file(day_no, item, answer.operation_id or answer.body.get("operationID"))
                 return SENT
-        today = self.box.now_local()[:10]
-        listing = self.client.submitted_file_list(day["opened"][:10], today).body
+        # A day either side, in full date-times: FDMS's clock, not the box's, dates the uploads.
+        since = localtime.add_hours(day["opened"][:10] + "T00:00:00", -24)
+        till = localtime.add_hours(self.box.now_local(), 24)
+        listing = self.client.submitted_file_list(since, till).body
         rows = [r for r in listing.get("rows") or [] if r.get("dayNo") == day_no]
         by_sequence = {r.get("fileSequence"): r for r in rows}
         last = max(sent)
@@ -355,8 +357,15 @@ class Delivery:
         return PINGED
 
     def _renewal_due(self) -> bool:
+        """Due within `renew_days_before` days of certificateValidTill, and only once nothing signed with the
+        current key waits for FDMS: FDMS checks a receipt and a close with the certificate it holds when they
+        arrive, so what the old key signed goes before the key changes."""
         till = self.box.certificate_valid_till()
         if not till:
+            return False
+        if self.box.next_pending() is not None:
+            return False
+        if any(day["status"] == CLOSE_INITIATED for day in self.box.unfinished_days()):
             return False
         local_till = str(till)[:19]
         left = localtime.seconds(local_till) - localtime.seconds(self.box.now_local())
