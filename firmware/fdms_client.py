@@ -456,12 +456,19 @@ class FdmsClient:
     ) -> tuple[int, http.client.HTTPMessage, bytes]:
         """One request on the kept-alive connection; any failure drops the connection."""
         deadline = started + self._timeout
+        fresh = self._conn is None
         conn = self._connection(area, deadline)
+        fresh = fresh or self._conn is not conn
         sent = False
         try:
             self._arm(conn, deadline)
             sent = True
-            conn.request(method, path, body=body, headers=headers)
+            try:
+                conn.request(method, path, body=body, headers=headers)
+            except (OSError, http.client.HTTPException) as exc:
+                if fresh:
+                    _raise_pending_alert(conn)
+                raise exc
             self._arm(conn, deadline)
             response = conn.getresponse()
             chunks: list[bytes] = []
@@ -714,6 +721,23 @@ def _status_error(
         status,
         problem,
     )
+
+
+def _raise_pending_alert(conn: http.client.HTTPSConnection) -> None:
+    """Under TLS 1.3 the server judges the device certificate after the client's handshake has finished,
+    so its refusal can arrive as an alert that the first write trips over as a cut connection. Read the
+    alert, if one is waiting, so the refusal is reported as what it is."""
+    sock = conn.sock
+    if not isinstance(sock, ssl.SSLSocket):
+        return
+    try:
+        sock.settimeout(0.5)
+        sock.recv(1)
+    except ssl.SSLError as alert:
+        if alert.reason in _CERT_ALERTS:
+            raise alert
+    except OSError:
+        return
 
 
 def _transport_error(exc: BaseException, sent: bool, timeout: float) -> FiscalError:
