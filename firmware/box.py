@@ -243,12 +243,14 @@ class Box:
         day = self.journal.current_day()
         if day is not None and day["status"] == OPENED:
             raise _refuse("BOX_DAY_OPEN", f"Fiscal day {day['day_no']} is still open: close it first.")
-        if day is not None and day["status"] != CLOSED:
+        if day is not None and day["status"] == CLOSE_FAILED:
             raise _refuse(
                 "BOX_DAY_CLOSING",
-                f"Fiscal day {day['day_no']} is not closed yet ({day['status']}): "
-                "the next day opens once FDMS has confirmed the close.",
+                f"FDMS could not close fiscal day {day['day_no']} ({day['closing_error']}): "
+                "close it again before the next day opens.",
             )
+        # A day whose close is signed but not yet confirmed does not hold the shop up: the next day opens
+        # now, and delivery sends its OpenDay only after FDMS has confirmed the close before it.
         day_no = 1 if day is None else day["day_no"] + 1
         opened = self.now_local()
         last = self.journal.head()["last_global_no"]

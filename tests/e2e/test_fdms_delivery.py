@@ -42,7 +42,11 @@ def assert_day_closed_and_matching(site: Site, box, device_id: int, day_no: int,
     assert all(not h["colours"] for h in held), [h["validationErrors"] for h in held if h["colours"]]
     mine = fdms.counters_wire(fdms.day_counters(box.journal.counters(day_no)))
     theirs = recompute_counters(
-        [Held(h["receipt"], h["receiptID"], h["fiscalDayNo"], h["colours"]) for h in held if h["fiscalDayNo"] == day_no]
+        [
+            Held(h["receipt"], h["receiptID"], h["fiscalDayNo"], h["colours"])
+            for h in held
+            if h["fiscalDayNo"] == day_no
+        ]
     )
     assert json.loads(json.dumps(mine, default=str)) == json.loads(json.dumps(theirs, default=str))
     for n in range(1, count + 1):
@@ -69,7 +73,9 @@ def test_a_day_of_500_mixed_receipts_is_delivered_in_order_and_closes(site: Site
 def test_with_30_percent_faults_every_receipt_arrives_once_in_order(site: Site) -> None:
     box, delivery = site.box(10002)
     for endpoint in ("SubmitReceipt", "OpenDay", "CloseDay", "GetStatus"):
-        site.sim.set_faults(endpoint, rate=0.3, kinds=["500", "502", "429", "reset", "lost", "latency"], seed=3)
+        site.sim.set_faults(
+            endpoint, rate=0.3, kinds=["500", "502", "429", "reset", "lost", "latency"], seed=3
+        )
     box.open_day()
     shop = Shop(seed=9, device_id=10002)
     issue_day(site, box, delivery, shop, 150)
@@ -77,3 +83,96 @@ def test_with_30_percent_faults_every_receipt_arrives_once_in_order(site: Site) 
     site.settle(delivery)
     site.sim.clear_faults()
     assert_day_closed_and_matching(site, box, 10002, 1, 150)
+    attempts = [box.journal.delivery(n)["attempts"] for n in range(1, 151)]
+    assert sum(attempts) > 150 * 1.2  # the faults really struck: many receipts needed more than one call
+    assert max(attempts) >= 3
+
+
+def test_an_outage_across_the_day_limit_stops_nothing_and_both_days_close(site: Site) -> None:
+    box, delivery = site.box(10003)
+    box.open_day()
+    shop = Shop(seed=11, device_id=10003)
+    issue_day(site, box, delivery, shop, 10, deliver_every=10)
+    site.sim.set_faults("*", rate=1.0, kinds=["reset", "500"], seed=1)
+    for _ in range(28):  # 21 hours of sales with FDMS unreachable
+        site.clock.advance(45 * 60)
+        sale = shop.next_sale()
+        shop.issued(sale, box.issue(sale))
+        assert delivery.step() in ("waiting", "blocked")
+    site.clock.advance(3 * 3600)  # the day's 24 hours are over
+    box.close_day()
+    opened = box.open_day()  # the shop goes on: day 2 opens before FDMS has even heard of day 1's close
+    assert opened["day_no"] == 2 and opened["warnings"]
+    for _ in range(12):
+        site.clock.advance(120)
+        sale = shop.next_sale()
+        shop.issued(sale, box.issue(sale))
+    assert box.journal.outbox_counts() == {"delivered": 10, "pending": 40}
+    site.sim.clear_faults()
+    site.settle(delivery)
+    assert box.fiscal_day(1)["status"] == CLOSED
+    assert box.fiscal_day(2)["status"] == "FiscalDayOpened" and box.fiscal_day(2)["open_sent_at"]
+    assert box.journal.outbox_counts() == {"delivered": 50}
+    held = site.sim.held_receipts(10003)
+    assert [h["receiptGlobalNo"] for h in held] == list(range(1, 51))
+    assert all("Red" not in h["colours"] and "Grey" not in h["colours"] for h in held)
+    box.close_day()
+    site.settle(delivery)
+    assert box.fiscal_day(2)["status"] == CLOSED
+    assert box.audit()["clean"]
+
+
+def test_an_offline_mode_device_closes_its_day_through_submit_file(site: Site) -> None:
+    box, delivery = site.box(10004)
+    assert box.operating_mode() == "Offline"
+    box.open_day()
+    shop = Shop(seed=13, device_id=10004)
+    issue_day(site, box, delivery, shop, 40, deliver_every=0)
+    assert delivery.step() == IDLE  # an offline device reports a day once it is closed
+    box.close_day()
+    files = box.day_files(1)
+    assert len(files) == 1 and files[0]["has_footer"]
+    site.settle(delivery)
+    assert box.fiscal_day(1)["status"] == CLOSED, box.fiscal_day(1)
+    assert box.journal.outbox_counts() == {"filed": 40}
+    assert [h["receiptGlobalNo"] for h in site.sim.held_receipts(10004)] == list(range(1, 41))
+    assert site.sim.day(10004, 1)["fiscalDayStatus"] == "FiscalDayClosed"
+    assert box.audit()["clean"]
+
+
+def test_offline_files_split_under_the_size_limit_keep_the_footer_last(site: Site) -> None:
+    box, _ = site.box(10004)
+    box.open_day()
+    shop = Shop(seed=17, device_id=10004)
+    for _ in range(30):
+        site.clock.advance(30)
+        sale = shop.next_sale()
+        shop.issued(sale, box.issue(sale))
+    box.close_day()
+    files = box.day_files(1, limit=8000)
+    assert len(files) > 2
+    assert all(len(f["body"]) <= 8000 for f in files)
+    assert [f["has_footer"] for f in files] == [False] * (len(files) - 1) + [True]
+    numbers = [n for f in files for n in range(f["first_global_no"], f["last_global_no"] + 1)]
+    assert numbers == list(range(1, 31))
+    parsed = [json.loads(f["body"]) for f in files]
+    assert [p["header"]["fileSequence"] for p in parsed] == list(range(1, len(files) + 1))
+
+
+def test_the_certificate_is_renewed_with_a_new_key_mid_life(site: Site) -> None:
+    box, delivery = site.box(10001)
+    before = box.keys.certificate_pem()
+    old_key = box.keys.public_key_pem()
+    box.open_day()
+    shop = Shop(seed=19, device_id=10001)
+    issue_day(site, box, delivery, shop, 5, deliver_every=0)
+    delivery.renew_days_before = 400  # the certificate (365 days) is now due for renewal
+    # What the old key signed goes first: FDMS checks each receipt with the certificate it holds on arrival.
+    assert [delivery.step() for _ in range(7)] == ["opened"] + ["sent"] * 5 + ["renewed"]
+    delivery.renew_days_before = 30
+    assert box.keys.certificate_pem() != before and box.keys.public_key_pem() != old_key
+    assert box.journal.retired_keys()[0]["last_global_no"] == 5
+    issue_day(site, box, delivery, shop, 5, deliver_every=0)
+    box.close_day()
+    site.settle(delivery)
+    assert_day_closed_and_matching(site, box, 10001, 1, 10)  # the audit verifies both keys' receipts

@@ -53,7 +53,12 @@ def _paid(lines: list[dict[str, Any]], rng: random.Random) -> list[dict[str, Any
             {"moneyTypeCode": "Cash", "paymentAmount": text(part)},
             {"moneyTypeCode": rng.choice(["Card", "MobileWallet"]), "paymentAmount": text(cents - part)},
         ]
-    return [{"moneyTypeCode": rng.choice(["Cash", "Card", "MobileWallet", "BankTransfer"]), "paymentAmount": text(cents)}]
+    return [
+        {
+            "moneyTypeCode": rng.choice(["Cash", "Card", "MobileWallet", "BankTransfer"]),
+            "paymentAmount": text(cents),
+        }
+    ]
 
 
 class Shop:
@@ -108,6 +113,10 @@ class Shop:
             "receiptLines": lines,
             "receiptPayments": _paid(lines, self.rng),
             "receiptNotes": "Returned goods" if sign < 0 else "Price corrected",
-            "creditDebitNote": {"deviceID": self.device_id, "receiptGlobalNo": global_no, "fiscalDayNo": day_no},
+            "creditDebitNote": {
+                "deviceID": self.device_id,
+                "receiptGlobalNo": global_no,
+                "fiscalDayNo": day_no,
+            },
             **({"buyerData": dict(original["buyerData"])} if "buyerData" in original else {}),
         }

@@ -155,9 +155,11 @@ def test_close_day_signs_the_incremental_counters_and_the_next_day_restarts_the_
     with pytest.raises(FiscalError) as refused:
         box.issue(sale())
     assert refused.value.code == "BOX_DAY_NOT_OPEN"
+    box.record_close(1, "FiscalDayCloseFailed", closing_error="CountersMismatch")
     with pytest.raises(FiscalError) as refused:
         box.open_day()
     assert refused.value.code == "BOX_DAY_CLOSING"
+    assert box.close_day()["fiscalDayNo"] == 1  # a failed close is signed and sent again
     box.record_close(1, "FiscalDayClosed", closed_at="2026-11-22T09:00:00")
     rig.clock.advance(60)
     assert box.open_day()["day_no"] == 2
