@@ -243,10 +243,11 @@ class Box:
         day = self.journal.current_day()
         if day is not None and day["status"] == OPENED:
             raise _refuse("BOX_DAY_OPEN", f"Fiscal day {day['day_no']} is still open: close it first.")
-        if day is not None and day["status"] == CLOSE_FAILED:
+        failed = [d for d in self.journal.days() if d["status"] == CLOSE_FAILED]
+        if failed:
             raise _refuse(
                 "BOX_DAY_CLOSING",
-                f"FDMS could not close fiscal day {day['day_no']} ({day['closing_error']}): "
+                f"FDMS could not close fiscal day {failed[0]['day_no']} ({failed[0]['closing_error']}): "
                 "close it again before the next day opens.",
             )
         # A day whose close is signed but not yet confirmed does not hold the shop up: the next day opens
@@ -279,10 +280,12 @@ class Box:
     @_serialized
     def close_day(self) -> dict[str, Any]:
         """Prepare and sign the CloseDay request from the incremental counters; the cost does not grow with
-        the number of receipts."""
+        the number of receipts. A day FDMS could not close comes first, signed again (with the key in use
+        now): FDMS closes days in order, so the open day's close waits for it."""
         self._ensure_provisioned()
         self._ensure_sound()
-        day = self.journal.current_day()
+        failed = [d for d in self.journal.days() if d["status"] == CLOSE_FAILED]
+        day = failed[0] if failed else self.journal.current_day()
         if day is None or day["status"] not in (OPENED, CLOSE_FAILED):
             raise _refuse("BOX_DAY_NOT_OPEN", "No fiscal day is open, so there is nothing to close.")
         ordered = fdms.day_counters(self.journal.counters(day["day_no"]))

@@ -279,3 +279,23 @@ def test_periodic_checkpoints_bound_what_a_restart_rewalks(rig: Rig) -> None:
     assert [c.global_no for c in box.journal.checkpoints()].count(3) == 1
     reopened = rig.box(checkpoint_every=3)
     assert reopened.boot["clean"] and reopened.audit()["clean"]
+
+
+def test_a_day_fdms_failed_to_close_after_the_next_opened_is_closed_again_first(rig: Rig, box: Box) -> None:
+    box.issue(sale("5.00"))
+    rig.clock.advance(60)
+    box.close_day()
+    rig.clock.advance(60)
+    assert box.open_day()["day_no"] == 2  # day 1's close is signed; FDMS's answer has not come yet
+    rig.clock.advance(1)
+    box.issue(sale("7.00"))
+    box.record_close(1, "FiscalDayCloseFailed", closing_error="BadCertificateSignature")
+    first = box.close_day()
+    assert first["fiscalDayNo"] == 1 and first["receiptCounter"] == 1
+    assert box.journal.day(2)["status"] == "FiscalDayOpened"  # type: ignore[index]
+    second = box.close_day()
+    assert second["fiscalDayNo"] == 2 and second["receiptCounter"] == 1
+    with pytest.raises(FiscalError) as refused:
+        box.close_day()
+    assert refused.value.code == "BOX_DAY_NOT_OPEN"
+    assert box.audit()["clean"]
