@@ -600,7 +600,50 @@ class Box:
             }
             if day["status"] == OPENED:
                 info["warnings"] = self._day_warnings(day["opened"], self.now_local())
+        unfinished = [d for d in self.journal.days() if d["status"] != CLOSED]
+        info["days_waiting"] = [
+            {"day_no": d["day_no"], "status": d["status"], "closing_error": d["closing_error"]}
+            for d in unfinished
+            if day is None or d["day_no"] != day["day_no"]
+        ]
+        info["warnings"] += self._close_warnings(unfinished)
         return info
+
+    def _close_warnings(self, unfinished: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """What stands between a day and FDMS's close, said so a person can act on it."""
+        warnings = []
+        open_days = {d["day_no"] for d in unfinished}
+        flagged = [
+            f
+            for f in self.journal.flagged()
+            if (row := self.journal.receipt(f["global_no"])) is not None and row["day_no"] in open_days
+        ]
+        for d in unfinished:
+            if d["status"] == CLOSE_FAILED:
+                warnings.append(
+                    {
+                        "code": "BOX_CLOSE_FAILED",
+                        "colour": "Red",
+                        "field": None,
+                        "message": f"FDMS could not close day {d['day_no']} ({d['closing_error']}): "
+                        "close the day again; if it fails again, ask ZIMRA to close it in the FDMS portal.",
+                    }
+                )
+        for finding in flagged:
+            worst = [e for e in finding["errors"] if e["colour"] in ("Red", "Grey")]
+            if worst:
+                warnings.append(
+                    {
+                        "code": "BOX_CLOSE_BLOCKED",
+                        "colour": worst[0]["colour"],
+                        "field": None,
+                        "message": f"FDMS flagged receipt {finding['global_no']} {worst[0]['colour']} "
+                        f"({worst[0]['code']}): its day cannot be closed by the box; ask ZIMRA for a "
+                        "manual close in the FDMS portal.",
+                    }
+                )
+                break
+        return warnings
 
     @_serialized
     def x_report(self) -> dict[str, Any]:

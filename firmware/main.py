@@ -267,6 +267,10 @@ def status_command(cfg: configuration.Config, as_json: bool) -> None:
             "journal check: "
             + ("clean" if info["journal"]["clean"] else info["journal"]["problems"][0]["message"]),
         ]
+        lines += [
+            f"day {d['day_no']} {d['status']}" + (f" ({d['closing_error']})" if d["closing_error"] else "")
+            for d in info["days_waiting"]
+        ]
         lines += [f"warning {w['code']}: {w['message']}" for w in info["warnings"]]
         return "\n".join(lines)
 
@@ -443,10 +447,6 @@ def report_command(cfg: configuration.Config, day_no: int | None, to_printer: bo
     click.echo(_with_box(cfg, lambda box: box.report_document(day_no).plain()), nl=False)
 
 
-if __name__ == "__main__":
-    main()
-
-
 # ---------------------------------------------------------------------------------------------------------
 # FDMS: registration and delivery
 
@@ -499,3 +499,43 @@ def deliver(cfg: configuration.Config, until_idle: bool, as_json: bool) -> None:
     except FiscalError as error:
         _fail(error)
     _emit(result, as_json, lambda r: f"delivered {r['sent']} receipts; outbox {r['outbox']}")
+
+
+@main.command("day-files")
+@click.argument("day_no", type=int)
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
+@click.pass_obj
+def day_files_command(cfg: configuration.Config, day_no: int, out_dir: str, as_json: bool) -> None:
+    """Write day DAY_NO's SubmitFile files (header, receipts as signed, the signed close in the last one) to
+    OUT_DIR, for upload in the ZIMRA self-service portal. The day must have its close signed."""
+    try:
+        files = _with_box(cfg, lambda box: box.day_files(day_no))
+    except FiscalError as error:
+        _fail(error)
+    where = Path(out_dir)
+    where.mkdir(parents=True, exist_ok=True)
+    written = []
+    for item in files:
+        path = where / f"{cfg.device['id']}-day{day_no}-{item['sequence']:03d}.json"
+        temporary = path.with_suffix(".part")
+        temporary.write_bytes(item["body"])
+        temporary.replace(path)
+        written.append(
+            {
+                "file": str(path),
+                "sequence": item["sequence"],
+                "bytes": len(item["body"]),
+                "first_global_no": item["first_global_no"],
+                "last_global_no": item["last_global_no"],
+                "has_footer": item["has_footer"],
+            }
+        )
+    result = {"day_no": day_no, "files": written}
+    _emit(
+        result, as_json, lambda r: "\n".join(f"wrote {f['file']} ({f['bytes']:,} bytes)" for f in r["files"])
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -6,12 +6,12 @@ import json
 import random
 
 from fdms_site import Site
-from workload import Shop
 
 from firmware.core import fdms
 from firmware.delivery import IDLE
 from firmware.journal import CLOSED
 from sim.fdms.judge import Held, recompute_counters
+from sim.shop import Shop
 
 
 def issue_day(site: Site, box, delivery, shop: Shop, count: int, deliver_every: int = 25) -> list[dict]:

@@ -290,6 +290,9 @@ def test_a_day_fdms_failed_to_close_after_the_next_opened_is_closed_again_first(
     rig.clock.advance(1)
     box.issue(sale("7.00"))
     box.record_close(1, "FiscalDayCloseFailed", closing_error="BadCertificateSignature")
+    assert box.status()["days_waiting"] == [
+        {"day_no": 1, "status": "FiscalDayCloseFailed", "closing_error": "BadCertificateSignature"}
+    ]
     first = box.close_day()
     assert first["fiscalDayNo"] == 1 and first["receiptCounter"] == 1
     assert box.journal.day(2)["status"] == "FiscalDayOpened"  # type: ignore[index]
@@ -299,3 +302,29 @@ def test_a_day_fdms_failed_to_close_after_the_next_opened_is_closed_again_first(
         box.close_day()
     assert refused.value.code == "BOX_DAY_NOT_OPEN"
     assert box.audit()["clean"]
+
+
+def test_status_says_what_stands_between_a_day_and_its_close(rig: Rig, box: Box) -> None:
+    box.issue(sale("5.00"))
+    rig.clock.advance(2)
+    box.issue(sale("6.00"))
+    assert not [w for w in box.status()["warnings"] if w["code"].startswith("BOX_CLOSE")]
+    red = {"code": "RCPT025", "colour": "Red", "message": "Invalid tax is used"}
+    box.record_delivery(
+        2, 1, receipt_id=77, server_date="2026-11-22T08:00:05", server_signature={}, errors=[red]
+    )
+    codes = [w["code"] for w in box.status()["warnings"]]
+    assert codes.count("BOX_CLOSE_BLOCKED") == 1
+    box.close_day()
+    box.record_close(1, "FiscalDayCloseFailed", closing_error="ReceiptsWithValidationErrors")
+    rig.clock.advance(60)
+    info = box.status()
+    assert info["days_waiting"] == []  # day 1 is still the current day
+    assert {"BOX_CLOSE_FAILED", "BOX_CLOSE_BLOCKED"} <= {w["code"] for w in info["warnings"]}
+    failed = next(w for w in info["warnings"] if w["code"] == "BOX_CLOSE_FAILED")
+    assert "day 1" in failed["message"] and "ReceiptsWithValidationErrors" in failed["message"]
+    box.close_day()
+    box.record_close(1, "FiscalDayClosed", closed_at="2026-11-22T09:00:00")  # closed by ZIMRA, say
+    rig.clock.advance(60)
+    box.open_day()
+    assert not [w for w in box.status()["warnings"] if w["code"].startswith("BOX_CLOSE")]
