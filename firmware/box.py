@@ -43,6 +43,7 @@ OPTIONAL_SETTINGS = {
     "day_end_notification_hours": 2,
 }
 FILE_LIMIT = 3_000_000  # bytes: FDMS refuses a SubmitFile file over 3 MB (FILE01)
+CLOCK_SKEW_WARN_SECONDS = 120  # FDMS flags receipts dated too far ahead (RCPT031); its margin is unknown
 # Fields of a sale the box decides itself; a POS that sends them is told so rather than silently overruled.
 BOX_FIELDS = ("receiptCounter", "receiptGlobalNo", "receiptDate", "receiptDeviceSignature")
 
@@ -607,6 +608,18 @@ class Box:
             if day is None or d["day_no"] != day["day_no"]
         ]
         info["warnings"] += self._close_warnings(unfinished)
+        skew = None if self.delivery is None else self.delivery.state()["clock_skew_seconds"]
+        if skew is not None and abs(skew) > CLOCK_SKEW_WARN_SECONDS:
+            way = "behind" if skew > 0 else "ahead of"
+            info["warnings"].append(
+                {
+                    "code": "BOX_CLOCK_SKEW",
+                    "colour": "Yellow",
+                    "field": None,
+                    "message": f"The box's clock is {abs(skew)} s {way} FDMS's: set the time. Receipts "
+                    "already signed keep the dates they were signed with.",
+                }
+            )
         return info
 
     def _close_warnings(self, unfinished: list[dict[str, Any]]) -> list[dict[str, Any]]:

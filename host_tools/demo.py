@@ -167,7 +167,9 @@ class Demo:
         self.device = device
         self.store = FileKeyStore(OUT / "keys", passphrase.encode())
         self.journal = Journal(OUT / "journal.db")
-        self.client = FdmsClient(sim.url, DEVICE_ID, "fiscalbox", "1.0", ca_file=str(sim.ca_cert_path))
+        self.client = FdmsClient(
+            sim.url, DEVICE_ID, "fiscalbox", "1.0", ca_file=str(sim.ca_cert_path), clock=clock
+        )
         model = printers.PROFILES[PRINTER_MODEL]
         self.paper = VirtualPrinter(dots=model.dots)
         self.box = Box(

@@ -36,7 +36,9 @@ class Site:
         where = self.root / f"box-{device_id}"
         where.mkdir(parents=True, exist_ok=True)
         keys = FileKeyStore(where / "keys", b"e2e pass phrase")
-        client = FdmsClient(self.sim.url, device_id, "fiscalbox", "1.0", ca_file=str(self.sim.ca_cert_path))
+        client = FdmsClient(
+            self.sim.url, device_id, "fiscalbox", "1.0", ca_file=str(self.sim.ca_cert_path), clock=self.clock
+        )
         journal = Journal(where / "journal.db")
         self.journals.append(journal)
         box = Box(journal, keys, self.clock, fdms_client=client)

@@ -176,3 +176,19 @@ def test_the_certificate_is_renewed_with_a_new_key_mid_life(site: Site) -> None:
     box.close_day()
     site.settle(delivery)
     assert_day_closed_and_matching(site, box, 10001, 1, 10)  # the audit verifies both keys' receipts
+
+
+def test_a_box_clock_behind_fdms_is_reported_and_changes_no_receipt(site: Site) -> None:
+    box, delivery = site.box(10002)
+    box.open_day()
+    shop = Shop(seed=23, device_id=10002)
+    issue_day(site, box, delivery, shop, 3, deliver_every=0)
+    site.settle(delivery)
+    assert not [w for w in box.status()["warnings"] if w["code"] == "BOX_CLOCK_SKEW"]
+    dates = [box.journal.receipt(n)["date"] for n in (1, 2, 3)]
+    site.sim.set_clock_offset(900)  # FDMS's clock is now a quarter of an hour ahead of the box's
+    issue_day(site, box, delivery, shop, 1, deliver_every=1)
+    skew = [w for w in box.status()["warnings"] if w["code"] == "BOX_CLOCK_SKEW"]
+    assert len(skew) == 1 and "900 s behind" in skew[0]["message"]
+    assert [box.journal.receipt(n)["date"] for n in (1, 2, 3)] == dates
+    assert box.audit()["clean"]
