@@ -1,4 +1,4 @@
-"""`fiscalbox-device register`, `deliver`, `status` and `day-files` against the FDMS simulator,."""
+"""`fiscalbox-device register`, `deliver`, `status` and `day-files` against the FDMS simulator."""
 
 from __future__ import annotations
 
