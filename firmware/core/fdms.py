@@ -28,6 +28,12 @@ COUNTER_TYPES = (
 )
 BALANCE = 6  # index of BalanceByMoneyType in COUNTER_TYPES
 
+INT64 = 2**63
+# The box keeps every amount, and a day's sums of them in the counters, as 64-bit integer cents; FDMS's
+# decimal(21,2) would hold more. Amounts are refused beyond 15 digits before the point (below 10**17 cents),
+# which leaves a day's counters room for 90 receipts of the largest amount.
+AMOUNT_LIMIT = 10**17
+
 RED = "Red"
 YELLOW = "Yellow"
 GREY = "Grey"
@@ -100,6 +106,8 @@ def _text(obj, key, limit, where="", required=True):
         return None
     if not isinstance(value, str):
         raise FiscalError("RCPT02", "Must be text.", where + key)
+    if required and not value.strip():  # FDMS takes a blank required text as missing
+        _missing(where, key)
     if len(value) > limit:
         raise FiscalError("RCPT02", "Must be at most " + str(limit) + " characters.", where + key)
     return value
@@ -112,9 +120,11 @@ def _int(obj, key, where="", required=True):
             _missing(where, key)
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and money.is_digits(value) and len(value) <= 19:
-            return int(value)
-        raise FiscalError("RCPT02", "Must be a whole number.", where + key)
+        if not (isinstance(value, str) and money.is_digits(value) and len(value) <= 19):
+            raise FiscalError("RCPT02", "Must be a whole number.", where + key)
+        value = int(value)
+    if not -INT64 <= value < INT64:  # FDMS's integers are 64-bit (int64 in the Swagger)
+        raise FiscalError("RCPT02", "This number is too large.", where + key)
     return value
 
 
@@ -153,9 +163,26 @@ def _number(obj, key, places, where="", required=True):
         raise
 
 
+# Buyer parts and their texts. The reference (3.3) gives lengths for the names only (at most 250); the
+# simulator holds these texts to 250 as well, and so does the box: FDMS answers 400 to a longer one.
+BUYER_PARTS = (
+    ("buyerContacts", ("phoneNo", "email")),
+    ("buyerAddress", ("province", "city", "street", "houseNo", "district")),
+)
+
+
 def _buyer(raw):
+    """The buyer as sent, its shape checked; a missing or short name, TIN or VAT number is RCPT043."""
     if raw is None:
         return None
+    where = "buyerData."
+    _text(raw, "buyerTradeName", 250, where, False)
+    if "vatNumber" in raw:  # both spellings: the one that is not judged by RCPT043 still goes to FDMS
+        _text(raw, "VATNumber", 9, where, False)
+    for part, names in BUYER_PARTS:
+        inner = _obj(raw, part, where)
+        for name in names if inner is not None else ():
+            _text(inner, name, 250, where + part + ".", False)
     buyer = {}
     for key in raw:
         buyer[key] = raw[key]
@@ -261,9 +288,15 @@ def parse_receipt(raw):
     }
     if receipt["receiptDate"] is not None:
         localtime.parse(receipt["receiptDate"], "receiptDate")
-    for key in ("username", "userNameSurname", "userInfo"):
-        if key in raw:
+    # The cashier, optional: spec v7.2 fields or the newer Swagger's userInfo (reference 3.3).
+    for key, limit in (("username", 100), ("userNameSurname", 250)):
+        if _text(raw, key, limit, "", False) is not None:
             receipt[key] = raw[key]
+    user = _obj(raw, "userInfo")
+    if user is not None:
+        _text(user, "username", 100, "userInfo.", False)
+        _text(user, "userFullName", 250, "userInfo.", False)
+        receipt["userInfo"] = user
     return receipt
 
 
@@ -380,7 +413,31 @@ def _complete(receipt):
         receipt["receiptTaxes"] = sorted(receipt["receiptTaxes"], key=_tax_order)
     if receipt["receiptTotal"] is None:
         receipt["receiptTotal"] = expected_total(receipt, receipt["receiptTaxes"])
+    _amounts_fit(receipt)
     return groups
+
+
+def _amounts_fit(receipt):
+    """Refuse an amount the box cannot keep (see AMOUNT_LIMIT), naming its field."""
+    amounts = []
+    for i, line in enumerate(receipt["receiptLines"]):
+        amounts.append((line["receiptLineTotal"], _at(i, "receiptLineTotal")))
+    for i, tax in enumerate(receipt["receiptTaxes"]):
+        where = "receiptTaxes[" + str(i) + "]."
+        amounts.append((tax["taxAmount"], where + "taxAmount"))
+        amounts.append((tax["salesAmountWithTax"], where + "salesAmountWithTax"))
+    amounts.append((receipt["receiptTotal"], "receiptTotal"))
+    for i, payment in enumerate(receipt["receiptPayments"]):
+        amounts.append((payment["paymentAmount"], "receiptPayments[" + str(i) + "].paymentAmount"))
+    for value, field in amounts:
+        if not -AMOUNT_LIMIT < value < AMOUNT_LIMIT:
+            raise FiscalError(
+                "BOX_BAD_NUMBER",
+                "This amount is too large: the box keeps amounts up to "
+                + money.format_fixed(AMOUNT_LIMIT - 1, 2)
+                + ".",
+                field,
+            )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -679,7 +736,7 @@ def _rule_note(receipt, ctx, out):
         if note is not None:
             out.append(finding("RCPT029", "creditDebitNote"))
         return
-    if not receipt["receiptNotes"]:
+    if not (receipt["receiptNotes"] or "").strip():
         out.append(finding("RCPT034", "receiptNotes"))
     # The original is named by its FDMS receiptID, or by device, global number and fiscal day together.
     by_place = note is not None and None not in (
@@ -692,6 +749,15 @@ def _rule_note(receipt, ctx, out):
         return
     if ctx.original is None:
         return
+    if note["receiptID"] is not None:
+        # FDMS takes the original its receiptID names, whatever the place says: so must the lookup (the
+        # box's own finds places only, and refuses an ID it cannot check rather than sign what FDMS rejects).
+        note = {
+            "receiptID": note["receiptID"],
+            "deviceID": None,
+            "receiptGlobalNo": None,
+            "fiscalDayNo": None,
+        }
     found = ctx.original(note)
     if found is None:
         out.append(finding("RCPT032", "creditDebitNote"))
@@ -725,7 +791,7 @@ def _rule_buyer(receipt, out):
     if buyer is None:
         return
     name = buyer.get("buyerRegisterName")
-    if not name or not isinstance(name, str) or len(name) > 250 or not buyer.get("buyerTIN"):
+    if not isinstance(name, str) or not name.strip() or len(name) > 250 or not buyer.get("buyerTIN"):
         out.append(finding("RCPT043", "buyerData", "A buyer needs both buyerRegisterName and buyerTIN."))
         return
     tin = buyer["buyerTIN"]

@@ -17,6 +17,7 @@ _ZEROS = "0" * 18
 
 
 MAX_WHOLE_DIGITS = 19  # FDMS decimal(25,6) leaves 19 digits before the point
+_WHOLE_LIMIT = 10**MAX_WHOLE_DIGITS  # a JSON integer is held to the same 19 digits as a decimal string
 
 
 try:
@@ -41,7 +42,9 @@ def parse_fixed(value, places, field="amount"):
         if isinstance(value, bool) or value is None:
             raise FiscalError("BOX_BAD_NUMBER", "A number is required here.", field)
         if isinstance(value, int):
-            return value * _POW10[places]
+            if -_WHOLE_LIMIT < value < _WHOLE_LIMIT:
+                return value * _POW10[places]
+            raise FiscalError("BOX_BAD_NUMBER", "This number is too large.", field)
         if isinstance(value, Fixed):
             return value.rescale(places, field)
         raise FiscalError(

@@ -26,8 +26,10 @@ Decisions where the reference is silent (keep the simulator's tests and README i
   line belongs to, or a group listed twice is RCPT027. The reference's "taxCode on all lines or none" has no
   RCPT code and is not judged.
 - Taxes are valid on whole days: from validFrom's date to validTill's date, both included.
-- HS codes (RCPT047/048) are judged for VAT payers only. A "VAT tax" (RCPT021) is one with a percent above
-  zero whose name does not say "non-VAT" (GetConfig lists e.g. "Non-VAT Withholding Tax" at 5%).
+- HS codes: RCPT047 (missing) is for VAT payers only; RCPT048 (4 or 8 digits) judges every HS code sent, and
+  asks 8 digits on a VAT payer's exempt or zero-rated line (reference 3.3). A "VAT tax" (RCPT021) is one
+  with a percent above zero whose name does not say "non-VAT" (GetConfig lists e.g. "Non-VAT Withholding
+  Tax" at 5%).
 - Structure (400): strings over their length, numbers with more decimals than their column (amounts 2,
   prices and quantities 6, percents 2), dates not exactly `YYYY-MM-DDTHH:mm:ss`, signatures not base64.
   Missing or short buyer name/TIN/VAT number are RCPT043, not structure.
@@ -558,12 +560,12 @@ def _judge_lines(
             out.add("RCPT025")
         elif not facts.vat_payer and _is_vat(tax):
             out.add("RCPT021")
-        if facts.vat_payer:
-            code = line.get("receiptLineHSCode")
-            if not code:
+        code = line.get("receiptLineHSCode")
+        if not code:
+            if facts.vat_payer:
                 out.add("RCPT047")
-            elif not _hs_code_ok(str(code), percent is None or percent == 0):
-                out.add("RCPT048")
+        elif not _hs_code_ok(str(code), facts.vat_payer and (percent is None or percent == 0)):
+            out.add("RCPT048")
 
 
 def _group_key(item: dict) -> tuple[Any, Decimal | None, str]:

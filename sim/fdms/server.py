@@ -42,7 +42,7 @@ from sim.fdms.ca import TestCA
 from sim.fdms.faults import Faults, reset_connection
 from sim.fdms.scenario import FaultSpec, Scenario
 from sim.fdms.service import ApiError, Call, Fdms, RealClock, file_row
-from sim.fdms.state import State
+from sim.fdms.state import State, dumps
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ class _Handler(BaseHTTPRequestHandler):
         content_type: str,
         headers: list[tuple[str, str]] | None = None,
     ) -> None:
-        data = json.dumps(payload).encode("utf-8")
+        data = dumps(payload).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", f"{content_type}; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
@@ -354,7 +354,7 @@ class _AdminHandler(BaseHTTPRequestHandler):
             status, answer = 400, {"error": str(error)}
         except ApiError as error:
             status, answer = 404 if error.code == "DEV01" else 400, {"error": error.detail}
-        data = json.dumps(answer).encode("utf-8")
+        data = dumps(answer).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))

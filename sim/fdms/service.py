@@ -45,7 +45,7 @@ from firmware.core.errors import FiscalError
 from sim.fdms import judge
 from sim.fdms.ca import CertificateRequestError, TestCA
 from sim.fdms.scenario import MODES, Scenario
-from sim.fdms.state import DayRow, ReceiptRow, State
+from sim.fdms.state import DayRow, ReceiptRow, State, loads
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +132,10 @@ class RealClock:
 
 
 def exact(value: Any) -> Any:
-    """JSON as parsed by `json.loads`, with every float turned back into its shortest decimal text, so that
-    the core's exact parsers accept it (19.99 -> "19.99")."""
+    """Parsed JSON with every decimal number (Decimal as `loads` reads it, or a float) turned into its decimal
+    text, so that the core's exact parsers accept it (19.99 -> "19.99")."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
     if isinstance(value, float):
         return repr(value)
     if isinstance(value, dict):
@@ -187,7 +189,7 @@ def parse_json(body: bytes) -> Any:
     if not body.strip():
         raise bad_request({"": ["A non-empty request body is required."]})
     try:
-        return json.loads(body.decode("utf-8"))
+        return loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise bad_request({"$": [f"The JSON value could not be converted: {error}"]}) from None
 
@@ -837,7 +839,7 @@ class Fdms:
             raise refuse("FILE03")
         text = _file_text(call.body)
         try:
-            data = json.loads(text)
+            data = loads(text)
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise refuse("FILE02", f"File structure is invalid: not JSON ({error})") from None
         header = _file_structure(data)
@@ -914,7 +916,7 @@ class Fdms:
     def _process_file(self, file_id: int) -> None:
         item = self.state.file(file_id)
         assert item is not None
-        data = json.loads(item.body)
+        data = loads(item.body)
         now_local = self.local()
         day = self.state.day(item.device_id, item.day_no)
         if day is None:

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,23 @@ class FileRow:
     due: float = 0.0
 
 
+def loads(text: str | bytes) -> Any:
+    """JSON with every decimal number read exactly, as FDMS (ASP.NET, System.Decimal) reads it: a binary
+    float keeps only about 15 significant digits, and a decimal(21,2) amount has up to 21."""
+    return json.loads(text, parse_float=Decimal)
+
+
+def dumps(value: Any) -> str:
+    """JSON text that writes a Decimal as the exact number it is (json.dumps writes only floats)."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ",".join(json.dumps(str(k)) + ":" + dumps(v) for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(dumps(item) for item in value) + "]"
+    return json.dumps(value)
+
+
 _JSON_FIELDS = {
     "server_signature",
     "device_signature",
@@ -205,7 +223,7 @@ def _decode(kind: Any, row: sqlite3.Row, renames: dict[str, str] | None = None) 
         name = (renames or {}).get(key, key)
         value = row[key]
         if name in _JSON_FIELDS and value is not None:
-            value = json.loads(value)
+            value = loads(value)
         if name in ("current", "held", "has_footer"):
             value = bool(value)
         values[name] = value
@@ -214,7 +232,7 @@ def _decode(kind: Any, row: sqlite3.Row, renames: dict[str, str] | None = None) 
 
 def _encode(name: str, value: Any) -> Any:
     if name in _JSON_FIELDS and value is not None:
-        return json.dumps(value)
+        return dumps(value)
     if isinstance(value, bool):
         return int(value)
     return value

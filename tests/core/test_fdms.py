@@ -418,3 +418,82 @@ def test_lines_of_one_tax_with_different_percents_are_refused():
     receipt = fdms.complete(fdms.parse_receipt(_sale(receiptLines=[lines[0], odd])))
     findings = fdms.validate(receipt)  # no tax table known: the inconsistency alone must be caught
     assert [f["field"] for f in findings if f["code"] == "RCPT025"] == ["receiptLines[1].taxPercent"]
+
+
+# --- what FDMS would answer 400 to, or flag Red, that the box once signed (found by tests/e2e/test_red_rules)
+
+
+def test_blank_required_texts_are_missing():
+    assert raises("RCPT02", fdms.parse_receipt, _sale(invoiceNo="   ")).field == "invoiceNo"
+    blank_name = dict(_sale()["receiptLines"][0], receiptLineName=" ")
+    error = raises("RCPT02", fdms.parse_receipt, _sale(receiptLines=[blank_name]))
+    assert error.field == "receiptLines[0].receiptLineName"
+    assert "RCPT034" in _codes(_credit(receiptNotes="  "))
+    assert "RCPT043" in _codes(_sale(buyerData={"buyerRegisterName": "  ", "buyerTIN": "2000654321"}))
+
+
+def test_buyer_and_cashier_fields_have_their_shape():
+    buyer = {"buyerRegisterName": "Acme", "buyerTIN": "2000654321"}
+    for extra, field in (
+        ({"buyerTradeName": 5}, "buyerData.buyerTradeName"),
+        ({"buyerContacts": "0772000000"}, "buyerData.buyerContacts"),
+        ({"buyerContacts": {"phoneNo": 772000000}}, "buyerData.buyerContacts.phoneNo"),
+        ({"buyerAddress": {"city": "c" * 251}}, "buyerData.buyerAddress.city"),
+        ({"vatNumber": "220012345", "VATNumber": "2200123456"}, "buyerData.VATNumber"),
+    ):
+        with_extra = dict(buyer)
+        for key in extra:
+            with_extra[key] = extra[key]
+        assert raises("RCPT02", fdms.parse_receipt, _sale(buyerData=with_extra)).field == field
+    for key, value, field in (
+        ("username", "u" * 101, "username"),
+        ("userNameSurname", 7, "userNameSurname"),
+        ("userInfo", "anna", "userInfo"),
+        ("userInfo", {"userFullName": 5}, "userInfo.userFullName"),
+    ):
+        raw = _sale()
+        raw[key] = value
+        assert raises("RCPT02", fdms.parse_receipt, raw).field == field
+    raw = _sale(userInfo={"username": "anna", "userFullName": "Anna Moyo"}, username="anna")
+    receipt = fdms.parse_receipt(raw)
+    assert receipt["userInfo"]["userFullName"] == "Anna Moyo" and receipt["username"] == "anna"
+    with_contacts = dict(buyer)
+    with_contacts["buyerContacts"] = {"phoneNo": "0772000000", "email": "a@b.zw"}
+    assert _codes(_sale(buyerData=with_contacts)) == []
+
+
+def test_numbers_beyond_what_fdms_and_the_journal_hold_are_refused():
+    line = _sale()["receiptLines"][0]
+    assert raises("RCPT02", fdms.parse_receipt, _sale(receiptLines=[dict(line, receiptLineNo=2**63)]))
+    assert fdms.parse_receipt(_sale(receiptLines=[dict(line, receiptLineNo=2**63 - 1)]))
+    # The journal keeps 64-bit cents: amounts stop at 15 digits before the point.
+    most = "999999999999999.99"
+    fits = dict(line, receiptLinePrice=most, receiptLineQuantity="1")
+    pays = [{"moneyTypeCode": "Cash", "paymentAmount": most}]
+    fdms.prepare(_sale(receiptLines=[fits], receiptPayments=pays))
+    huge = dict(line, receiptLinePrice="0.01", receiptLineQuantity="100000000000000000")
+    error = raises("BOX_BAD_NUMBER", fdms.prepare, _sale(receiptLines=[huge]))
+    assert error.field == "receiptLines[0].receiptLineTotal"
+    # Another tax group: each group fits, only their sum is too large.
+    cent = dict(_sale()["receiptLines"][1], receiptLinePrice="0.01")
+    split = [
+        {"moneyTypeCode": "Cash", "paymentAmount": most},
+        {"moneyTypeCode": "Card", "paymentAmount": "0.01"},
+    ]
+    error = raises("BOX_BAD_NUMBER", fdms.prepare, _sale(receiptLines=[fits, cent], receiptPayments=split))
+    assert error.field == "receiptTotal"
+
+
+def test_a_note_naming_a_receipt_id_is_judged_by_that_id():
+    by_place = {"deviceID": 1, "receiptGlobalNo": 10, "fiscalDayNo": 2}
+    asked = []
+
+    def original(note):
+        asked.append(note)
+        return {"receipt": ORIGINAL, "notes_total": 0} if note["receiptGlobalNo"] == 10 else None
+
+    ctx = _context(original=original)
+    assert _codes(_credit(creditDebitNote=by_place), ctx) == []
+    both = dict(by_place, receiptID=8)  # FDMS takes the ID, which names no invoice here
+    assert "RCPT032" in _codes(_credit(creditDebitNote=both), ctx)
+    assert asked[-1] == {"receiptID": 8, "deviceID": None, "receiptGlobalNo": None, "fiscalDayNo": None}

@@ -92,3 +92,7 @@ def test_only_ascii_digits_and_sane_sizes():
     raises("BOX_BAD_NUMBER", money.amount, "9" * 5000)
     assert money.amount("9" * 19) == int("9" * 19) * 100
     assert money.amount("-" + "0" * 25 + "1.5") == -150
+    # A JSON integer is held to the same 19 digits as a decimal string (FDMS: 400, not a sale).
+    assert money.quantity(10**19 - 1) == (10**19 - 1) * 10**6
+    raises("BOX_BAD_NUMBER", money.quantity, 10**19)
+    raises("BOX_BAD_NUMBER", money.amount, -(10**30))
