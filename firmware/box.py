@@ -334,8 +334,13 @@ class Box:
         return ctx
 
     def _original(self, note: dict[str, Any]) -> dict[str, Any] | None:
-        """The invoice a credit or debit note refers to, when this box issued it (FDMS receipt IDs come with
-        delivery)."""
+        """The invoice a credit or debit note refers to, when this box issued it: by its place (device, global
+        number, day) or by the receiptID FDMS gave it on delivery."""
+        if note.get("receiptID") is not None:
+            global_no = self.journal.global_no_of(note["receiptID"])
+            if global_no is None:
+                return None
+            note = {"receiptGlobalNo": global_no}
         if note.get("deviceID") not in (None, self.device_id) or note.get("receiptGlobalNo") is None:
             return None
         row = self.journal.receipt(note["receiptGlobalNo"])

@@ -121,6 +121,8 @@ MIGRATIONS: dict[int, list[str]] = {
     # (receipts keep verifying with the key that signed them), and the files an offline-mode device sent.
     3: [
         "ALTER TABLE days ADD COLUMN open_sent_at TEXT",
+        # A credit or debit note may name its original by FDMS's receiptID.
+        "CREATE INDEX outbox_receipt_id ON outbox (receipt_id) WHERE receipt_id IS NOT NULL",
         """CREATE TABLE device_keys (
             seq INTEGER PRIMARY KEY,
             algorithm TEXT NOT NULL,
@@ -663,6 +665,11 @@ class Journal:
             for name in ("server_signature", "errors"):
                 row[name] = None if row[name] is None else json.loads(row[name])
         return row
+
+    def global_no_of(self, receipt_id: int) -> int | None:
+        """The receipt FDMS gave `receipt_id` when it was delivered, if it was one of this box's."""
+        row = self.db.execute("SELECT global_no FROM outbox WHERE receipt_id = ?", (receipt_id,)).fetchone()
+        return None if row is None else int(row[0])
 
     def flagged(self, limit: int = 100) -> list[dict[str, Any]]:
         """Delivered receipts FDMS reported validation errors for, oldest first."""

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
 from fdms_site import Site
 
 from firmware.core import fdms
+from firmware.core.errors import FiscalError
 from firmware.delivery import IDLE
 from firmware.journal import CLOSED
 from sim.fdms.judge import Held, recompute_counters
@@ -192,3 +194,27 @@ def test_a_box_clock_behind_fdms_is_reported_and_changes_no_receipt(site: Site) 
     assert len(skew) == 1 and "900 s behind" in skew[0]["message"]
     assert [box.journal.receipt(n)["date"] for n in (1, 2, 3)] == dates
     assert box.audit()["clean"]
+
+
+def test_a_note_may_name_its_original_by_fdms_receipt_id(site: Site) -> None:
+    box, delivery = site.box(10002)
+    box.open_day()
+    shop = Shop(seed=29, device_id=10002)
+    sale = shop.next_sale()
+    while sale["receiptType"] != "FiscalInvoice":
+        sale = shop.next_sale()
+    shop.issued(sale, box.issue(sale))
+    note = shop.next_sale()
+    while note["receiptType"] != "CreditNote":
+        note = shop.next_sale()
+    note["creditDebitNote"] = {"receiptID": 999_999}  # FDMS has not given the invoice an ID yet
+    site.clock.advance(5)
+    with pytest.raises(FiscalError) as refused:
+        box.issue(note)
+    assert refused.value.code == "RCPT032"
+    site.settle(delivery)
+    note["creditDebitNote"] = {"receiptID": box.journal.delivery(1)["receipt_id"]}
+    assert box.issue(note)["type"] == "CreditNote"
+    site.settle(delivery)
+    held = site.sim.held_receipts(10002)
+    assert [h["receiptGlobalNo"] for h in held] == [1, 2] and not held[1]["colours"]

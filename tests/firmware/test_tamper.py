@@ -1,6 +1,6 @@
 """Tampering with the journal is found: any field of any row, any byte of the file.
 
-A journal with two days (invoices, a credit note, two currencies, prints, a signed close) is copied for each
+A journal with two days (invoices, a credit note, two currencies, prints, deliveries, a signed close) is copied for each
 trial, changed in one place, and opened again. The change must make the file unopenable, fail the boot
 check, or fail the audit, unless it changed no stored value at all (a byte in unused space).
 """
@@ -27,7 +27,7 @@ def build(rig: Rig) -> Path:
     box = rig.box()
     box.provision(SETTINGS)
     box.open_day()
-    for n in range(10):
+    for n in range(30):
         rig.clock.advance(30)
         box.issue(sale("%d.15" % (n + 1), receiptCurrency="ZWG" if n % 3 == 0 else "USD"))
     note = {"deviceID": DEVICE_ID, "receiptGlobalNo": 2, "fiscalDayNo": 1}
@@ -36,6 +36,17 @@ def build(rig: Rig) -> Path:
         box.journal.print_started(global_no, box.now_local())
         box.journal.print_completed(global_no, box.now_local())
     box.journal.print_started(3, box.now_local())  # a print that never finished (paper out)
+    box.mark_open_sent(1)
+    yellow = [{"code": "RCPT031", "colour": "Yellow", "message": "Invoice is submitted with the future date"}]
+    for global_no in range(1, 7):  # FDMS's answers: receipt IDs, its signatures, a finding
+        box.record_delivery(
+            global_no,
+            1 + global_no % 2,
+            receipt_id=7000 + global_no,
+            server_date=box.now_local(),
+            server_signature={"hash": "aGFzaA==", "signature": "c2ln", "certificateThumbprint": "ab" * 20},
+            errors=yellow if global_no == 4 else [],
+        )
     box.close_day()
     box.record_close(1, "FiscalDayClosed", closed_at=box.now_local(), server_signature="c2VydmVy")
     rig.clock.advance(600)
