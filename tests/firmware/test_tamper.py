@@ -1,8 +1,8 @@
 """Tampering with the journal is found: any field of any row, any byte of the file.
 
-A journal with two days (invoices, a credit note, two currencies, prints, deliveries, a signed close) is copied for each
-trial, changed in one place, and opened again. The change must make the file unopenable, fail the boot
-check, or fail the audit, unless it changed no stored value at all (a byte in unused space).
+A journal with two days (invoices, a credit note, two currencies, prints, deliveries, a signed close) is
+copied for each trial, changed in one place, and opened again. The change must make the file unopenable,
+fail the boot check, or fail the audit, unless it changed no stored value at all (a byte in unused space).
 """
 
 from __future__ import annotations
