@@ -38,6 +38,7 @@ bench: setup
 	$(PY) bench/journal.py
 	$(PY) bench/crash.py --kills 1000
 	$(PY) bench/printing.py
+	$(PY) bench/fdms.py
 
 lint: setup
 	$(VENV)/bin/ruff check .
