@@ -10,8 +10,6 @@ devices), over mutual TLS on loopback; its state and the journals are on the pro
               from the journal, SubmitReceipt, FDMS's signature checked, the answer committed). The floor:
               the same 10,000 bodies posted back-to-back with a bare FdmsClient.submit_receipt on one
               connection. Target: catch-up >= 0.5x the floor.
-Both run against the simulator with TCP_NODELAY set on its connections by the bench (see START below; sim/ is
-unchanged), then once more, on the first receipts only, against the simulator exactly as shipped.
 Each round starts the simulator on a fresh copy of a state saved after set-up (devices registered, days open,
 nothing submitted): a receipt FDMS already holds is answered from its store unjudged, so no round may see
 another's. The boxes' clock steps one second per receipt (FDMS flags two receipts in one second, RCPT030) and
@@ -57,15 +55,10 @@ RESULTS = ROOT / "bench" / "results" / "fdms.json"
 SCRATCH = ROOT / "out" / "bench"
 PASSPHRASE = b"bench pass phrase"
 CATCH_UP_DEVICE = 20001
-PLAN_KEYS = ("rounds", "devices", "per_device", "backlog", "shipped_per_device", "shipped_backlog")
-FULL_PLAN = dict(zip(PLAN_KEYS, (3, 20, 100, 10_000, 10, 200), strict=True))
-QUICK_PLAN = dict(zip(PLAN_KEYS, (2, 20, 10, 300, 5, 40), strict=True))
+PLAN_KEYS = ("rounds", "devices", "per_device", "backlog")
+FULL_PLAN = dict(zip(PLAN_KEYS, (3, 20, 100, 10_000), strict=True))
+QUICK_PLAN = dict(zip(PLAN_KEYS, (2, 20, 10, 300), strict=True))
 TARGET = 0.5
-# The simulator's process: `fiscalbox-sim fdms`, by default with TCP_NODELAY on its HTTPS connections. As
-# shipped it writes an answer's headers and body in two sends, so Nagle holds the body until the client's
-# delayed ACK (about 40 ms on Linux): every call would measure that wait, not the simulator.
-START = "import sys, sim.main, sim.fdms.server; "
-NODELAY = "sim.fdms.server._Handler.disable_nagle_algorithm = True; "
 
 
 def say(text: str) -> None:
@@ -94,11 +87,19 @@ class StepClock:
 class Simulator:
     """`fiscalbox-sim fdms` as a child process on a state directory: its URL and CA from the --json line."""
 
-    def __init__(self, config: Path, state: Path, nodelay: bool = True) -> None:
+    def __init__(self, config: Path, state: Path) -> None:
         state.parent.mkdir(parents=True, exist_ok=True)
         self.log = state.with_suffix(".log")
-        start = START + (NODELAY if nodelay else "") + "sys.exit(sim.main.main())"
-        command = [sys.executable, "-c", start, "fdms", "--config", str(config), "--state-dir", str(state)]
+        command = [
+            sys.executable,
+            "-m",
+            "sim.main",
+            "fdms",
+            "--config",
+            str(config),
+            "--state-dir",
+            str(state),
+        ]
         command += ["--port", "0", "--admin-port", "0", "--json", "--log-level", "warning"]
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=log)
@@ -197,12 +198,12 @@ def flagged(answer: dict[str, Any]) -> int:
 
 
 def concurrent_round(
-    setup: dict[str, Any], work: Path, config: Path, nodelay: bool = True, limit: int | None = None
+    setup: dict[str, Any], work: Path, config: Path, limit: int | None = None
 ) -> dict[str, Any]:
     """Each device's thread posts its receipts (the first `limit`) in order on its own connection; the clock
     runs from the moment all threads are released until the last answer."""
     state = fresh_state(setup["state"], work, "fdms-concurrent")
-    with Simulator(config, state, nodelay) as sim:
+    with Simulator(config, state) as sim:
         clients = {
             i: client_for(sim, i, FileKeyStore(work / f"box-{i}" / "keys", PASSPHRASE))
             for i in setup["bodies"]
@@ -248,13 +249,11 @@ def concurrent_round(
 # 2. Catch-up against the floor
 
 
-def floor_round(
-    setup: dict[str, Any], work: Path, config: Path, nodelay: bool = True, limit: int | None = None
-) -> dict[str, Any]:
+def floor_round(setup: dict[str, Any], work: Path, config: Path, limit: int | None = None) -> dict[str, Any]:
     """The same bodies back-to-back on one connection with the bare client: the simulator's own rate."""
     state = fresh_state(setup["state"], work, "fdms-floor")
     bodies = setup["bodies"][CATCH_UP_DEVICE][:limit]
-    with Simulator(config, state, nodelay) as sim:
+    with Simulator(config, state) as sim:
         client = client_for(
             sim, CATCH_UP_DEVICE, FileKeyStore(work / f"box-{CATCH_UP_DEVICE}" / "keys", PASSPHRASE)
         )
@@ -290,7 +289,6 @@ def catch_up_round(
     setup: dict[str, Any],
     work: Path,
     config: Path,
-    nodelay: bool = True,
     limit: int | None = None,
     profiler: cProfile.Profile | None = None,
 ) -> dict[str, Any]:
@@ -302,7 +300,7 @@ def catch_up_round(
     shutil.copytree(work / f"box-{CATCH_UP_DEVICE}", box_dir)
     clock = StepClock(0)
     clock.t = setup["clock_t"] + 1
-    with Simulator(config, state, nodelay) as sim:
+    with Simulator(config, state) as sim:
         rig = Rig(box_dir, CATCH_UP_DEVICE, sim, clock)
         timed_client = TimedClient(rig.client)
         rig.delivery.client = timed_client
@@ -375,24 +373,21 @@ def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def measure(
-    many: dict[str, Any], one: dict[str, Any], work: Path, config: Path, rounds: int, **options: Any
+    many: dict[str, Any], one: dict[str, Any], work: Path, config: Path, rounds: int
 ) -> dict[str, Any]:
     """`rounds` of the three runs, each on fresh simulator state; floor and catch-up alternate in order so
     drift in the machine's speed falls on both."""
     concurrent: list[dict[str, Any]] = []
     floor: list[dict[str, Any]] = []
     catch_up: list[dict[str, Any]] = []
-    limit = options.pop("limit", {})
     for r in range(rounds):
         say(f"  round {r + 1}/{rounds}: {len(many['bodies'])} devices at once ...")
-        concurrent.append(
-            concurrent_round(many, work / "concurrent", config, limit=limit.get("per_device"), **options)
-        )
+        concurrent.append(concurrent_round(many, work / "concurrent", config))
         say(f"    {concurrent[-1]['count'] / concurrent[-1]['seconds']:,.0f}/s")
         pair = [("floor", floor_round, floor), ("catch-up", catch_up_round, catch_up)]
         for name, run, into in pair if r % 2 == 0 else pair[::-1]:
             say(f"  round {r + 1}/{rounds}: {name} ...")
-            into.append(run(one, work / "catch-up", config, limit=limit.get("backlog"), **options))
+            into.append(run(one, work / "catch-up", config))
             say(f"    {into[-1]['count'] / into[-1]['seconds']:,.0f}/s")
     out = {"concurrent": summary(concurrent), "floor": summary(floor), "catch_up": summary(catch_up)}
     out["concurrent"]["devices"] = len(many["bodies"])
@@ -466,9 +461,7 @@ def main() -> None:
         "connection. catch_up: Delivery.run_until_idle on a copy of the box (the backlog issued before "
         "delivery ran, the day's OpenDay delivered); round_trip_ms: time inside submit_receipt, box_ms: the "
         "rest (journal reads and commits, FDMS's signature checked). ratio: median catch-up rate / median "
-        "floor rate. Every run against a fresh copy of the same simulator state. nodelay: TCP_NODELAY set on "
-        "the simulator's connections by the bench (sim/ unchanged); as_shipped: the simulator unchanged, "
-        "first receipts only.",
+        "floor rate. Every run against a fresh copy of the same simulator state.",
     }
     started = time.perf_counter()
     try:
@@ -479,11 +472,7 @@ def main() -> None:
         say(f"set-up: one box with {plan['backlog']:,} receipts queued ...")
         one = prepare(work / "catch-up", config, [CATCH_UP_DEVICE], plan["backlog"])
         results["set_up_seconds"] = round(many["seconds"] + one["seconds"], 1)
-        say("simulator with TCP_NODELAY:")
-        results["nodelay"] = measure(many, one, work, config, plan["rounds"])
-        say("simulator as shipped (Nagle on), first receipts only:")
-        limit = {"per_device": plan["shipped_per_device"], "backlog": plan["shipped_backlog"]}
-        results["as_shipped"] = measure(many, one, work, config, 1, nodelay=False, limit=limit)
+        results["measured"] = measure(many, one, work, config, plan["rounds"])
         if args.profile:
             say("profiling one catch-up round (untimed) ...")
             profiler = cProfile.Profile()
@@ -492,25 +481,20 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["seconds"] = round(time.perf_counter() - started)
-    ratio = results["nodelay"]["catch_up"]["ratio"]
+    ratio = results["measured"]["catch_up"]["ratio"]
     results["targets"] = [
         {
-            "target": "catch-up / floor (nodelay)",
+            "target": "catch-up / floor",
             "figure": ratio,
             "goal": f">= {TARGET}",
             "met": ratio >= TARGET,
         }
     ]
-    lines = report("simulator with TCP_NODELAY", results["nodelay"])
-    lines += report("simulator as shipped", results["as_shipped"])
+    lines = report("FDMS simulator in its own process", results["measured"])
     lines.append(f"target catch-up >= {TARGET}x the floor: {'met' if ratio >= TARGET else 'MISSED'}")
     lines += results.get("catch_up_profile", [])
     print("\n".join(lines))
-    if any(
-        results[k][p]["flagged"]
-        for k in ("nodelay", "as_shipped")
-        for p in ("concurrent", "floor", "catch_up")
-    ):
+    if any(results["measured"][p]["flagged"] for p in ("concurrent", "floor", "catch_up")):
         say("warning: FDMS flagged some receipts: the set-up is not what a box would send")
     out = SCRATCH / "fdms-quick.json" if args.quick else RESULTS
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -244,7 +244,7 @@ class Box:
         day = self.journal.current_day()
         if day is not None and day["status"] == OPENED:
             raise _refuse("BOX_DAY_OPEN", f"Fiscal day {day['day_no']} is still open: close it first.")
-        failed = [d for d in self.journal.days() if d["status"] == CLOSE_FAILED]
+        failed = [d for d in self.journal.unfinished_days() if d["status"] == CLOSE_FAILED]
         if failed:
             raise _refuse(
                 "BOX_DAY_CLOSING",
@@ -285,7 +285,7 @@ class Box:
         now): FDMS closes days in order, so the open day's close waits for it."""
         self._ensure_provisioned()
         self._ensure_sound()
-        failed = [d for d in self.journal.days() if d["status"] == CLOSE_FAILED]
+        failed = [d for d in self.journal.unfinished_days() if d["status"] == CLOSE_FAILED]
         day = failed[0] if failed else self.journal.current_day()
         if day is None or day["status"] not in (OPENED, CLOSE_FAILED):
             raise _refuse("BOX_DAY_NOT_OPEN", "No fiscal day is open, so there is nothing to close.")
@@ -606,7 +606,7 @@ class Box:
             }
             if day["status"] == OPENED:
                 info["warnings"] = self._day_warnings(day["opened"], self.now_local())
-        unfinished = [d for d in self.journal.days() if d["status"] != CLOSED]
+        unfinished = self.journal.unfinished_days()
         info["days_waiting"] = [
             {"day_no": d["day_no"], "status": d["status"], "closing_error": d["closing_error"]}
             for d in unfinished
@@ -784,7 +784,7 @@ class Box:
     def unfinished_days(self) -> list[dict[str, Any]]:
         """Days FDMS has not yet confirmed closed, oldest first: delivery works through them in order."""
         with self.lock:
-            return [day for day in self.journal.days() if day["status"] != CLOSED]
+            return self.journal.unfinished_days()
 
     def pending_in_day(self, day_no: int) -> int:
         with self.lock:

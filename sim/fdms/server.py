@@ -106,6 +106,9 @@ def route(path: str) -> tuple[str, str, int | None, bool] | None:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "FdmsSimulator/1"
+    # An answer goes out as two writes (headers, body): with Nagle's algorithm the body would wait for the
+    # client's delayed ACK, some 40 ms a call.
+    disable_nagle_algorithm = True
     timeout = 60  # an idle kept-alive connection is closed after this long
     server: _HttpsServer
 

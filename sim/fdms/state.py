@@ -79,6 +79,7 @@ CREATE TABLE IF NOT EXISTS receipts(
 CREATE UNIQUE INDEX IF NOT EXISTS receipts_held ON receipts(device_id, global_no) WHERE held = 1;
 CREATE INDEX IF NOT EXISTS receipts_day ON receipts(device_id, day_no);
 CREATE INDEX IF NOT EXISTS receipts_invoice ON receipts(invoice_no);
+CREATE INDEX IF NOT EXISTS receipts_original ON receipts(original_id) WHERE original_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS files(
     file_id INTEGER PRIMARY KEY AUTOINCREMENT,
     device_id INTEGER NOT NULL,

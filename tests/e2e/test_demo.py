@@ -14,6 +14,7 @@ def test_the_demo_runs_from_registration_to_fdms_close(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FISCALBOX_KEY_PASSPHRASE", "demo test")  # the demo sets it; undone after the test
     demo.main()
     said = capfd.readouterr().out
     printed = tmp_path / "out" / "receipts"

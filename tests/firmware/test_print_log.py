@@ -42,7 +42,7 @@ def test_version_1_print_rows_migrate_and_still_audit_clean(
 
     monkeypatch.setattr(journal_module, "SCHEMA_VERSION", 1)
     monkeypatch.setattr(journal_module.Journal, "retired_keys", lambda self: [])  # no such table in v1
-    monkeypatch.setattr(journal_module.Journal, "days", lambda self: [])  # v1 days lack later columns
+    monkeypatch.setattr(journal_module.Journal, "unfinished_days", lambda self: [])  # v1 lacks columns
     old = rig.box()
     old.provision(SETTINGS)
     old.open_day()
