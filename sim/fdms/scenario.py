@@ -57,6 +57,11 @@ activation_key = "ABCD1234" # 8 characters, compared case-insensitively
 mode = "Online"             # or "Offline"
 model = "fiscalbox"         # optional, informational
 
+[[stock]]                   # ProductsStock Search: the taxpayer's goods and their stock
+hs_code = "11022000"
+name = "Maize meal 10kg"
+quantity = "120"            # exact decimal text
+
 [faults.SubmitReceipt]      # per endpoint name, or "*" for every endpoint
 rate = 0.3                  # 0..1: the share of calls that get a fault
 kinds = ["500", "reset"]    # latency, 500, 502, 429, reset, lost
@@ -141,6 +146,22 @@ class Device:
 
 
 @dataclass
+class StockItem:
+    hs_code: str
+    name: str
+    quantity: str = "0"  # exact decimal text
+
+
+def default_stock() -> list[StockItem]:
+    return [
+        StockItem("11022000", "Maize meal 10kg", "120"),
+        StockItem("15179000", "Cooking oil 2l", "48"),
+        StockItem("04012000", "Fresh milk 1l", "36.5"),
+        StockItem("34011100", "Soap bar", "300"),
+    ]
+
+
+@dataclass
 class FaultSpec:
     rate: float = 1.0
     kinds: list[str] = field(default_factory=lambda: ["500"])
@@ -175,6 +196,7 @@ class Scenario:
     taxes: list[Tax] = field(default_factory=default_taxes)
     models: list[Model] = field(default_factory=lambda: [Model("fiscalbox", "1.0")])
     devices: list[Device] = field(default_factory=default_devices)
+    stock: list[StockItem] = field(default_factory=default_stock)
     faults: dict[str, FaultSpec] = field(default_factory=dict)
     base_dir: Path | None = None  # where a relative state_dir is resolved (the scenario file's folder)
 
@@ -197,7 +219,17 @@ class Scenario:
     def from_dict(cls, data: dict[str, Any], base_dir: Path | None = None) -> Scenario:
         """A scenario from the TOML's shape (see the module docstring); missing parts take the defaults."""
         scenario = cls(base_dir=base_dir)
-        known = {"server", "taxpayer", "branch", "currencies", "taxes", "models", "devices", "faults"}
+        known = {
+            "server",
+            "taxpayer",
+            "branch",
+            "currencies",
+            "taxes",
+            "models",
+            "devices",
+            "stock",
+            "faults",
+        }
         unknown = set(data) - known
         if unknown:
             raise ScenarioError(f"unknown scenario keys: {', '.join(sorted(unknown))}")
@@ -219,6 +251,15 @@ class Scenario:
             scenario.devices = [
                 _table(Device, row, f"devices[{i}]")
                 for i, row in enumerate(_list(data["devices"], "devices"))
+            ]
+        if "stock" in data:
+            scenario.stock = [
+                _table(
+                    StockItem,
+                    {k: str(v) for k, v in row.items()} if isinstance(row, dict) else row,
+                    f"stock[{i}]",
+                )
+                for i, row in enumerate(_list(data["stock"], "stock"))
             ]
         faults = data.get("faults", {})
         if not isinstance(faults, dict):

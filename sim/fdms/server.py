@@ -76,6 +76,7 @@ HANDLERS = {
     "Ping": "ping",
     "SubmitFile": "submit_file",
     "SubmittedFileList": "submitted_file_list",
+    "GetStockList": "get_stock_list",
 }
 TITLES = {
     400: "Bad Request",
@@ -96,6 +97,8 @@ def route(path: str) -> tuple[str, str, int | None, bool] | None:
         return "GetServerCertificate", "GET", None, False
     if len(parts) != 4 or parts[1] != "v1" or not parts[2].isdigit() or len(parts[2]) > 10:
         return None
+    if parts[0] == "productsstock" and parts[3] == "search":
+        return "GetStockList", "GET", int(parts[2]), True
     table = {"public": PUBLIC_ROUTES, "device": DEVICE_ROUTES}.get(parts[0])
     if table is None or parts[3] not in table:
         return None

@@ -968,6 +968,53 @@ class Fdms:
         )
         log.info("device %s file %s processed: %s", item.device_id, file_id, error or "successful")
 
+    def get_stock_list(self, call: Call) -> dict[str, Any]:
+        """ProductsStock Search: the taxpayer's goods, filtered by HS code (prefix) and name (contains,
+        case-insensitive), sorted by hsCode, goodName or quantity, paged by offset and limit (at most 100)."""
+        self._device(call.device_id)
+        query = call.query
+        errors: dict[str, list[str]] = {}
+        offset = _query_int(query, "offset", "Offset", 0, errors)
+        limit = _query_int(query, "limit", "Limit", 100, errors)
+        if limit is not None and not 1 <= limit <= 100:
+            errors.setdefault("Limit", []).append("Limit must be between 1 and 100.")
+        sort = query.get("sort") or "hsCode"
+        keys = {"hscode": "hs_code", "goodname": "name", "quantity": "quantity"}
+        if sort.lower() not in keys:
+            errors.setdefault("Sort", []).append("Sort by hsCode, goodName or quantity.")
+        if errors:
+            raise bad_request(errors)
+        hs_code = query.get("hscode") or ""
+        name = (query.get("goodname") or "").lower()
+        rows = [
+            item
+            for item in self.scenario.stock
+            if item.hs_code.startswith(hs_code) and name in item.name.lower()
+        ]
+        key = keys[sort.lower()]
+        if key == "quantity":
+            rows.sort(key=lambda item: money.quantity(item.quantity))
+        else:
+            rows.sort(key=lambda item: str(getattr(item, key)))
+        if (query.get("order") or "asc").lower() == "desc":
+            rows.reverse()
+        page = rows[(offset or 0) : (offset or 0) + (limit or 100)]
+        taxpayer = self.scenario.taxpayer
+        return {
+            "total": len(rows),
+            "rows": [
+                {
+                    "hsCode": item.hs_code,
+                    "goodName": item.name,
+                    "quantity": json_number(money.quantity(item.quantity), 6),
+                    "taxPayerId": int(taxpayer.tin),
+                    "taxPayerName": taxpayer.name,
+                    "branchName": self.scenario.branch.name,
+                }
+                for item in page
+            ],
+        }
+
     def submitted_file_list(self, call: Call) -> dict[str, Any]:
         device, row = self._device(call.device_id)
         if row.mode != "Offline":

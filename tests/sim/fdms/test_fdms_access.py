@@ -10,7 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from fdms_rig import Device, FakeClock, make_csr, request
+from fdms_rig import Device, FakeClock, Response, make_csr, request
 
 from firmware.core import fdms
 from sim.fdms.server import FdmsSimulator
@@ -267,3 +267,23 @@ def test_many_devices_at_once(sim: FdmsSimulator, new_device: Callable[[int], De
     assert failures == []
     for made in devices:
         assert sim.device_summary(made.device_id)["receiptsHeld"] == 5
+
+
+def test_the_stock_list_filters_sorts_and_pages(device: Device, sim: FdmsSimulator) -> None:
+    def search(query: str = "") -> Response:
+        path = f"/ProductsStock/v1/{device.device_id}/Search" + (f"?{query}" if query else "")
+        return request(sim, "GET", path, cert=device.cert)
+
+    everything = search().body
+    assert everything["total"] == len(sim.scenario.stock) == len(everything["rows"])
+    assert [r["hsCode"] for r in everything["rows"]] == sorted(s.hs_code for s in sim.scenario.stock)
+    milk = search("goodName=MILK").body["rows"]
+    assert [(r["goodName"], r["quantity"]) for r in milk] == [("Fresh milk 1l", 36.5)]
+    assert milk[0]["taxPayerName"] == sim.scenario.taxpayer.name
+    assert [r["hsCode"] for r in search("hsCode=1").body["rows"]] == ["11022000", "15179000"]
+    by_quantity = search("sort=quantity&order=desc").body["rows"]
+    assert [r["quantity"] for r in by_quantity] == [300, 120, 48, 36.5]
+    page = search("offset=1&limit=2").body
+    assert page["total"] == 4 and [r["hsCode"] for r in page["rows"]] == ["11022000", "15179000"]
+    assert search("limit=101").status == 400 and search("sort=price").status == 400
+    assert request(sim, "GET", f"/productsstock/v1/{device.device_id}/search").status == 401  # mTLS

@@ -18,6 +18,7 @@ def test_the_example_scenario_loads() -> None:
     assert scenario.device(10004) is not None and scenario.device(10004).mode == "Offline"  # type: ignore[union-attr]
     assert scenario.knows_model("fiscalbox", "1.0") and not scenario.knows_model("fiscalbox", "2.0")
     assert scenario.state_path() == (EXAMPLE.parent / "../../out/fdms-state")
+    assert [(s.hs_code, s.quantity) for s in scenario.stock] == [("11022000", "120"), ("15179000", "48")]
 
 
 def test_missing_parts_take_the_defaults_and_numbers_become_exact_text(tmp_path: Path) -> None:
