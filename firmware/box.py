@@ -664,6 +664,24 @@ class Box:
         return warnings
 
     @_serialized
+    def outbox(self, limit: int = 20) -> dict[str, Any]:
+        """What waits for FDMS: counts by state, the oldest undelivered receipts, the receipts FDMS flagged,
+        the days it has not closed, and delivery's last problem (when delivery runs in this process)."""
+        pending = self.journal.pending(limit)
+        for row in pending:
+            row["total"] = money.format_fixed(row["total"], 2)
+        return {
+            "counts": self.journal.outbox_counts(),
+            "oldest_pending": pending,
+            "flagged": self.journal.flagged(limit),
+            "days_waiting": [
+                {"day_no": d["day_no"], "status": d["status"], "open_sent": d["open_sent_at"] is not None}
+                for d in self.journal.unfinished_days()
+            ],
+            "problem": None if self.delivery is None else self.delivery.state()["problem"],
+        }
+
+    @_serialized
     def x_report(self) -> dict[str, Any]:
         """The open day so far: counters per currency and tax, payments, and documents per type."""
         day = self.journal.current_day()

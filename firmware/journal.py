@@ -612,6 +612,16 @@ class Journal:
     def outbox_counts(self) -> dict[str, int]:
         return {state: n for state, n in self.db.execute("SELECT state, count(*) FROM outbox GROUP BY state")}
 
+    def pending(self, limit: int) -> list[dict[str, Any]]:
+        """The oldest undelivered receipts, for a person to see what waits for FDMS."""
+        names = ("global_no", "day_no", "date", "type", "currency", "total")
+        rows = self.db.execute(
+            "SELECT r.global_no, r.day_no, r.date, r.type, r.currency, r.total FROM outbox o "
+            "JOIN receipts r USING (global_no) WHERE o.state = 'pending' ORDER BY o.global_no LIMIT ?",
+            (limit,),
+        )
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
     def next_pending(self) -> dict[str, Any] | None:
         """The undelivered receipt with the lowest global number: delivery goes strictly in that order."""
         return self._named_row(

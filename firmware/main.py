@@ -501,6 +501,33 @@ def deliver(cfg: configuration.Config, until_idle: bool, as_json: bool) -> None:
     _emit(result, as_json, lambda r: f"delivered {r['sent']} receipts; outbox {r['outbox']}")
 
 
+@main.command("outbox")
+@click.option("--limit", type=int, default=20, show_default=True, help="How many receipts to list.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
+@click.pass_obj
+def outbox_command(cfg: configuration.Config, limit: int, as_json: bool) -> None:
+    """What waits for FDMS: the outbox by state, the oldest undelivered receipts, what FDMS flagged."""
+
+    def text(info: dict[str, Any]) -> str:
+        lines = [f"outbox {info['counts']}"]
+        lines += [
+            f"  waiting: #{r['global_no']} day {r['day_no']} {r['date']} {r['type']} "
+            f"{r['currency']} {r['total']}"
+            for r in info["oldest_pending"]
+        ]
+        lines += [
+            f"  flagged: #{f['global_no']} " + ", ".join(f"{e['code']} {e['colour']}" for e in f["errors"])
+            for f in info["flagged"]
+        ]
+        lines += [
+            f"  day {d['day_no']} {d['status']}" + ("" if d["open_sent"] else ", OpenDay not yet sent")
+            for d in info["days_waiting"]
+        ]
+        return "\n".join(lines)
+
+    _emit(_with_box(cfg, lambda box: box.outbox(limit)), as_json, text)
+
+
 @main.command("day-files")
 @click.argument("day_no", type=int)
 @click.argument("out_dir", type=click.Path(file_okay=False))

@@ -72,6 +72,14 @@ def test_an_online_box_registers_delivers_and_fdms_closes_its_day(tmp_path: Path
     assert registered.exit_code == 0, registered.output
     assert json.loads(registered.output)["taxpayer"] == sim.scenario.taxpayer.name
     shop_day(path, 10001, 4)
+    waiting = json.loads(run(path, "outbox", "--json", "--limit", "3").output)
+    assert waiting["counts"] == {"pending": 4} and [r["global_no"] for r in waiting["oldest_pending"]] == [
+        1,
+        2,
+        3,
+    ]
+    assert waiting["days_waiting"] == [{"day_no": 1, "status": "FiscalDayCloseInitiated", "open_sent": False}]
+    assert "waiting: #1 day 1" in run(path, "outbox").output
     delivered = run(path, "deliver", "--until-idle", "--json")
     assert delivered.exit_code == 0, delivered.output
     assert json.loads(delivered.output)["outbox"] == {"delivered": 4}
@@ -80,6 +88,10 @@ def test_an_online_box_registers_delivers_and_fdms_closes_its_day(tmp_path: Path
     status = json.loads(run(path, "status", "--json").output)
     assert status["day"]["status"] == "FiscalDayClosed" and status["days_waiting"] == []
     assert status["warnings"] == []
+    after = json.loads(run(path, "outbox", "--json").output)
+    assert (
+        after["counts"] == {"delivered": 4} and after["oldest_pending"] == [] and after["days_waiting"] == []
+    )
 
 
 def test_an_offline_box_writes_its_day_files_and_delivers_them(tmp_path: Path, sim: FdmsSimulator) -> None:
