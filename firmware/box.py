@@ -410,9 +410,7 @@ class Box:
                 date=date,
                 total=receipt["receiptTotal"],
                 invoice_no=receipt["invoiceNo"],
-                note_of=None
-                if note is None or note["deviceID"] not in (None, self.device_id)
-                else note["receiptGlobalNo"],
+                note_of=verify.note_of_receipt(note, self.device_id, self.journal.global_no_of),
                 hash=receipt_hash,
                 signature=signature,
                 qr_data=fdms.qr_data(signature_bytes),

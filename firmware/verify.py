@@ -228,6 +228,7 @@ def walk_receipts(
                 },
                 note_of,
                 device_id,
+                journal.global_no_of,
             )
             text = fdms.receipt_string(device_id, view, previous_hash)
             if fdms.hash_b64(text) != hsh:
@@ -275,6 +276,18 @@ def walk_receipts(
     return end
 
 
+def note_of_receipt(
+    note: dict[str, Any] | None, device_id: int, by_receipt_id: Callable[[int], int | None]
+) -> int | None:
+    """The global number of the box's own invoice a credit or debit note refers to: by the receiptID FDMS
+    gave it (which FDMS takes first), or by its place on this device; None for another device's."""
+    if note is None:
+        return None
+    if note.get("receiptID") is not None:
+        return by_receipt_id(note["receiptID"])
+    return note.get("receiptGlobalNo") if note.get("deviceID") in (None, device_id) else None
+
+
 def _check_columns(
     found: Findings,
     view: dict[str, Any],
@@ -282,6 +295,7 @@ def _check_columns(
     columns: dict[str, Any],
     note_of: Any,
     device_id: int,
+    by_receipt_id: Callable[[int], int | None],
 ) -> None:
     """The indexed columns must say what the JSON says; name the first that does not."""
     signature = view["receiptDeviceSignature"] or {}
@@ -310,10 +324,7 @@ def _check_columns(
                 global_no=global_no,
                 field=name,
             )
-    note = view["creditDebitNote"]
-    own = note is not None and note.get("deviceID") in (None, device_id)
-    want_note = note.get("receiptGlobalNo") if own else None
-    if want_note != note_of:
+    if note_of_receipt(view["creditDebitNote"], device_id, by_receipt_id) != note_of:
         found.add(
             "BOX_TAMPER_ROW",
             f"Receipt {global_no}: the stored note_of does not match its JSON.",

@@ -215,6 +215,18 @@ def test_a_note_may_name_its_original_by_fdms_receipt_id(site: Site) -> None:
     site.settle(delivery)
     note["creditDebitNote"] = {"receiptID": box.journal.delivery(1)["receipt_id"]}
     assert box.issue(note)["type"] == "CreditNote"
+    # Notes by receiptID count against the invoice like notes by place: credit it again until nothing is left.
+    for n in range(50):
+        site.clock.advance(5)
+        try:
+            box.issue({**note, "invoiceNo": f"CN-again-{n}"})
+        except FiscalError as error:
+            assert error.code == "RCPT035"
+            break
+    else:
+        raise AssertionError("the invoice was credited fifty times over")
     site.settle(delivery)
     held = site.sim.held_receipts(10002)
-    assert [h["receiptGlobalNo"] for h in held] == [1, 2] and not held[1]["colours"]
+    assert [h["receiptGlobalNo"] for h in held] == list(range(1, 3 + n))
+    assert not [h for h in held if h["colours"]]
+    assert box.audit()["clean"]
