@@ -456,9 +456,9 @@ class FdmsClient:
     ) -> tuple[int, http.client.HTTPMessage, bytes]:
         """One request on the kept-alive connection; any failure drops the connection."""
         deadline = started + self._timeout
-        fresh = self._conn is None
+        before = self._conn
         conn = self._connection(area, deadline)
-        fresh = fresh or self._conn is not conn
+        fresh = conn is not before  # opened for this call (first, or after an idle or dropped one)
         sent = False
         try:
             self._arm(conn, deadline)
