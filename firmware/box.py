@@ -766,20 +766,34 @@ class Box:
     def renew_certificate(self, algorithm: str | None = None) -> dict[str, Any]:
         """A new key and certificate: the pending key's CSR goes out over TLS with the current certificate;
         the retired key is recorded in the journal before the key store switches, so every receipt keeps
-        verifying with the key that signed it."""
+        verifying with the key that signed it.
+
+        FDMS checks a receipt or a close with the certificate it holds when they arrive, so the box renews
+        only when nothing signed with the current key waits for FDMS, and holds its lock from that check to
+        the switch: a sale in the meantime waits for the one IssueCertificate call instead of being signed
+        with a key about to be retired."""
         client = self._require_fdms()
         self._ensure_provisioned()
         with self.lock:
+            waiting = self.journal.next_pending()
+            closing = [d["day_no"] for d in self.journal.unfinished_days() if d["status"] == CLOSE_INITIATED]
+            if waiting is not None or closing:
+                what = (
+                    f"receipt {waiting['global_no']}" if waiting is not None else f"day {closing[0]}'s close"
+                )
+                raise _refuse(
+                    "BOX_RENEWAL_WAIT",
+                    f"Signed with the current key, {what} still waits for FDMS: deliver it first, then renew "
+                    "the certificate.",
+                )
             old_algorithm = self.keys.algorithm
             self.keys.begin_renewal(algorithm or old_algorithm or ECDSA_P256)
             csr = self.keys.renewal_request(fdms.csr_common_name(self._settings["serial"], self.device_id))
-        try:
-            answer = client.issue_certificate(csr)
-        except FiscalError:
-            with self.lock:
+            try:
+                answer = client.issue_certificate(csr)
+            except FiscalError:
                 self.keys.cancel_renewal()
-            raise
-        with self.lock:
+                raise
             at = self.now_local()
             old_public = self.keys.public_key_pem().decode()
             self.journal.retire_key(str(old_algorithm), old_public, at)

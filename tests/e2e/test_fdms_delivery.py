@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import threading
+import time
 
 import pytest
 from fdms_site import Site
@@ -12,6 +14,8 @@ from firmware.core import fdms
 from firmware.core.errors import FiscalError
 from firmware.delivery import IDLE
 from firmware.journal import CLOSED
+from hardware.signatures import load_public_key
+from hardware.signatures import verify as verify_signature
 from sim.fdms.judge import Held, recompute_counters
 from sim.shop import Shop
 
@@ -230,3 +234,35 @@ def test_a_note_may_name_its_original_by_fdms_receipt_id(site: Site) -> None:
     assert [h["receiptGlobalNo"] for h in held] == list(range(1, 3 + n))
     assert not [h for h in held if h["colours"]]
     assert box.audit()["clean"]
+
+
+def test_a_sale_during_renewal_waits_and_is_signed_with_the_new_key(site: Site) -> None:
+    box, delivery = site.box(10003)
+    box.open_day()
+    shop = Shop(seed=31, device_id=10003)
+    issue_day(site, box, delivery, shop, 2, deliver_every=0)
+    before = box.keys.certificate_pem()
+    with pytest.raises(FiscalError) as refused:
+        box.renew_certificate()
+    assert refused.value.code == "BOX_RENEWAL_WAIT" and "receipt 1" in refused.value.message
+    assert box.keys.certificate_pem() == before  # nothing changed
+    site.settle(delivery)
+    site.sim.set_faults("IssueCertificate", rate=1.0, kinds=["latency"], latency_ms=600)
+    renewal = threading.Thread(target=box.renew_certificate)
+    renewal.start()
+    time.sleep(0.2)  # IssueCertificate is on its way
+    site.clock.advance(10)
+    sale = shop.next_sale()
+    result = box.issue(sale)  # waits for the switch
+    renewal.join()
+    assert box.keys.certificate_pem() != before
+    row = box.journal.receipt(result["global_no"])
+    previous = box.journal.receipt(result["global_no"] - 1)
+    receipt = fdms.parse_receipt(json.loads(row["body"], parse_float=str))
+    text = fdms.receipt_string(10003, receipt, previous["hash"])
+    new_key = load_public_key(box.keys.public_key_pem())
+    assert verify_signature(new_key, text.encode(), fdms.unb64(row["signature"]))
+    site.sim.clear_faults()
+    site.settle(delivery)
+    held = site.sim.held_receipts(10003)
+    assert [h["receiptGlobalNo"] for h in held] == [1, 2, 3] and not [h for h in held if h["colours"]]
