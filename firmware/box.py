@@ -834,11 +834,17 @@ class Box:
     def day_files(self, day_no: int, limit: int = FILE_LIMIT) -> list[dict[str, Any]]:
         """The SubmitFile files of a day whose close was requested (offline mode; also for manual upload in
         the ZIMRA portal): header, the receipts exactly as signed, split under `limit` bytes, and the footer
-        (the signed close) in the last file."""
+        (the signed close) in the last file. A day closed again after FDMS failed its files goes again as
+        new files, numbered on from the last one sent."""
         with self.lock:
             day = self.journal.day(day_no)
             if day is None or day["close_request"] is None:
                 raise _refuse("BOX_DAY_NOT_CLOSED", f"Day {day_no} has no signed close yet: close it first.")
+            recorded = self.journal.files(day_no)
+            this_close = [
+                f["sequence"] for f in recorded if f["close_requested_at"] == day["close_requested_at"]
+            ]
+            first = min(this_close) if this_close else max((f["sequence"] for f in recorded), default=0) + 1
             request = day["close_request"]
             footer = (
                 '{"fiscalDayClosed":'
@@ -865,13 +871,14 @@ class Box:
         room = limit - len(footer) - 200  # the header and the JSON punctuation around it
         for global_no, text in receipts:
             if batch and size + len(text.encode()) + 1 > room:
-                files.append(self._file(header(len(files) + 1), batch, None))
+                files.append(self._file(header(first + len(files)), batch, None))
                 batch, size = [], 0
             batch.append((global_no, text))
             size += len(text.encode()) + 1
-        files.append(self._file(header(len(files) + 1), batch, footer))
-        for sequence, item in enumerate(files, start=1):
+        files.append(self._file(header(first + len(files)), batch, footer))
+        for sequence, item in enumerate(files, start=first):
             item["sequence"] = sequence
+            item["close_requested_at"] = day["close_requested_at"]
         return files
 
     @staticmethod
@@ -900,11 +907,15 @@ class Box:
                 hashlib.sha256(item["body"]).hexdigest(),
                 operation_id,
                 self.now_local(),
+                item["close_requested_at"],
             )
 
     def sent_files(self, day_no: int) -> list[dict[str, Any]]:
+        """The files sent for the day's close in force (not those of a close FDMS failed before)."""
         with self.lock:
-            return self.journal.files(day_no)
+            day = self.journal.day(day_no)
+            at = None if day is None else day["close_requested_at"]
+            return [f for f in self.journal.files(day_no) if f["close_requested_at"] == at]
 
     def update_file(self, day_no: int, sequence: int, status: str, error: str | None) -> None:
         with self.lock:

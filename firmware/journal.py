@@ -143,6 +143,7 @@ MIGRATIONS: dict[int, list[str]] = {
             status TEXT NOT NULL,
             error TEXT,
             updated TEXT NOT NULL,
+            close_requested_at TEXT,
             PRIMARY KEY (day_no, sequence))""",
     ],
 }
@@ -746,11 +747,14 @@ class Journal:
         sha256: str,
         operation_id: str | None,
         at: str,
+        close_requested_at: str | None = None,
     ) -> None:
-        """A file of the day's receipts accepted by SubmitFile; its receipts are `filed` in the same step."""
+        """A file of the day's receipts accepted by SubmitFile; its receipts are `filed` in the same step.
+        `close_requested_at` names the signed close the file belongs to: a day closed again after FDMS
+        failed its files is sent again, as new files."""
         with self.transaction():
             self.db.execute(
-                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, 'submitted', NULL, ?)",
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, 'submitted', NULL, ?, ?)",
                 (
                     day_no,
                     sequence,
@@ -760,6 +764,7 @@ class Journal:
                     sha256,
                     operation_id,
                     at,
+                    close_requested_at,
                 ),
             )
             detail = {
@@ -770,6 +775,7 @@ class Journal:
                 "has_footer": has_footer,
                 "sha256": sha256,
                 "operation_id": operation_id,
+                "close_requested_at": close_requested_at,
             }
             self.log(at, "file.submitted", detail)
             if first_global_no is not None and last_global_no is not None:

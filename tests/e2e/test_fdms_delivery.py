@@ -266,3 +266,28 @@ def test_a_sale_during_renewal_waits_and_is_signed_with_the_new_key(site: Site) 
     site.settle(delivery)
     held = site.sim.held_receipts(10003)
     assert [h["receiptGlobalNo"] for h in held] == [1, 2, 3] and not [h for h in held if h["colours"]]
+
+
+def test_an_offline_day_fdms_failed_is_closed_again_with_new_files(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    box, delivery = site.box(10004)
+    box.open_day()
+    shop = Shop(seed=37, device_id=10004)
+    issue_day(site, box, delivery, shop, 6, deliver_every=0)
+    real_sign = box.keys.sign
+    monkeypatch.setattr(box.keys, "sign", lambda data: real_sign(data + b"x"))  # a close FDMS cannot verify
+    box.close_day()
+    monkeypatch.setattr(box.keys, "sign", real_sign)
+    site.settle(delivery)
+    day = box.fiscal_day(1)
+    assert (day["status"], day["closing_error"]) == ("FiscalDayCloseFailed", "BadCertificateSignature")
+    assert [f["sequence"] for f in box.sent_files(1)] == [1]
+    site.clock.advance(60)
+    box.close_day()  # signed again, this time right
+    assert [f["sequence"] for f in box.day_files(1)] == [2]  # numbered on from the file FDMS failed
+    site.settle(delivery)
+    assert box.fiscal_day(1)["status"] == CLOSED
+    assert [f["fileSequence"] for f in site.sim.files(10004)] == [1, 2]
+    assert [h["receiptGlobalNo"] for h in site.sim.held_receipts(10004)] == list(range(1, 7))
+    assert site.sim.day(10004, 1)["fiscalDayStatus"] == "FiscalDayClosed"
