@@ -588,7 +588,7 @@ class Box:
             "fdms": {
                 "mode": self.operating_mode(),
                 "certificate_valid_till": self.certificate_valid_till(),
-                "flagged": self.journal.flagged(limit=20),
+                "flagged": self.journal.flagged(limit=20, from_day=self._oldest_unfinished_day()),
                 "delivery": None if self.delivery is None else self.delivery.state(),
             },
             "warnings": [],
@@ -625,15 +625,15 @@ class Box:
             )
         return info
 
+    def _oldest_unfinished_day(self) -> int:
+        """The first day FDMS has not closed (the next day when all are): what delivery still works on."""
+        unfinished = self.journal.unfinished_days()
+        return unfinished[0]["day_no"] if unfinished else self.journal.head()["day_no"] + 1
+
     def _close_warnings(self, unfinished: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """What stands between a day and FDMS's close, said so a person can act on it."""
         warnings = []
-        open_days = {d["day_no"] for d in unfinished}
-        flagged = [
-            f
-            for f in self.journal.flagged()
-            if (row := self.journal.receipt(f["global_no"])) is not None and row["day_no"] in open_days
-        ]
+        flagged = self.journal.flagged(from_day=unfinished[0]["day_no"]) if unfinished else []
         for d in unfinished:
             if d["status"] == CLOSE_FAILED:
                 warnings.append(
@@ -671,7 +671,7 @@ class Box:
         return {
             "counts": self.journal.outbox_counts(),
             "oldest_pending": pending,
-            "flagged": self.journal.flagged(limit),
+            "flagged": self.journal.flagged(limit, from_day=self._oldest_unfinished_day()),
             "days_waiting": [
                 {"day_no": d["day_no"], "status": d["status"], "open_sent": d["open_sent_at"] is not None}
                 for d in self.journal.unfinished_days()
@@ -924,11 +924,7 @@ class Box:
     def delivery_findings(self, day_no: int | None = None) -> list[dict[str, Any]]:
         """Receipts FDMS flagged, with their errors; Grey and Red ones block the day's close."""
         with self.lock:
-            flagged = self.journal.flagged()
-            if day_no is None:
-                return flagged
-            rows = [(f, self.journal.receipt(f["global_no"])) for f in flagged]
-            return [f for f, row in rows if row is not None and row["day_no"] == day_no]
+            return self.journal.flagged(day_no=day_no)
 
     # -----------------------------------------------------------------------------------------------------
     # Audit, backup, export

@@ -126,6 +126,8 @@ MIGRATIONS: dict[int, list[str]] = {
         # Delivery asks for the next undelivered receipt at every step: without this it walks every row
         # ever delivered, so a box would deliver more slowly with each year of its life.
         "CREATE INDEX outbox_pending ON outbox (global_no) WHERE state = 'pending'",
+        # ... and the receipts FDMS flagged, which a day's close and the status look for.
+        "CREATE INDEX outbox_flagged ON outbox (global_no) WHERE errors IS NOT NULL AND errors != '[]'",
         """CREATE TABLE device_keys (
             seq INTEGER PRIMARY KEY,
             algorithm TEXT NOT NULL,
@@ -692,13 +694,18 @@ class Journal:
         row = self.db.execute("SELECT global_no FROM outbox WHERE receipt_id = ?", (receipt_id,)).fetchone()
         return None if row is None else int(row[0])
 
-    def flagged(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Delivered receipts FDMS reported validation errors for, oldest first."""
-        rows = self.db.execute(
-            "SELECT global_no, errors FROM outbox WHERE errors IS NOT NULL AND errors != '[]' "
-            "ORDER BY global_no LIMIT ?",
-            (limit,),
+    def flagged(self, limit: int = 100, day_no: int | None = None, from_day: int = 0) -> list[dict[str, Any]]:
+        """Delivered receipts FDMS reported validation errors for, oldest first: of one day, or of the days
+        from `from_day` on."""
+        sql = (
+            "SELECT o.global_no, o.errors FROM outbox o JOIN receipts r USING (global_no) "
+            "WHERE o.errors IS NOT NULL AND o.errors != '[]' AND r.day_no >= ?"
         )
+        params: list[Any] = [from_day if day_no is None else day_no]
+        if day_no is not None:
+            sql += " AND r.day_no = ?"
+            params.append(day_no)
+        rows = self.db.execute(sql + " ORDER BY o.global_no LIMIT ?", (*params, limit))
         return [{"global_no": g, "errors": json.loads(e)} for g, e in rows]
 
     def mark_open_sent(self, day_no: int, at: str) -> None:

@@ -328,3 +328,23 @@ def test_status_says_what_stands_between_a_day_and_its_close(rig: Rig, box: Box)
     rig.clock.advance(60)
     box.open_day()
     assert not [w for w in box.status()["warnings"] if w["code"].startswith("BOX_CLOSE")]
+
+
+def test_a_flag_in_the_open_day_is_seen_however_many_closed_days_were_flagged(rig: Rig, box: Box) -> None:
+    red = [{"code": "RCPT025", "colour": "Red", "message": "Invalid tax is used"}]
+    for n in range(1, 121):  # a long history of flagged receipts, in a day ZIMRA closed by hand
+        rig.clock.advance(2)
+        box.issue(sale())
+        box.record_delivery(n, 1, receipt_id=n, server_date=box.now_local(), server_signature={}, errors=red)
+    box.close_day()
+    box.record_close(1, "FiscalDayClosed", closed_at=box.now_local())
+    rig.clock.advance(60)
+    box.open_day()
+    assert not [w for w in box.status()["warnings"] if w["code"] == "BOX_CLOSE_BLOCKED"]
+    rig.clock.advance(2)
+    box.issue(sale())
+    box.record_delivery(121, 1, receipt_id=121, server_date=box.now_local(), server_signature={}, errors=red)
+    blocked = [w for w in box.status()["warnings"] if w["code"] == "BOX_CLOSE_BLOCKED"]
+    assert len(blocked) == 1 and "receipt 121" in blocked[0]["message"]
+    assert [f["global_no"] for f in box.delivery_findings(2)] == [121]
+    assert [f["global_no"] for f in box.outbox()["flagged"]] == [121]
