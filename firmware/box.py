@@ -244,11 +244,11 @@ class Box:
         day = self.journal.current_day()
         if day is not None and day["status"] == OPENED:
             raise _refuse("BOX_DAY_OPEN", f"Fiscal day {day['day_no']} is still open: close it first.")
-        failed = [d for d in self.journal.unfinished_days() if d["status"] == CLOSE_FAILED]
-        if failed:
+        failed = self._first_failed_close()
+        if failed is not None:
             raise _refuse(
                 "BOX_DAY_CLOSING",
-                f"FDMS could not close fiscal day {failed[0]['day_no']} ({failed[0]['closing_error']}): "
+                f"FDMS could not close fiscal day {failed['day_no']} ({failed['closing_error']}): "
                 "close it again before the next day opens.",
             )
         # A day whose close is signed but not yet confirmed does not hold the shop up: the next day opens
@@ -266,6 +266,10 @@ class Box:
         self.journal.open_day(day_no, opened, opened)
         self._checkpoint(opened, "day opened")
         return {"day_no": day_no, "opened": opened, "ends": localtime.add_hours(opened, self._max_hours())}
+
+    def _first_failed_close(self) -> dict[str, Any] | None:
+        """The oldest day FDMS could not close: FDMS closes days in order, so it comes before any other."""
+        return next((d for d in self.journal.unfinished_days() if d["status"] == CLOSE_FAILED), None)
 
     def _max_hours(self) -> int:
         return int(self._settings.get("day_max_hours", 24))
@@ -285,8 +289,7 @@ class Box:
         now): FDMS closes days in order, so the open day's close waits for it."""
         self._ensure_provisioned()
         self._ensure_sound()
-        failed = [d for d in self.journal.unfinished_days() if d["status"] == CLOSE_FAILED]
-        day = failed[0] if failed else self.journal.current_day()
+        day = self._first_failed_close() or self.journal.current_day()
         if day is None or day["status"] not in (OPENED, CLOSE_FAILED):
             raise _refuse("BOX_DAY_NOT_OPEN", "No fiscal day is open, so there is nothing to close.")
         ordered = fdms.day_counters(self.journal.counters(day["day_no"]))
@@ -577,6 +580,9 @@ class Box:
     def status(self) -> dict[str, Any]:
         head = self.journal.head()
         day = self.journal.current_day()
+        unfinished = self.journal.unfinished_days()
+        flagged = self.journal.flagged(from_day=self._first_unfinished(unfinished))
+        delivery = None if self.delivery is None else self.delivery.state()
         info: dict[str, Any] = {
             "device_id": self._settings.get("device_id"),
             "serial": self._settings.get("serial"),
@@ -588,8 +594,8 @@ class Box:
             "fdms": {
                 "mode": self.operating_mode(),
                 "certificate_valid_till": self.certificate_valid_till(),
-                "flagged": self.journal.flagged(limit=20, from_day=self._oldest_unfinished_day()),
-                "delivery": None if self.delivery is None else self.delivery.state(),
+                "flagged": flagged[:20],
+                "delivery": delivery,
             },
             "warnings": [],
         }
@@ -604,14 +610,13 @@ class Box:
             }
             if day["status"] == OPENED:
                 info["warnings"] = self._day_warnings(day["opened"], self.now_local())
-        unfinished = self.journal.unfinished_days()
         info["days_waiting"] = [
             {"day_no": d["day_no"], "status": d["status"], "closing_error": d["closing_error"]}
             for d in unfinished
             if day is None or d["day_no"] != day["day_no"]
         ]
-        info["warnings"] += self._close_warnings(unfinished)
-        skew = None if self.delivery is None else self.delivery.state()["clock_skew_seconds"]
+        info["warnings"] += self._close_warnings(unfinished, flagged)
+        skew = None if delivery is None else delivery["clock_skew_seconds"]
         if skew is not None and abs(skew) > CLOCK_SKEW_WARN_SECONDS:
             way = "behind" if skew > 0 else "ahead of"
             info["warnings"].append(
@@ -625,15 +630,16 @@ class Box:
             )
         return info
 
-    def _oldest_unfinished_day(self) -> int:
+    def _first_unfinished(self, unfinished: list[dict[str, Any]]) -> int:
         """The first day FDMS has not closed (the next day when all are): what delivery still works on."""
-        unfinished = self.journal.unfinished_days()
         return unfinished[0]["day_no"] if unfinished else self.journal.head()["day_no"] + 1
 
-    def _close_warnings(self, unfinished: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    @staticmethod
+    def _close_warnings(
+        unfinished: list[dict[str, Any]], flagged: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
         """What stands between a day and FDMS's close, said so a person can act on it."""
         warnings = []
-        flagged = self.journal.flagged(from_day=unfinished[0]["day_no"]) if unfinished else []
         for d in unfinished:
             if d["status"] == CLOSE_FAILED:
                 warnings.append(
@@ -668,13 +674,14 @@ class Box:
         pending = self.journal.pending(limit)
         for row in pending:
             row["total"] = money.format_fixed(row["total"], 2)
+        unfinished = self.journal.unfinished_days()
         return {
             "counts": self.journal.outbox_counts(),
             "oldest_pending": pending,
-            "flagged": self.journal.flagged(limit, from_day=self._oldest_unfinished_day()),
+            "flagged": self.journal.flagged(limit, from_day=self._first_unfinished(unfinished)),
             "days_waiting": [
                 {"day_no": d["day_no"], "status": d["status"], "open_sent": d["open_sent_at"] is not None}
-                for d in self.journal.unfinished_days()
+                for d in unfinished
             ],
             "problem": None if self.delivery is None else self.delivery.state()["problem"],
         }
