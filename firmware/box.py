@@ -770,6 +770,16 @@ class Box:
         """certificateValidTill as FDMS last reported it (from GetConfig)."""
         return self._settings.get("certificate_valid_till")
 
+    def renewal_waits_for(self) -> str | None:
+        """What signed with the current key still waits for FDMS (a receipt, a close), or None when the key
+        may change."""
+        with self.lock:
+            waiting = self.journal.next_pending()
+            if waiting is not None:
+                return f"receipt {waiting['global_no']}"
+            closing = [d["day_no"] for d in self.journal.unfinished_days() if d["status"] == CLOSE_INITIATED]
+            return f"day {closing[0]}'s close" if closing else None
+
     def renew_certificate(self, algorithm: str | None = None) -> dict[str, Any]:
         """A new key and certificate: the pending key's CSR goes out over TLS with the current certificate;
         the retired key is recorded in the journal before the key store switches, so every receipt keeps
@@ -782,16 +792,12 @@ class Box:
         client = self._require_fdms()
         self._ensure_provisioned()
         with self.lock:
-            waiting = self.journal.next_pending()
-            closing = [d["day_no"] for d in self.journal.unfinished_days() if d["status"] == CLOSE_INITIATED]
-            if waiting is not None or closing:
-                what = (
-                    f"receipt {waiting['global_no']}" if waiting is not None else f"day {closing[0]}'s close"
-                )
+            waiting = self.renewal_waits_for()
+            if waiting is not None:
                 raise _refuse(
                     "BOX_RENEWAL_WAIT",
-                    f"Signed with the current key, {what} still waits for FDMS: deliver it first, then renew "
-                    "the certificate.",
+                    f"Signed with the current key, {waiting} still waits for FDMS: deliver it first, then "
+                    "renew the certificate.",
                 )
             old_algorithm = self.keys.algorithm
             self.keys.begin_renewal(algorithm or old_algorithm or ECDSA_P256)

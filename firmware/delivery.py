@@ -147,17 +147,15 @@ class Delivery:
     # The work, in FDMS's order
 
     def _work(self) -> str:
-        # One read of each per step, the days before the receipt: a day seen closing then has all its
-        # receipts visible, so its close never overtakes one. The pending receipt is read once, not again
-        # for the renewal check: finding it walks the outbox past every delivered row, so a second read
-        # doubled the cost of a step once many receipts were delivered.
-        days = self.box.unfinished_days()
-        pending = self.box.next_pending()
-        if self._renewal_due(days, pending):
+        if self._renewal_due():
             self.box.renew_certificate()
             return RENEWED
         if self.box.operating_mode() == "Offline":
             return self._offline()
+        # The days before the receipt: a day seen closing then has all its receipts visible, so its close
+        # never overtakes one.
+        days = self.box.unfinished_days()
+        pending = self.box.next_pending()
         for day in days:
             return self._work_on_day(day, pending)
         return self._ping_if_due()
@@ -361,20 +359,15 @@ class Delivery:
             self.reporting_frequency = frequency
         return PINGED
 
-    def _renewal_due(self, days: list[dict[str, Any]], pending: dict[str, Any] | None) -> bool:
+    def _renewal_due(self) -> bool:
         """Due within `renew_days_before` days of certificateValidTill, and only once nothing signed with the
         current key waits for FDMS: FDMS checks a receipt and a close with the certificate it holds when they
         arrive, so what the old key signed goes before the key changes."""
         till = self.box.certificate_valid_till()
         if not till:
             return False
-        if pending is not None:
-            return False
-        if any(day["status"] == CLOSE_INITIATED for day in days):
-            return False
-        local_till = str(till)[:19]
-        left = localtime.seconds(local_till) - localtime.seconds(self.box.now_local())
-        return left < self.renew_days_before * 86400
+        left = localtime.seconds(str(till)[:19]) - localtime.seconds(self.box.now_local())
+        return left < self.renew_days_before * 86400 and self.box.renewal_waits_for() is None
 
     def _server_signed(self, text: str, signature: dict[str, Any]) -> bool:
         """FDMS's hash and signature over `text`, checked with its certificate (fetched once a thumbprint)."""

@@ -465,10 +465,10 @@ class FdmsClient:
             sent = True
             try:
                 conn.request(method, path, body=body, headers=headers)
-            except (OSError, http.client.HTTPException) as exc:
+            except (OSError, http.client.HTTPException):
                 if fresh:
                     _raise_pending_alert(conn)
-                raise exc
+                raise
             self._arm(conn, deadline)
             response = conn.getresponse()
             chunks: list[bytes] = []
