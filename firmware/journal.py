@@ -406,14 +406,14 @@ class Journal:
         return self._named_row("SELECT * FROM days WHERE day_no = ?", (day_no,))
 
     def days(self) -> list[dict[str, Any]]:
-        rows = list(self.db.execute(f"SELECT {', '.join(DAY_COLUMNS)} FROM days ORDER BY day_no"))
-        return [dict(zip(DAY_COLUMNS, row, strict=True)) for row in rows]
+        return self._days("", ())
 
     def unfinished_days(self) -> list[dict[str, Any]]:
         """Days FDMS has not confirmed closed, oldest first (few, however long the box has lived)."""
-        rows = self.db.execute(
-            f"SELECT {', '.join(DAY_COLUMNS)} FROM days WHERE status != ? ORDER BY day_no", (CLOSED,)
-        )
+        return self._days("WHERE status != ?", (CLOSED,))
+
+    def _days(self, where: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        rows = self.db.execute(f"SELECT {', '.join(DAY_COLUMNS)} FROM days {where} ORDER BY day_no", params)
         return [dict(zip(DAY_COLUMNS, row, strict=True)) for row in rows]
 
     def current_day(self) -> dict[str, Any] | None:
@@ -697,15 +697,12 @@ class Journal:
     def flagged(self, limit: int = 100, day_no: int | None = None, from_day: int = 0) -> list[dict[str, Any]]:
         """Delivered receipts FDMS reported validation errors for, oldest first: of one day, or of the days
         from `from_day` on."""
-        sql = (
+        which, value = ("r.day_no >= ?", from_day) if day_no is None else ("r.day_no = ?", day_no)
+        rows = self.db.execute(
             "SELECT o.global_no, o.errors FROM outbox o JOIN receipts r USING (global_no) "
-            "WHERE o.errors IS NOT NULL AND o.errors != '[]' AND r.day_no >= ?"
+            f"WHERE o.errors IS NOT NULL AND o.errors != '[]' AND {which} ORDER BY o.global_no LIMIT ?",
+            (value, limit),
         )
-        params: list[Any] = [from_day if day_no is None else day_no]
-        if day_no is not None:
-            sql += " AND r.day_no = ?"
-            params.append(day_no)
-        rows = self.db.execute(sql + " ORDER BY o.global_no LIMIT ?", (*params, limit))
         return [{"global_no": g, "errors": json.loads(e)} for g, e in rows]
 
     def mark_open_sent(self, day_no: int, at: str) -> None:
