@@ -23,12 +23,9 @@ from __future__ import annotations
 import argparse
 import cProfile
 import datetime
-import io
 import json
-import math
 import os
 import platform
-import pstats
 import shutil
 import sqlite3
 import ssl
@@ -42,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import apsw
+from measure import ROOT, file_system, percentile, profile_lines, say
 
 from firmware.box import Box
 from firmware.delivery import Delivery
@@ -50,7 +48,6 @@ from firmware.journal import Journal
 from hardware.keystores import FileKeyStore
 from sim.shop import Shop
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "fdms.json"
 SCRATCH = ROOT / "out" / "bench"
 PASSPHRASE = b"bench pass phrase"
@@ -59,16 +56,6 @@ PLAN_KEYS = ("rounds", "devices", "per_device", "backlog")
 FULL_PLAN = dict(zip(PLAN_KEYS, (3, 20, 100, 10_000), strict=True))
 QUICK_PLAN = dict(zip(PLAN_KEYS, (2, 20, 10, 300), strict=True))
 TARGET = 0.5
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100), as bench/journal.py computes it."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 class StepClock:
@@ -333,17 +320,6 @@ def catch_up_round(
     }
 
 
-def profile_lines(profiler: cProfile.Profile, lines: int = 14) -> list[str]:
-    out: list[str] = []
-    for order in ("tottime", "cumulative"):
-        text = io.StringIO()
-        pstats.Stats(profiler, stream=text).strip_dirs().sort_stats(order).print_stats(lines)
-        printed = text.getvalue().splitlines()
-        start = next(i for i, line in enumerate(printed) if line.lstrip().startswith("ncalls"))
-        out += [f"-- by {order}"] + [line for line in printed[start:] if line.strip()]
-    return out
-
-
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -424,12 +400,6 @@ def tree() -> dict[str, Any]:
     return {"commit": commit, "modified": [line[3:] for line in status.splitlines()]}
 
 
-def file_system(path: Path) -> dict[str, str]:
-    lines = subprocess.run(["df", "-T", str(path)], capture_output=True, text=True, check=True).stdout
-    device, kind, *_ = lines.splitlines()[-1].split()
-    return {"device": device, "type": kind, "path": str(path.relative_to(ROOT))}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few receipts and rounds (a smoke run)")
@@ -477,7 +447,7 @@ def main() -> None:
             say("profiling one catch-up round (untimed) ...")
             profiler = cProfile.Profile()
             catch_up_round(one, work / "catch-up", config, profiler=profiler)
-            results["catch_up_profile"] = profile_lines(profiler)
+            results["catch_up_profile"] = profile_lines(profiler, 14)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["seconds"] = round(time.perf_counter() - started)

@@ -22,15 +22,11 @@ import cProfile
 import datetime
 import gc
 import hashlib
-import io
 import json
-import math
 import os
 import platform
-import pstats
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import apsw
+from measure import ROOT, file_system, percentile, profile_lines, say
 
 from firmware import verify
 from firmware.box import Box
@@ -49,7 +46,6 @@ from hardware import ECDSA_P256
 from hardware.keystores import FileKeyStore
 from hardware.signatures import load_public_key
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "firmware"))
 from box_rig import SETTINGS, StepClock, sale  # noqa: E402
 
@@ -87,25 +83,8 @@ QUICK_PLAN = {
 }
 
 
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
-
-
 def ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
-
-
-def file_system(path: Path) -> dict[str, str]:
-    """What `df -T` says of the directory the journals live in."""
-    lines = subprocess.run(["df", "-T", str(path)], capture_output=True, text=True, check=True).stdout
-    device, kind, *_ = lines.splitlines()[-1].split()
-    return {"device": device, "type": kind, "path": str(path.relative_to(ROOT))}
 
 
 def drop_from_cache(path: Path) -> None:
@@ -135,13 +114,7 @@ def profile_top(run: Callable[[], object], lines: int = 12) -> list[str]:
     profiler.enable()
     run()
     profiler.disable()
-    out: list[str] = []
-    for order in ("tottime", "cumulative"):
-        text = io.StringIO()
-        pstats.Stats(profiler, stream=text).strip_dirs().sort_stats(order).print_stats(lines)
-        printed = text.getvalue().splitlines()
-        start = next(i for i, line in enumerate(printed) if line.lstrip().startswith("ncalls"))
-        out += [f"-- by {order}"] + [line for line in printed[start:] if line.strip()]
+    out = profile_lines(profiler, lines)
     SPENT["profile"] += time.perf_counter() - begin
     return out
 
