@@ -106,20 +106,13 @@ def route(path: str) -> tuple[str, str, int | None, bool] | None:
     return name, method, int(parts[2]), parts[0] == "device"
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Dispatching(BaseHTTPRequestHandler):
+    """HTTP/1.1, every method handed to `_dispatch`."""
+
     protocol_version = "HTTP/1.1"
-    server_version = "FdmsSimulator/1"
-    # An answer goes out as two writes (headers, body): with Nagle's algorithm the body would wait for the
-    # client's delayed ACK, some 40 ms a call.
-    disable_nagle_algorithm = True
-    timeout = 60  # an idle kept-alive connection is closed after this long
-    server: _HttpsServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        log.debug("%s " + format, self.client_address[0], *args)
-
-    def date_time_string(self, timestamp: float | None = None) -> str:
-        return email.utils.formatdate(self.server.sim.now() if timestamp is None else timestamp, usegmt=True)
+    def _dispatch(self, method: str) -> None:
+        raise NotImplementedError
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         self._dispatch("GET")
@@ -132,6 +125,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:  # noqa: N802
         self._dispatch("DELETE")
+
+
+class _Handler(_Dispatching):
+    server_version = "FdmsSimulator/1"
+    # An answer goes out as two writes (headers, body): with Nagle's algorithm the body would wait for the
+    # client's delayed ACK, some 40 ms a call.
+    disable_nagle_algorithm = True
+    timeout = 60  # an idle kept-alive connection is closed after this long
+    server: _HttpsServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        log.debug("%s " + format, self.client_address[0], *args)
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        return email.utils.formatdate(self.server.sim.now() if timestamp is None else timestamp, usegmt=True)
 
     def do_PATCH(self) -> None:  # noqa: N802
         self._dispatch("PATCH")
@@ -325,24 +333,11 @@ class _HttpsServer(ThreadingHTTPServer):
                 pass
 
 
-class _AdminHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _AdminHandler(_Dispatching):
     server: _AdminServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         log.debug("admin " + format, *args)
-
-    def do_GET(self) -> None:  # noqa: N802
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:  # noqa: N802
-        self._dispatch("POST")
-
-    def do_PUT(self) -> None:  # noqa: N802
-        self._dispatch("PUT")
-
-    def do_DELETE(self) -> None:  # noqa: N802
-        self._dispatch("DELETE")
 
     def _dispatch(self, method: str) -> None:
         sim = self.server.sim

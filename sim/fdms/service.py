@@ -336,17 +336,23 @@ class Fdms:
 
     # --- public endpoints ---------------------------------------------------------------------------------
 
-    def verify_taxpayer_information(self, call: Call) -> dict[str, Any]:
-        self.check_model(call, required=False)
+    def _activated(self, call: Call, other: str) -> tuple[Any, Any]:
+        """The device a public call names, once its body carries the right activationKey (compared without
+        case: DEV02 otherwise), with the body's other required text field."""
         body = parse_object(call.body)
         errors: dict[str, list[str]] = {}
         key = _require(errors, body, "activationKey", "str")
-        serial = _require(errors, body, "deviceSerialNo", "str")
+        value = _require(errors, body, other, "str")
         if errors:
             raise bad_request(errors)
         device, _ = self._device(call.device_id)
         if str(key).upper() != device.activation_key.upper():
             raise refuse("DEV02")
+        return device, value
+
+    def verify_taxpayer_information(self, call: Call) -> dict[str, Any]:
+        self.check_model(call, required=False)
+        device, serial = self._activated(call, "deviceSerialNo")
         if serial != device.serial:
             raise refuse("DEV01", "Device not found or not active (the serial number differs)")
         answer: dict[str, Any] = {
@@ -360,15 +366,7 @@ class Fdms:
 
     def register_device(self, call: Call) -> dict[str, Any]:
         self.check_model(call, required=True)
-        body = parse_object(call.body)
-        errors: dict[str, list[str]] = {}
-        key = _require(errors, body, "activationKey", "str")
-        csr = _require(errors, body, "certificateRequest", "str")
-        if errors:
-            raise bad_request(errors)
-        device, _ = self._device(call.device_id)
-        if str(key).upper() != device.activation_key.upper():
-            raise refuse("DEV02")
+        device, csr = self._activated(call, "certificateRequest")
         pem = self._issue(device.id, device.serial, csr)
         self.state.update_device(device.id, registered_at=self.local())
         log.info("device %s registered", device.id)
