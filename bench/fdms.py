@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import datetime
 import json
-import os
-import platform
 import shutil
 import sqlite3
 import ssl
@@ -39,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import apsw
-from measure import ROOT, file_system, percentile, profile_lines, say
+from measure import ROOT, file_system, percentile, profile_lines, results_head, say
 
 from firmware.box import Box
 from firmware.delivery import Delivery
@@ -409,19 +406,15 @@ def main() -> None:
     SCRATCH.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="fdms-", dir=SCRATCH))
     ids = [CATCH_UP_DEVICE + n for n in range(plan["devices"])]
-    results: dict[str, Any] = {
-        "benchmark": "fdms",
-        "quick": args.quick,
-        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "machine": platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "openssl": ssl.OPENSSL_VERSION,
-            "sqlite_simulator": sqlite3.sqlite_version,
-            "sqlite_box": apsw.sqlite_lib_version(),
-            "file_system": file_system(SCRATCH),
-        },
+    results = results_head(
+        "fdms",
+        args.quick,
+        openssl=ssl.OPENSSL_VERSION,
+        sqlite_simulator=sqlite3.sqlite_version,
+        sqlite_box=apsw.sqlite_lib_version(),
+        file_system=file_system(SCRATCH),
+    )
+    results |= {
         "plan": plan,
         "tree": tree(),
         "notes": "The simulator runs as its own process (sim.main fdms); the devices are threads of the "

@@ -24,7 +24,6 @@ import gc
 import hashlib
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import apsw
-from measure import ROOT, file_system, percentile, profile_lines, say
+from measure import ROOT, file_system, percentile, profile_lines, results_head, say
 
 from firmware import verify
 from firmware.box import Box
@@ -744,20 +743,10 @@ def main() -> None:
     if fs["type"] in ("tmpfs", "ramfs", "overlay"):
         say(f"warning: {SCRATCH} is on {fs['type']}, not a real disk: the durable figures mean little")
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=SCRATCH))
-    results: dict[str, Any] = {
-        "benchmark": "journal",
-        "quick": args.quick,
-        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "machine": platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "sqlite": apsw.sqlite_lib_version(),
-            "apsw": apsw.apsw_version(),
-            "file_system": fs,
-        },
-        "part_seconds": {},
-    }
+    results = results_head(
+        "journal", args.quick, sqlite=apsw.sqlite_lib_version(), apsw=apsw.apsw_version(), file_system=fs
+    )
+    results["part_seconds"] = {}
 
     def boot_and_audit() -> None:
         results["boot"], results["audit"] = boot_and_audit_parts(plan, run_dir, args.profile)

@@ -1,15 +1,20 @@
 """What every benchmark here needs: the project's root, progress on standard error, nearest-rank
-percentiles, the file system the figures were taken on, and a cProfile summary as lines for the results."""
+percentiles, the file system the figures were taken on, a cProfile summary as lines, and the opening of a
+results file."""
 
 from __future__ import annotations
 
 import cProfile
+import datetime
 import io
 import math
+import os
+import platform
 import pstats
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,3 +46,18 @@ def profile_lines(profiler: cProfile.Profile, lines: int = 12) -> list[str]:
         start = next(i for i, line in enumerate(printed) if line.lstrip().startswith("ncalls"))
         out += [f"-- by {order}"] + [line for line in printed[start:] if line.strip()]
     return out
+
+
+def results_head(benchmark: str, quick: bool, **machine: Any) -> dict[str, Any]:
+    """The opening of a results file: which benchmark, when, and on what (plus what the caller adds)."""
+    return {
+        "benchmark": benchmark,
+        "quick": quick,
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "machine": platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            **machine,
+        },
+    }
