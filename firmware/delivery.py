@@ -315,11 +315,12 @@ class Delivery:
     def _offline_day(self, day: dict[str, Any]) -> str:
         day_no = day["day_no"]
         sent = {f["sequence"]: f for f in self.box.sent_files(day_no)}
-        for item in self.box.day_files(day_no):
-            if item["sequence"] not in sent:
-                answer = self.client.submit_file(item["body"])
-                self.box.record_file(day_no, item, answer.operation_id or answer.body.get("operationID"))
-                return SENT
+        if not any(f["has_footer"] for f in sent.values()):  # the footer goes last: once sent, all are
+            for item in self.box.day_files(day_no):
+                if item["sequence"] not in sent:
+                    answer = self.client.submit_file(item["body"])
+                    self.box.record_file(day_no, item, answer.operation_id or answer.body.get("operationID"))
+                    return SENT
         # A day either side, in full date-times: FDMS's clock, not the box's, dates the uploads.
         since = localtime.add_hours(day["opened"][:10] + "T00:00:00", -24)
         till = localtime.add_hours(self.box.now_local(), 24)
