@@ -121,7 +121,7 @@ class Rig:
         self.device_id = device_id
         self.keys = FileKeyStore(where / "keys", PASSPHRASE)
         self.client = client_for(sim, device_id, self.keys)
-        self.journal = Journal(where / "journal.db")
+        self.journal = Journal(where / "journal.db", create=True)
         self.box = Box(self.journal, self.keys, clock, fdms_client=self.client)
         self.delivery = Delivery(self.box, self.client, clock, backoff_base=0.5, backoff_max=60)
         self.box.delivery = self.delivery

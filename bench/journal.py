@@ -131,7 +131,7 @@ class Rig:
         if clock_t is not None:
             self.clock.t = clock_t
         self.synchronous = synchronous
-        self.journal = Journal(self.path, synchronous=synchronous)
+        self.journal = Journal(self.path, synchronous=synchronous, create=True)
         self.box = Box(self.journal, self.keys, self.clock)
         self.day_started = self.clock.t
         self.day_receipts = 0
@@ -280,7 +280,7 @@ class JournalFloor:
     """Journal.commit_receipt with receipts made beforehand: the journal's own transaction, nothing else."""
 
     def __init__(self, path: Path, templates: list[NewReceipt]) -> None:
-        self.journal = Journal(path)
+        self.journal = Journal(path, create=True)
         self.journal.open_day(1, "2026-11-22T08:00:00", "2026-11-22T08:00:00")
         self.templates = templates
         self.n = 0

@@ -15,7 +15,7 @@ from typing import Any
 
 from firmware.core import fdms
 from firmware.core.errors import FiscalError
-from firmware.journal import Journal, counters_json, detail_json
+from firmware.journal import Journal, WriterLock, counters_json, detail_json
 from hardware import KeyStore
 from hardware.signatures import load_public_key, verify
 
@@ -42,29 +42,98 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 class Anchor:
-    """A high-water mark outside the journal: the highest global number known to be committed.
+    """A high-water mark outside the journal: the device, the highest global number known to be committed,
+    and the journal chain's link at that receipt.
 
-    A file here; a TPM NV counter where one is fitted. It only moves forward, and it moves at boot, day
-    open and close, and every backup (not every receipt: that would cost a second fsync per sale).
+    A file here; a TPM NV index where one is fitted. It only moves forward, and it moves at boot, at a day's
+    close and at every backup (not every receipt: that would cost a second fsync per sale). At start the box
+    compares its journal with it: a journal that is missing, behind it, of another device or with another
+    history at the anchored receipt is not the one this box wrote, and the box will not issue on it.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
 
-    def value(self) -> int:
+    def read(self) -> dict[str, Any]:
+        """{"device_id", "last_global_no", "link"}; device and link are None in an older anchor."""
         try:
-            return int(json.loads(self.path.read_text())["last_global_no"])
+            data = json.loads(self.path.read_text())
+            anchored = {
+                "device_id": data.get("device_id"),
+                "last_global_no": int(data["last_global_no"]),
+                "link": data.get("link"),
+            }
         except FileNotFoundError:
-            return 0
-        except (ValueError, KeyError, TypeError):
+            return {"device_id": None, "last_global_no": 0, "link": None}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             raise FiscalError(
-                "BOX_ANCHOR", f"The anchor {self.path} is unreadable; restore refuses to guess."
+                "BOX_ANCHOR", f"The anchor {self.path} is unreadable; the box refuses to guess."
             ) from None
+        return anchored
 
-    def advance(self, global_no: int) -> None:
-        if global_no > self.value():
+    def value(self) -> int:
+        return int(self.read()["last_global_no"])
+
+    def advance(self, global_no: int, device_id: int | None = None, link: bytes | None = None) -> None:
+        anchored = self.read()
+        if global_no > anchored["last_global_no"] or (device_id and anchored["device_id"] is None):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomically(self.path, detail_json({"last_global_no": global_no}).encode())
+            record: dict[str, Any] = {"device_id": device_id, "last_global_no": global_no}
+            if link is not None:
+                record["link"] = link.hex()
+            write_atomically(self.path, detail_json(record).encode())
+
+    def problems(self, journal: Journal) -> list[dict[str, Any]]:
+        """What sets the journal apart from the anchor, as boot-check findings (none when it matches)."""
+        anchored = self.read()
+        last = journal.head()["last_global_no"]
+        device = journal.settings().get("device_id")
+        restore = "restore the latest backup (`fiscalbox-device restore MANIFEST`)"
+        if anchored["device_id"] is not None and device not in (None, anchored["device_id"]):
+            return [
+                {
+                    "code": "BOX_JOURNAL_FOREIGN",
+                    "message": f"The journal is device {device}'s, but this box is device "
+                    f"{anchored['device_id']}: {restore}.",
+                    "field": "device_id",
+                }
+            ]
+        if last < anchored["last_global_no"]:
+            return [
+                {
+                    "code": "BOX_JOURNAL_BEHIND",
+                    "message": f"The journal ends at receipt {last}, but this box has committed receipts up "
+                    f"to {anchored['last_global_no']}: the journal was replaced or rolled back; {restore}.",
+                    "field": "last_global_no",
+                }
+            ]
+        row = journal.receipt(anchored["last_global_no"]) if anchored["last_global_no"] else None
+        if anchored["link"] is not None and (row is None or row["link"].hex() != anchored["link"]):
+            return [
+                {
+                    "code": "BOX_JOURNAL_FOREIGN",
+                    "message": f"The journal's receipt {anchored['last_global_no']} is not the one this box "
+                    f"committed: the journal was replaced; {restore}.",
+                    "field": "link",
+                }
+            ]
+        return []
+
+
+def missing_journal(path: Path, anchor: Anchor) -> FiscalError:
+    """The refusal for a journal file that is not there: a box that has issued says to restore it."""
+    anchored = anchor.read()
+    if anchored["last_global_no"] or anchored["device_id"]:
+        return FiscalError(
+            "BOX_JOURNAL_MISSING",
+            f"The journal {path} is missing, but this box (device {anchored['device_id'] or 'unknown'}) has "
+            f"committed receipts up to {anchored['last_global_no']}: restore the latest backup "
+            "(`fiscalbox-device restore MANIFEST`). Nothing was created.",
+        )
+    return FiscalError(
+        "BOX_NOT_PROVISIONED",
+        f"There is no journal at {path} yet: register the box (`fiscalbox-device register`) to create it.",
+    )
 
 
 def file_sha256(path: Path) -> str:
@@ -96,7 +165,7 @@ def make_backup(
         ) from None
     os.replace(temporary, dest / name)
     _fsync_directory(dest)
-    copy = Journal(dest / name)
+    copy = Journal(dest / name, read_only=True)
     try:
         copied = copy.head()
         counters = copy.counters(copied["day_no"])
@@ -164,25 +233,38 @@ def read_manifest(manifest_path: Path, public_key_pem: bytes) -> dict[str, Any]:
 
 
 def restore(manifest_path: Path, journal_path: Path, public_key_pem: bytes, anchor: Anchor) -> dict[str, Any]:
-    """Put a verified backup in place of the journal, unless that would lose receipts."""
+    """Put a verified backup in place of the journal, unless that would lose receipts or bring in another
+    device's journal. Holds the journal's writer lock throughout: a running box is never restored under."""
     manifest = read_manifest(manifest_path, public_key_pem)
-    known = anchor.value()
-    if journal_path.exists():
-        current = Journal(journal_path)
-        try:
-            known = max(known, current.head()["last_global_no"])
-        finally:
-            current.close()
-    if manifest["last_global_no"] < known:
+    anchored = anchor.read()
+    if anchored["device_id"] is not None and manifest.get("device_id") != anchored["device_id"]:
         raise FiscalError(
-            "BOX_RESTORE_BEHIND",
-            f"This backup ends at receipt {manifest['last_global_no']} but the box has committed receipts "
-            f"up to {known}; restoring it would lose {known - manifest['last_global_no']} receipts. "
-            "Nothing was changed.",
+            "BOX_RESTORE_FOREIGN",
+            f"This backup is device {manifest.get('device_id')}'s; this box is device "
+            f"{anchored['device_id']}. Nothing was changed.",
         )
-    data = (manifest_path.parent / manifest["file"]).read_bytes()
-    for suffix in ("-wal", "-shm"):
-        Path(str(journal_path) + suffix).unlink(missing_ok=True)
-    write_atomically(journal_path, data)
-    anchor.advance(manifest["last_global_no"])
+    lock = WriterLock(journal_path)
+    try:
+        known = anchored["last_global_no"]
+        if journal_path.exists():
+            current = Journal(journal_path, read_only=True)
+            try:
+                known = max(known, current.head()["last_global_no"])
+            finally:
+                current.close()
+        if manifest["last_global_no"] < known:
+            raise FiscalError(
+                "BOX_RESTORE_BEHIND",
+                f"This backup ends at receipt {manifest['last_global_no']} but the box has committed "
+                f"receipts up to {known}; restoring it would lose {known - manifest['last_global_no']} "
+                "receipts. Nothing was changed.",
+            )
+        data = (manifest_path.parent / manifest["file"]).read_bytes()
+        for suffix in ("-wal", "-shm"):
+            Path(str(journal_path) + suffix).unlink(missing_ok=True)
+        write_atomically(journal_path, data)
+    finally:
+        lock.release()
+    link = bytes.fromhex(manifest["link"]) if manifest.get("link") else None
+    anchor.advance(manifest["last_global_no"], manifest.get("device_id"), link)
     return {"restored": str(journal_path), "last_global_no": manifest["last_global_no"], "anchor": known}

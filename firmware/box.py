@@ -44,6 +44,8 @@ OPTIONAL_SETTINGS = {
 }
 FILE_LIMIT = 3_000_000  # bytes: FDMS refuses a SubmitFile file over 3 MB (FILE01)
 CLOCK_SKEW_WARN_SECONDS = 120  # FDMS flags receipts dated too far ahead (RCPT031); its margin is unknown
+# Boot findings that say the journal is not the one this box wrote (see backup.Anchor).
+ANCHOR_CODES = ("BOX_JOURNAL_BEHIND", "BOX_JOURNAL_FOREIGN")
 # Fields of a sale the box decides itself; a POS that sends them is told so rather than silently overruled.
 BOX_FIELDS = ("receiptCounter", "receiptGlobalNo", "receiptDate", "receiptDeviceSignature")
 
@@ -118,14 +120,17 @@ class Box:
         self._taxes: list[dict[str, Any]] | None = None
         self._context: fdms.Context | None = None
         self._context_day = 0
+        self._last_issued_at: str | None = None  # the clock at this process's last sale
         try:
             self._settings = journal.settings()
             self._taxes = fdms.parse_taxes(self._settings["taxes"]) if "taxes" in self._settings else None
             self.boot = self._boot_check()
         except (apsw.Error, FiscalError, ValueError, KeyError, TypeError) as error:
             # A journal too damaged to check is a finding too: the box starts, says so, and will not issue.
-            message = error.message if isinstance(error, FiscalError) else str(error)
-            problem = {"code": "BOX_JOURNAL_CORRUPT", "message": f"The journal cannot be read: {message}"}
+            if isinstance(error, FiscalError):
+                problem = {"code": error.code, "message": error.message}
+            else:
+                problem = {"code": "BOX_JOURNAL_CORRUPT", "message": f"The journal cannot be read: {error}."}
             self.boot = {"clean": False, "problems": [problem]}
 
     # -----------------------------------------------------------------------------------------------------
@@ -147,18 +152,30 @@ class Box:
     # Boot check
 
     def _boot_check(self) -> dict[str, Any]:
-        """Verify what changed since the last checkpoint; on a mismatch the box refuses to issue."""
+        """Compare the journal with the anchor kept outside it, and verify what changed since the last
+        checkpoint, all in one read snapshot; on any finding the box refuses to issue. Only a writer
+        records the check (a read-only box writes nothing, however often it is opened)."""
         at = self.now_local()
-        if self.keys.algorithm is None:
-            return {"clean": True, "problems": [], "skipped": "no device key yet"}
-        result = verify.boot_check(self.journal, self._public_key(), self._settings.get("device_id", 0))
+        with self.journal.reading():
+            problems = [] if self.anchor is None else self.anchor.problems(self.journal)
+            if self.keys.algorithm is None:
+                return {"clean": not problems, "problems": problems, "skipped": "no device key yet"}
+            result = verify.boot_check(self.journal, self._public_key(), self._settings.get("device_id", 0))
+        result = {"clean": result["clean"] and not problems, "problems": problems + result["problems"]}
+        if not self.journal.writable:
+            return result
         with self.journal.transaction():
             self.journal.log(at, "boot", {"clean": result["clean"], "problems": len(result["problems"])})
         if result["clean"]:
             self._checkpoint(at, "boot")
-            if self.anchor is not None:
-                self.anchor.advance(self.journal.head()["last_global_no"])
+            self._advance_anchor()
         return result
+
+    def _advance_anchor(self) -> None:
+        """Move the anchor up to the journal's head: the device, the last receipt and its chain link."""
+        if self.anchor is not None:
+            head = self.journal.head()
+            self.anchor.advance(head["last_global_no"], self._settings.get("device_id"), head["link"])
 
     def _checkpoint(self, at: str, reason: str) -> None:
         self.journal.add_checkpoint(at, self.keys.sign, reason)
@@ -166,6 +183,8 @@ class Box:
     def _ensure_sound(self) -> None:
         if not self.boot["clean"]:
             first = self.boot["problems"][0]
+            if first["code"] in ANCHOR_CODES:
+                raise _refuse(first["code"], first["message"] + " The box will not issue until then.")
             raise _refuse(
                 "BOX_JOURNAL_MISMATCH",
                 "The journal failed its check at start-up (" + first["message"] + "); the box will not issue "
@@ -307,8 +326,7 @@ class Box:
             day["day_no"], body, request["fiscalDayDeviceSignature"]["hash"], signature, at
         )
         self._checkpoint(at, "close requested")
-        if self.anchor is not None:
-            self.anchor.advance(self.journal.head()["last_global_no"])
+        self._advance_anchor()
         return json.loads(body, parse_float=str)
 
     # -----------------------------------------------------------------------------------------------------
@@ -360,10 +378,20 @@ class Box:
         if head.last_date is None or now > head.last_date:
             return now
         date = localtime.format_seconds(localtime.seconds(head.last_date) + 1)
-        if localtime.seconds(date) > localtime.seconds(now) + self.future_skew_seconds:
+        ahead = localtime.seconds(date) - localtime.seconds(now)
+        if ahead > self.future_skew_seconds and (self._last_issued_at is None or now < self._last_issued_at):
             raise _refuse(
                 "BOX_CLOCK",
                 f"The clock reads {now}, behind the last receipt ({head.last_date}): set the time.",
+            )
+        if ahead > self.future_skew_seconds:  # the clock moved on since the last sale: a burst of sales
+            wait = ahead - self.future_skew_seconds
+            raise _refuse(
+                "BOX_TOO_FAST",
+                f"Receipts are coming faster than one a second: FDMS wants each one dated at least a second "
+                f"after the one before, so the last receipt is already dated {head.last_date}, {ahead - 1} s "
+                f"ahead of the clock ({now}). Wait {wait} s and send the sale again (if the clock itself is "
+                "wrong, set the time).",
             )
         return date
 
@@ -421,6 +449,7 @@ class Box:
             )
 
         head, new = self.journal.commit_receipt(make, now)
+        self._last_issued_at = now
         if head.global_no % self.checkpoint_every == 0:
             try:  # after the commit: the sale stands whatever happens here, so a failure is only a warning
                 self._checkpoint(now, "periodic")
@@ -510,6 +539,45 @@ class Box:
             )
         return layout.receipt_document(receipt, seller, info, width, copy)
 
+    @_serialized
+    def receipt(self, global_no: int) -> dict[str, Any]:
+        """One committed receipt read back: the exact SubmitReceipt body sent to FDMS, its hash, signature
+        and QR, the previous receipt's hash that its signature string chains to, and its delivery and
+        print state."""
+        row = self.journal.receipt(global_no)
+        if row is None:
+            last = self.journal.head()["last_global_no"]
+            raise _refuse(
+                "BOX_NO_RECEIPT", f"There is no receipt {global_no}; the last one is {last}.", "global_no"
+            )
+        previous = self.journal.receipt(global_no - 1) if row["counter"] > 1 else None
+        delivery = self.journal.delivery(global_no) or {}
+        started, completed = self.journal.prints(global_no)
+        return {
+            "global_no": global_no,
+            "device_id": self.device_id,
+            "day_no": row["day_no"],
+            "counter": row["counter"],
+            "type": row["type"],
+            "currency": row["currency"],
+            "date": row["date"],
+            "total": money.format_fixed(row["total"], 2),
+            "invoice_no": row["invoice_no"],
+            "hash": row["hash"],
+            "signature": row["signature"],
+            "previous_hash": None if previous is None else previous["hash"],
+            "qr_url": fdms.qr_url(
+                self._settings["qr_url"], self.device_id, row["date"], global_no, row["qr_data"]
+            ),
+            "verification_code": fdms.verification_code(row["qr_data"]),
+            "body": row["body"],
+            "delivery": {
+                name: delivery.get(name)
+                for name in ("state", "attempts", "receipt_id", "server_date", "server_signature", "errors")
+            },
+            "prints": {"started": started, "completed": completed},
+        }
+
     def _require_printer(self) -> Printer:
         if self.printer is None:
             raise _refuse("BOX_NO_PRINTER", "No printer is configured: set [printer] in the configuration.")
@@ -551,9 +619,9 @@ class Box:
     @_serialized
     def report_document(self, day_no: int | None = None, width: int = 48) -> layout.Document:
         """The X report of the current day, or the Z report of a closed day."""
-        day = self.journal.current_day() if day_no is None else self.journal.day(day_no)
+        day = self.journal.current_day() if day_no is None else self._known_day(day_no)
         if day is None:
-            raise _refuse("BOX_DAY_NOT_OPEN", "No such fiscal day.", "day_no")
+            raise _refuse("BOX_DAY_NOT_OPEN", "No fiscal day has been opened yet.", "day_no")
         seller = {**self._settings, "taxes": self._taxes}
         counters = self.journal.counters(day["day_no"])
         documents = self.journal.documents(day["day_no"])
@@ -694,11 +762,24 @@ class Box:
             raise _refuse("BOX_DAY_NOT_OPEN", "No fiscal day has been opened yet.")
         return self._day_report(day)
 
+    def _known_day(self, day_no: int) -> dict[str, Any]:
+        """Fiscal day `day_no`; BOX_NO_DAY, naming the last one, when the box never opened it."""
+        day = self.journal.day(day_no)
+        if day is None:
+            last = self.journal.head()["day_no"]
+            raise _refuse(
+                "BOX_NO_DAY",
+                f"There is no fiscal day {day_no}: "
+                + (f"the last day is {last}." if last else "no day has been opened yet."),
+                "day_no",
+            )
+        return day
+
     @_serialized
     def z_report(self, day_no: int) -> dict[str, Any]:
         """A closed day's final counters and documents."""
-        day = self.journal.day(day_no)
-        if day is None or day["status"] != CLOSED:
+        day = self._known_day(day_no)
+        if day["status"] != CLOSED:
             raise _refuse("BOX_DAY_NOT_CLOSED", f"Fiscal day {day_no} is not closed, so it has no Z report.")
         return self._day_report(day)
 
@@ -743,6 +824,7 @@ class Box:
         """VerifyTaxpayerInformation, a key in the key store, a CSR, RegisterDevice, the certificate stored,
         then GetConfig: the box is provisioned with what FDMS says."""
         client = self._require_fdms()
+        self._ensure_sound()
         if self.journal.head()["last_global_no"] and self._settings.get("device_id") not in (None, device_id):
             raise _refuse("BOX_SETTINGS", "This journal holds another device's receipts.", "device_id")
         taxpayer = client.verify_taxpayer_information(activation_key, serial).body
@@ -850,8 +932,8 @@ class Box:
         (the signed close) in the last file. A day closed again after FDMS failed its files goes again as
         new files, numbered on from the last one sent."""
         with self.lock:
-            day = self.journal.day(day_no)
-            if day is None or day["close_request"] is None:
+            day = self._known_day(day_no)
+            if day["close_request"] is None:
                 raise _refuse("BOX_DAY_NOT_CLOSED", f"Day {day_no} has no signed close yet: close it first.")
             recorded = self.journal.files(day_no)
             this_close = [
@@ -965,8 +1047,7 @@ class Box:
         result = backups.make_backup(
             self.journal, self.keys, self.device_id, Path(dest), self.now_local(), retain
         )
-        if self.anchor is not None:
-            self.anchor.advance(result["manifest"]["last_global_no"])
+        self._advance_anchor()
         return result
 
     @_serialized

@@ -12,9 +12,12 @@ under those tests is the code in production.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import sys
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -275,24 +278,204 @@ def _error(code: str, message: str) -> FiscalError:
     return FiscalError(code, message)
 
 
+def _read_only_medium(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+class WriterLock:
+    """The one writer of a journal: an exclusive lock on `<journal>.lock`, held for the writer's life.
+
+    SQLite would serialise several writers itself, but each process keeps its own view of the head and of
+    what it checked at boot, and two of them make a box whose checks race each other. So a second writer is
+    refused before it reads anything, naming the process that holds the journal. The kernel drops the lock
+    when its process dies, however it dies.
+    """
+
+    def __init__(self, journal_path: Path) -> None:
+        self.path = journal_path.with_name(journal_path.name + ".lock")
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise _error(
+                "BOX_JOURNAL", f"The journal's lock file {self.path} cannot be opened: {error.strerror}."
+            ) from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(self._fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(self._fd)
+            raise _error(
+                "BOX_BUSY",
+                f"The journal {journal_path} is in use by {holder}: stop it (or let it finish) first; "
+                "nothing was changed.",
+            ) from None
+        os.ftruncate(self._fd, 0)
+        name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+        os.pwrite(self._fd, f"process {os.getpid()} ({name})\n".encode(), 0)
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = -1
+
+
+class _Cursor(apsw.Cursor):
+    """A cursor whose rows never escape as a bare decoding error: stored text that is no longer UTF-8 (a
+    damaged byte) becomes BOX_JOURNAL_CORRUPT naming the table and the row."""
+
+    def __next__(self) -> Any:
+        try:
+            return super().__next__()
+        except UnicodeDecodeError:
+            raise damage_found(self.connection) from None
+
+    def fetchone(self) -> Any:
+        try:
+            return super().fetchone()
+        except UnicodeDecodeError:
+            raise damage_found(self.connection) from None
+
+
+def damage_found(db: apsw.Connection) -> FiscalError:
+    """BOX_JOURNAL_CORRUPT naming the first row that cannot be read back, found by reading each table row
+    by row (only ever on the way to reporting damage, so its cost does not matter)."""
+    return _error(
+        "BOX_JOURNAL_CORRUPT",
+        f"The journal is damaged: {_damaged_place(db)} cannot be read back. Run `fiscalbox-device audit "
+        "--verbose`, then restore the latest backup.",
+    )
+
+
+def _damaged_place(db: apsw.Connection) -> str:
+    def rows(sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        return apsw.Cursor(db).execute(sql, params).fetchall()
+
+    for (table,) in rows("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"):
+        keys = [(c[1], c[2]) for c in rows(f"PRAGMA table_info({table})") if c[5]]
+        key = keys[0][0] if len(keys) == 1 and keys[0][1] == "INTEGER" else None  # the rowid's own name
+        try:
+            rows(f"SELECT * FROM {table}")
+        except UnicodeDecodeError:
+            pass
+        else:
+            continue
+        try:
+            for (rowid,) in rows(f"SELECT rowid FROM {table}"):
+                try:
+                    rows(f"SELECT * FROM {table} WHERE rowid = ?", (rowid,))
+                except UnicodeDecodeError:
+                    return f"table {table}, row {key or 'rowid'} {rowid}"
+        except apsw.SQLError:  # a table without rowids (the counters): name the table
+            pass
+        return f"table {table}"
+    return "a row"
+
+
 class Journal:
-    """The journal file, opened for the one writer.
+    """The journal file, opened by its one writer, or read-only by anyone.
+
+    The writer holds the journal's WriterLock for as long as it is open. A new journal is made only when
+    `create` says so (the box's first provisioning), never as a side effect of opening a missing one. A
+    reader (`read_only=True`) takes no lock and writes nothing, not even on a medium mounted read-only.
 
     `synchronous` is FULL in production; only the power-cut tests lower it, to prove that they notice.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], vfs: str | None = None, synchronous: str = "FULL"
+        self,
+        path: str | os.PathLike[str],
+        vfs: str | None = None,
+        synchronous: str = "FULL",
+        create: bool = False,
+        read_only: bool = False,
     ) -> None:
         self.path = Path(path)
-        flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+        self.writable = not read_only
+        self._lock: WriterLock | None = None
+        if not self.path.exists() and (read_only or not create):
+            raise _error("BOX_JOURNAL_MISSING", f"There is no journal at {self.path}.")
+        if self.path.is_dir():
+            raise _error("BOX_JOURNAL", f"The journal {self.path} is a folder, not a journal file.")
         try:
-            self.db = apsw.Connection(str(self.path), flags=flags, vfs=vfs)
-            self.db.set_busy_timeout(5000)
-            self._configure(synchronous)
-            self._migrate()
+            if read_only:
+                self.db = self._open_reader(vfs)
+            else:
+                if _read_only_medium(self.path):
+                    raise _error(
+                        "BOX_JOURNAL_READ_ONLY",
+                        f"The journal {self.path} is on a read-only medium, so nothing can be written to "
+                        "it: mount its storage read-write (read-only commands such as `audit` and "
+                        "`status` still work).",
+                    )
+                self._lock = WriterLock(self.path)
+                self.db = apsw.Connection(
+                    str(self.path), flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE, vfs=vfs
+                )
+                self.db.cursor_factory = _Cursor
+                self.db.set_busy_timeout(5000)
+                self._configure(synchronous)
+                self._migrate()
         except apsw.Error as error:
+            self._release()
             raise _error("BOX_JOURNAL", f"The journal {self.path} cannot be opened: {error}.") from None
+        except BaseException:
+            self._release()
+            raise
+
+    def _open_reader(self, vfs: str | None) -> apsw.Connection:
+        """A read-only connection. On a read-only medium SQLite cannot make the WAL's shared-memory file,
+        so a journal closed cleanly (no WAL left) is opened as immutable instead."""
+        flags = apsw.SQLITE_OPEN_READONLY
+        try:
+            db = apsw.Connection(str(self.path), flags=flags, vfs=vfs)
+            db.execute("SELECT count(*) FROM sqlite_schema").fetchall()
+        except apsw.CantOpenError:
+            wal = Path(str(self.path) + "-wal")
+            if wal.exists() and wal.stat().st_size > 0:
+                raise _error(
+                    "BOX_JOURNAL_READ_ONLY",
+                    f"The journal {self.path} is on a read-only medium with unmerged changes in "
+                    f"{wal.name}: copy both files to writable storage and read the copy.",
+                ) from None
+            uri = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?immutable=1"
+            db = apsw.Connection(uri, flags=flags | apsw.SQLITE_OPEN_URI, vfs=vfs)
+        db.cursor_factory = _Cursor
+        db.set_busy_timeout(5000)
+        version: int = db.execute("PRAGMA user_version").fetchall()[0][0]  # type: ignore[assignment]
+        if version != SCHEMA_VERSION:
+            db.close()
+            raise _error(
+                "BOX_JOURNAL_VERSION",
+                f"The journal is schema version {version}; this firmware reads version {SCHEMA_VERSION}. "
+                + (
+                    "Install newer firmware; the journal was not changed."
+                    if version > SCHEMA_VERSION
+                    else "A command that writes (or the box's service) upgrades it first."
+                ),
+            )
+        return db
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """One read transaction: every query inside sees the same snapshot, so a check never compares
+        rows written at different moments (a writer in another process may be committing meanwhile)."""
+        if self.db.in_transaction:
+            yield
+            return
+        self.db.execute("BEGIN DEFERRED")
+        try:
+            yield
+        finally:
+            self.db.execute("ROLLBACK")
 
     def _configure(self, synchronous: str) -> None:
         mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()
@@ -320,7 +503,10 @@ class Journal:
                 self.db.execute(f"PRAGMA user_version={target}")
 
     def close(self) -> None:
-        self.db.close()
+        try:
+            self.db.close()
+        finally:
+            self._release()
 
     def __enter__(self) -> Journal:
         return self
@@ -480,6 +666,14 @@ class Journal:
 
         `make` runs inside the transaction and may raise: then nothing at all is written.
         """
+        try:
+            return self._commit_receipt(make, at)
+        except UnicodeEncodeError:  # a lone surrogate: text that has no UTF-8 form cannot be stored
+            raise FiscalError(
+                "BOX_SALE_TEXT", "The sale holds text that cannot be stored (a lone surrogate character)."
+            ) from None
+
+    def _commit_receipt(self, make: Callable[[Head], NewReceipt], at: str) -> tuple[Head, NewReceipt]:
         with self.transaction():
             head = self._head_for_issue()
             new = make(head)

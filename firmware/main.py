@@ -24,19 +24,21 @@ from cryptography import x509
 
 from firmware import config as configuration
 from firmware import verify
-from firmware.backup import Anchor, restore
+from firmware.backup import Anchor, missing_journal, restore
 from firmware.box import Box
 from firmware.core import fdms
 from firmware.core.errors import FiscalError
 from firmware.delivery import Delivery
 from firmware.fdms_client import FdmsClient
-from firmware.journal import Journal
+from firmware.journal import OPENED, Journal
 from hardware import ECDSA_P256, RSA_2048, KeyStore, Printer, printers
-from hardware.keystores import FileKeyStore, Pkcs11KeyStore
+from hardware.keystores import FileKeyStore, Pkcs11KeyStore, PublicKeys
 from hardware.signatures import load_public_key
 
 ALGORITHM_NAMES = {"ecdsa": ECDSA_P256, "rsa": RSA_2048}
 T = TypeVar("T")
+# Receipt and day numbers as the journal stores them (SQLite integers): anything larger names nothing.
+NUMBER = click.IntRange(1, (1 << 63) - 1)
 
 
 def build_key_store(cfg: configuration.Config, environ: Mapping[str, str]) -> KeyStore:
@@ -206,36 +208,59 @@ def build_fdms_client(cfg: configuration.Config, store: KeyStore) -> FdmsClient 
     return client
 
 
-def _open_box(
-    cfg: configuration.Config, store: KeyStore, journal_path: str | None = None, printing: bool = False
-) -> Box:
-    journal = Journal(journal_path or cfg.journal["path"])
-    return Box(
-        journal,
-        store,
-        SystemClock(),
-        zone=cfg.box["zone"],
-        day_warn_minutes=cfg.box["day_warn_minutes"],
-        anchor=Anchor(cfg.journal["anchor"]),
-        printer=build_printer(cfg) if printing else None,
-        fdms_client=build_fdms_client(cfg, store),
-    )
+def open_journal(cfg: configuration.Config, read_only: bool, create: bool = False) -> Journal:
+    """The configured journal. A missing one is created only by the box's first provisioning (`create`),
+    and never where the anchor shows that this box has issued receipts before: then it must be restored."""
+    path = Path(cfg.journal["path"])
+    if not path.exists():
+        refusal = missing_journal(path, Anchor(cfg.journal["anchor"]))
+        if not create or refusal.code == "BOX_JOURNAL_MISSING":
+            raise refusal
+    return Journal(path, read_only=read_only, create=create)
+
+
+def public_key_store(cfg: configuration.Config) -> KeyStore | PublicKeys:
+    """What a command that only reads needs of the key store: the public key, without the passphrase. A
+    token still needs its PIN to be opened at all."""
+    if cfg.keys["store"] == "file":
+        return FileKeyStore.public_only(cfg.keys["directory"])
+    return build_key_store(cfg, os.environ)
 
 
 def _with_box(
     cfg: configuration.Config,
     action: Callable[[Box], T],
-    journal_path: str | None = None,
+    read_only: bool = False,
     printing: bool = False,
+    create: bool = False,
 ) -> T:
-    def run(store: KeyStore) -> T:
-        box = _open_box(cfg, store, journal_path, printing)
+    """Open the box over the configured journal, run `action`, close it; a refusal becomes one line and
+    exit 2. A box opened `read_only` writes nothing at all: not its boot check, not a checkpoint."""
+
+    def run(store: Any) -> T:
+        journal = open_journal(cfg, read_only, create)
         try:
+            box = Box(
+                journal,
+                store,
+                SystemClock(),
+                zone=cfg.box["zone"],
+                day_warn_minutes=cfg.box["day_warn_minutes"],
+                anchor=Anchor(cfg.journal["anchor"]),
+                printer=build_printer(cfg) if printing else None,
+                fdms_client=None if read_only else build_fdms_client(cfg, store),
+            )
             return action(box)
         finally:
-            box.journal.close()
+            journal.close()
 
-    return _with_store(cfg, run)
+    if not read_only:
+        return _with_store(cfg, run)
+    try:
+        with closing(public_key_store(cfg)) as store:
+            return run(store)
+    except FiscalError as error:
+        _fail(error)
 
 
 def _progress_printer(as_json: bool) -> Callable[[int, int], None] | None:
@@ -255,26 +280,49 @@ def _progress_printer(as_json: bool) -> Callable[[int, int], None] | None:
 def status_command(cfg: configuration.Config, as_json: bool) -> None:
     """The box's state: current day, last receipt, outbox, unprinted receipts, journal check."""
 
-    def text(info: dict[str, Any]) -> str:
-        day = info["day"]
-        lines = [
-            f"device {info['device_id']} ({info['serial']}), last receipt {info['last_global_no']}",
-            "no day opened yet"
-            if day is None
-            else f"day {day['day_no']} {day['status']} since {day['opened']}, {day['receipts']} receipts, "
-            f"ends {day['ends']}",
-            f"outbox {info['outbox']}, unprinted {len(info['unprinted'])}",
-            "journal check: "
-            + ("clean" if info["journal"]["clean"] else info["journal"]["problems"][0]["message"]),
-        ]
-        lines += [
-            f"day {d['day_no']} {d['status']}" + (f" ({d['closing_error']})" if d["closing_error"] else "")
-            for d in info["days_waiting"]
-        ]
-        lines += [f"warning {w['code']}: {w['message']}" for w in info["warnings"]]
-        return "\n".join(lines)
+    _emit(_with_box(cfg, lambda box: box.status(), read_only=True), as_json, _status_text)
 
-    _emit(_with_box(cfg, lambda box: box.status()), as_json, text)
+
+def _counts(counts: dict[str, int]) -> str:
+    """{"pending": 3, "delivered": 10} as "3 pending, 10 delivered" ("empty" when there is nothing)."""
+    return ", ".join(f"{n:,} {state}" for state, n in sorted(counts.items())) or "empty"
+
+
+def _status_text(info: dict[str, Any]) -> str:
+    day = info["day"]
+    if info["device_id"] is None:
+        identity = "device not registered yet (run `fiscalbox-device register`)"
+    else:
+        identity = f"device {info['device_id']} (serial {info['serial']})"
+    journal = info["journal"]
+    lines = [
+        f"{identity}, last receipt {info['last_global_no']}",
+        "no day opened yet"
+        if day is None
+        else f"day {day['day_no']} {day['status']} since {day['opened']}, {day['receipts']} receipts, "
+        f"ends {day['ends']}",
+        f"outbox: {_counts(info['outbox'])}; unprinted: {len(info['unprinted'])}",
+        "journal check: "
+        + ("clean" if journal["clean"] else "{code}: {message}".format(**journal["problems"][0])),
+    ]
+    lines += [
+        f"day {d['day_no']} {d['status']}" + (f" ({d['closing_error']})" if d["closing_error"] else "")
+        for d in info["days_waiting"]
+    ]
+    lines += [f"warning {w['code']}: {w['message']}" for w in info["warnings"]]
+    return "\n".join(lines)
+
+
+def _public_key_file(path: str) -> Any:
+    """The public key in a certificate or key PEM given on the command line."""
+    try:
+        return load_public_key(Path(path).read_bytes())
+    except OSError as error:
+        raise FiscalError("BOX_FILE", f"Cannot read {path}: {error.strerror}.", "public_key") from None
+    except ValueError:
+        raise FiscalError(
+            "BOX_KEY_UNREADABLE", f"{path} holds no certificate or public key.", "public_key"
+        ) from None
 
 
 @main.command("audit")
@@ -304,17 +352,28 @@ def audit_command(
 
     Read-only: it neither writes to the journal nor needs the private key when --public-key is given.
     """
-    if public_key_path is not None:
-        public_key = load_public_key(Path(public_key_path).read_bytes())
-    else:
-        public_key = load_public_key(_with_store(cfg, lambda store: store.public_key_pem()))
     try:
-        journal = Journal(journal_path or cfg.journal["path"])
+        if public_key_path is not None:
+            public_key = _public_key_file(public_key_path)
+        else:
+            with closing(public_key_store(cfg)) as store:
+                public_key = load_public_key(store.public_key_pem())
+        if journal_path is not None:
+            journal = Journal(journal_path, read_only=True)
+        else:
+            journal = open_journal(cfg, read_only=True)
     except FiscalError as error:
         _fail(error)
     try:
-        device_id = journal.settings().get("device_id", 0)
-        report = verify.full_audit(journal, public_key, device_id, _progress_printer(as_json))
+        with journal.reading():
+            device_id = journal.settings().get("device_id", 0)
+            report = verify.full_audit(journal, public_key, device_id, _progress_printer(as_json))
+            if journal_path is None:  # the box's own journal: is it the one the box wrote?
+                anchored = Anchor(cfg.journal["anchor"]).problems(journal)
+                report["problems"][:0] = anchored
+                report["clean"] = report["clean"] and not anchored
+    except FiscalError as error:
+        _fail(error)
     finally:
         journal.close()
     if not as_json:
@@ -343,7 +402,10 @@ def audit_command(
 @main.command("backup")
 @click.argument("dest", required=False)
 @click.option(
-    "--retain", type=int, default=None, help="Keep only the newest N backups (default: journal.retain)."
+    "--retain",
+    type=click.IntRange(1, 100_000),
+    default=None,
+    help="Keep only the newest N backups (default: journal.retain).",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
 @click.pass_obj
@@ -368,8 +430,9 @@ def backup_command(cfg: configuration.Config, dest: str | None, retain: int | No
 @click.pass_obj
 def restore_command(cfg: configuration.Config, manifest: str, as_json: bool) -> None:
     """Put a backup in place of the journal; refused when it is older than what the box has committed."""
-    pem = _with_store(cfg, lambda store: store.public_key_pem())
     try:
+        with closing(public_key_store(cfg)) as store:
+            pem = store.public_key_pem()
         result = restore(Path(manifest), Path(cfg.journal["path"]), pem, Anchor(cfg.journal["anchor"]))
     except FiscalError as error:
         _fail(error)
@@ -377,8 +440,8 @@ def restore_command(cfg: configuration.Config, manifest: str, as_json: bool) -> 
 
 
 @main.command("export")
-@click.option("--from", "first", type=int, required=True, help="First global receipt number.")
-@click.option("--to", "last", type=int, required=True, help="Last global receipt number.")
+@click.option("--from", "first", type=NUMBER, required=True, help="First global receipt number.")
+@click.option("--to", "last", type=NUMBER, required=True, help="Last global receipt number.")
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
 @click.pass_obj
@@ -393,18 +456,19 @@ def export_command(cfg: configuration.Config, first: int, last: int, out: str, a
 
 
 @main.command("show")
-@click.argument("global_no", type=int)
+@click.argument("global_no", type=NUMBER)
 @click.option("--width", type=click.Choice(["32", "42", "48"]), default="48", show_default=True)
 @click.pass_obj
 def show_command(cfg: configuration.Config, global_no: int, width: str) -> None:
     """Show receipt GLOBAL_NO as it prints (the QR as its URL). Prints nothing and changes nothing."""
     click.echo(
-        _with_box(cfg, lambda box: box.receipt_document(global_no, width=int(width)).plain()), nl=False
+        _with_box(cfg, lambda box: box.receipt_document(global_no, width=int(width)).plain(), read_only=True),
+        nl=False,
     )
 
 
 @main.command("reprint")
-@click.argument("global_no", type=int, required=False)
+@click.argument("global_no", type=NUMBER, required=False)
 @click.option("--unprinted", is_flag=True, help="Print every receipt that has no finished print yet.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
 @click.pass_obj
@@ -430,21 +494,72 @@ def _unprinted_text(result: dict[str, Any]) -> str:
 
 
 @main.command("report")
-@click.option("--day", "day_no", type=int, default=None, help="A closed day's Z report (default: X report).")
+@click.option("--day", "day_no", type=NUMBER, help="A closed day's Z report (default: the X report).")
 @click.option("--print", "to_printer", is_flag=True, help="Print it on the configured printer.")
 @click.option("--json", "as_json", is_flag=True, help="The report's figures as one JSON object.")
 @click.pass_obj
 def report_command(cfg: configuration.Config, day_no: int | None, to_printer: bool, as_json: bool) -> None:
-    """The X report of the open day, or the Z report of closed day --day; shown, or printed with --print."""
+    """The X report of the open day, or the Z report of closed day --day; shown, or printed with --print.
+    With no day open and no --day, it is the Z report of the last day, and says so."""
     if to_printer:
-        result = _with_box(cfg, lambda box: box.print_report(day_no), printing=True)
+        result = _with_box(cfg, lambda box: box.print_report(day_no), read_only=True, printing=True)
         _emit(result, as_json, lambda r: f"printed the {r['title']} of day {r['day_no']}")
         return
+
+    def figures(box: Box) -> tuple[dict[str, Any], str]:
+        report = box.z_report(day_no) if day_no is not None else box.x_report()
+        return report, box.report_document(day_no).plain()
+
+    report, document = _with_box(cfg, figures, read_only=True)
+    if day_no is None and report["status"] != OPENED:
+        report["note"] = (
+            f"No fiscal day is open: this is the Z report of the last day, day {report['day_no']} "
+            f"({report['status']})."
+        )
     if as_json:
-        report = _with_box(cfg, lambda box: box.x_report() if day_no is None else box.z_report(day_no))
         _emit(report, True, str)
         return
-    click.echo(_with_box(cfg, lambda box: box.report_document(day_no).plain()), nl=False)
+    if "note" in report:
+        click.echo(report["note"], err=True)
+    click.echo(document, nl=False)
+
+
+@main.command("receipt")
+@click.argument("global_no", type=NUMBER)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
+@click.option("--body", is_flag=True, help="Only the SubmitReceipt body sent to FDMS, byte for byte.")
+@click.pass_obj
+def receipt_command(cfg: configuration.Config, global_no: int, as_json: bool, body: bool) -> None:
+    """One stored receipt: the JSON sent to FDMS, its hash and signature, and its delivery and print state.
+    `--body` writes the exact body, for `fiscalbox explain receipt`. Changes nothing."""
+    info = _with_box(cfg, lambda box: box.receipt(global_no), read_only=True)
+    if body:
+        click.echo(info["body"])
+        return
+
+    def text(r: dict[str, Any]) -> str:
+        delivery = r["delivery"]
+        lines = [
+            f"receipt {r['global_no']}: {r['type']} {r['currency']} {r['total']}, invoice {r['invoice_no']}",
+            f"day {r['day_no']}, counter {r['counter']}, dated {r['date']}",
+            f"hash {r['hash']}",
+            f"signature {r['signature']}",
+            f"QR {r['qr_url']} (verification code {r['verification_code']})",
+            f"delivery: {delivery['state']}"
+            + (f", FDMS receipt ID {delivery['receipt_id']}" if delivery["receipt_id"] is not None else "")
+            + "".join(f"; {e['code']} {e['colour']}" for e in delivery["errors"] or []),
+            f"prints: {r['prints']['completed']} finished of {r['prints']['started']} started",
+            "explain it: fiscalbox-device receipt {n} --body | fiscalbox explain receipt - "
+            "--device-id {d}{p} --signature {s}".format(
+                n=r["global_no"],
+                d=r["device_id"],
+                p="" if r["previous_hash"] is None else f" --previous-hash {r['previous_hash']}",
+                s=r["signature"],
+            ),
+        ]
+        return "\n".join(lines)
+
+    _emit(info, as_json, text)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -465,7 +580,7 @@ def register(cfg: configuration.Config, as_json: bool) -> None:
         return {"taxpayer": result["taxpayer"].get("taxPayerName"), "settings": result["config"]}
 
     try:
-        result = _with_box(cfg, run)
+        result = _with_box(cfg, run, create=True)
     except FiscalError as error:
         _fail(error)
     _emit(result, as_json, lambda r: f"registered: {r['taxpayer']}, device {cfg.device['id']}")
@@ -502,7 +617,9 @@ def deliver(cfg: configuration.Config, until_idle: bool, as_json: bool) -> None:
 
 
 @main.command("outbox")
-@click.option("--limit", type=int, default=20, show_default=True, help="How many receipts to list.")
+@click.option(
+    "--limit", type=click.IntRange(1, 100_000), default=20, show_default=True, help="How many to list."
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
 @click.pass_obj
 def outbox_command(cfg: configuration.Config, limit: int, as_json: bool) -> None:
@@ -525,11 +642,11 @@ def outbox_command(cfg: configuration.Config, limit: int, as_json: bool) -> None
         ]
         return "\n".join(lines)
 
-    _emit(_with_box(cfg, lambda box: box.outbox(limit)), as_json, text)
+    _emit(_with_box(cfg, lambda box: box.outbox(limit), read_only=True), as_json, text)
 
 
 @main.command("day-files")
-@click.argument("day_no", type=int)
+@click.argument("day_no", type=NUMBER)
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
 @click.pass_obj
@@ -537,7 +654,7 @@ def day_files_command(cfg: configuration.Config, day_no: int, out_dir: str, as_j
     """Write day DAY_NO's SubmitFile files (header, receipts as signed, the signed close in the last one) to
     OUT_DIR, for upload in the ZIMRA self-service portal. The day must have its close signed."""
     try:
-        files = _with_box(cfg, lambda box: box.day_files(day_no))
+        files = _with_box(cfg, lambda box: box.day_files(day_no), read_only=True)
     except FiscalError as error:
         _fail(error)
     where = Path(out_dir)

@@ -137,8 +137,10 @@ def walk_receipts(
     keys: KeyRing | None = None,
     progress: Progress | None = None,
     total: int = 0,
+    last: int | None = None,
 ) -> Walk:
-    """Check every receipt after `start`; returns where the walk ended, with the counters it recomputed."""
+    """Check every receipt after `start` (up to `last`); returns where the walk ended, with the counters it
+    recomputed."""
     last_no, last_link, last_day, last_counter, day_hash = (
         start.global_no,
         start.link,
@@ -148,7 +150,8 @@ def walk_receipts(
     )
     counters = start.counters
     rows = journal.db.execute(
-        f"SELECT {RECEIPT_COLUMNS} FROM receipts WHERE global_no > ? ORDER BY global_no", (start.global_no,)
+        f"SELECT {RECEIPT_COLUMNS} FROM receipts WHERE global_no > ? AND global_no <= ? ORDER BY global_no",
+        (start.global_no, (1 << 63) - 1 if last is None else last),
     )
     checked = 0
     for row in rows:
@@ -675,9 +678,11 @@ def _close_requests(
     device_id: int,
     keys: KeyRing,
     counters: dict[int, dict[CounterKey, int]],
+    days: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Every signed CloseDay request must carry the day's recomputed counters and a valid signature."""
-    for day in journal.days():
+    """Every signed CloseDay request (of `days`, or of every day) must carry the day's counters as
+    recomputed and a valid signature."""
+    for day in journal.days() if days is None else days:
         if day["close_request"] is None:
             if day["close_signature"] is not None:
                 found.add(
@@ -762,6 +767,7 @@ def boot_check(journal: Journal, public_key: Any, device_id: int) -> dict[str, A
                     )
                 start.counters = {checkpoint.day_no: dict(checkpoint.counters)}
                 audit_seq, audit_link = checkpoint.audit_seq, checkpoint.audit_link
+            _awaiting_fdms(found, journal, device_id, keys, start.global_no)
             end = walk_receipts(journal, device_id, start, found)
             for day_no, counters in end.counters.items():
                 if day_no:
@@ -773,6 +779,27 @@ def boot_check(journal: Journal, public_key: Any, device_id: int) -> dict[str, A
     except Exception as error:  # a damaged file can fail in ways no check foresaw; that is a finding too
         found.add("BOX_JOURNAL_CORRUPT", f"The journal could not be read: {error}.", field="file")
     return {"clean": not found.items, "problems": found.items}
+
+
+def _awaiting_fdms(
+    found: Findings, journal: Journal, device_id: int, keys: KeyRing, checked_from: int
+) -> None:
+    """What the box will read back and send before FDMS confirms it, checked at boot however old: the
+    receipts still waiting in the outbox from before the last checkpoint (the walk covers those after it),
+    and the signed close requests of days FDMS has not closed."""
+    pending = journal.next_pending()
+    if pending is not None and pending["global_no"] <= checked_from:
+        first = pending["global_no"]
+        before = journal.receipt(first - 1) if first > 1 else None
+        start = (
+            Walk()
+            if before is None
+            else Walk(first - 1, before["link"], before["day_no"], before["counter"], before["hash"])
+        )
+        walk_receipts(journal, device_id, start, found, last=checked_from)
+    closing = [day for day in journal.unfinished_days() if day["close_request"] is not None]
+    stored = {day["day_no"]: journal.counters(day["day_no"]) for day in closing}
+    _close_requests(found, journal, device_id, keys, stored, closing)
 
 
 def full_audit(

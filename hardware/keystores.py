@@ -297,6 +297,7 @@ class FileKeyStore:
     """
 
     KEY_FILE = "device-key.pem"
+    PUBLIC_FILE = "device-key.pub"  # the key's public half in the clear, for commands that only read
     CERT_FILE = "device-cert.pem"
     POINTER_FILE = "current"
     RENEWAL_FILE = "renewal-key.pem"
@@ -330,6 +331,25 @@ class FileKeyStore:
                 "and restart the box.",
             )
         return cls(directory, passphrase.encode("utf-8"))
+
+    @classmethod
+    def public_only(cls, directory: str | os.PathLike[str]) -> PublicKeys:
+        """The key in force's public half and its certificate, read without the passphrase: what a command
+        that only reads (status, audit) needs to check the journal's signatures."""
+        store = Path(directory)
+        name = cls._pointer_name(store)
+        folder = store if name is None else store / name
+        certificate = None
+        with contextlib.suppress(OSError):
+            certificate = (folder / cls.CERT_FILE).read_bytes()
+        public = None
+        with contextlib.suppress(OSError):
+            public = (folder / cls.PUBLIC_FILE).read_bytes()
+        if public is None and certificate is not None:
+            with contextlib.suppress(ValueError):
+                cert = x509.load_pem_x509_certificate(certificate)
+                public = _spki_pem(_spki_der(cert.public_key()))
+        return PublicKeys(public, certificate)
 
     @property
     def key_path(self) -> Path:
@@ -490,6 +510,7 @@ class FileKeyStore:
         except OSError as exc:
             raise _storage_error("Creating a key folder", exc) from exc
         _write_atomically(folder / self.KEY_FILE, key.encrypted_pem, 0o600)
+        _write_atomically(folder / self.PUBLIC_FILE, _spki_pem(key.spki), 0o644)
         if certificate is not None:
             _write_atomically(folder / self.CERT_FILE, certificate, 0o644)
         # The commit point. If this raises after the rename (a failed fsync), the files of both keys are
@@ -518,7 +539,11 @@ class FileKeyStore:
         self._pending = self._load_renewal_key()
 
     def _read_pointer(self) -> str | None:
-        path = self._directory / self.POINTER_FILE
+        return self._pointer_name(self._directory)
+
+    @classmethod
+    def _pointer_name(cls, directory: Path) -> str | None:
+        path = directory / cls.POINTER_FILE
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -633,6 +658,47 @@ class FileKeyStore:
                 _fsync_directory(self._directory)
             return None
         return key
+
+
+class PublicKeys:
+    """The public half of a key store, for a box opened only to read: it can check signatures, never make
+    one."""
+
+    def __init__(self, public_key_pem: bytes | None, certificate_pem: bytes | None) -> None:
+        self._public = public_key_pem
+        self._certificate = certificate_pem
+        key = None
+        if public_key_pem is not None:
+            with contextlib.suppress(ValueError):
+                key = serialization.load_pem_public_key(public_key_pem)
+        self._algorithm = None if key is None else _algorithm_of(key)
+
+    @property
+    def algorithm(self) -> str | None:
+        return self._algorithm
+
+    @property
+    def pending_algorithm(self) -> str | None:
+        return None
+
+    def public_key_pem(self) -> bytes:
+        if self._public is None or self._algorithm is None:
+            raise _key_missing()
+        return self._public
+
+    def certificate_pem(self) -> bytes | None:
+        return self._certificate
+
+    def _read_only(self, *_: Any, **__: Any) -> Any:
+        raise FiscalError(
+            "BOX_READ_ONLY", "This command only reads: it cannot sign or change the device key."
+        )
+
+    sign = generate = certificate_request = install_certificate = _read_only
+    begin_renewal = renewal_request = cancel_renewal = _read_only
+
+    def close(self) -> None:
+        """Nothing to release."""
 
 
 # --- PKCS#11 token ------------------------------------------------------------------------------------------

@@ -166,7 +166,7 @@ class Demo:
         assert device is not None
         self.device = device
         self.store = FileKeyStore(OUT / "keys", passphrase.encode())
-        self.journal = Journal(OUT / "journal.db")
+        self.journal = Journal(OUT / "journal.db", create=True)
         self.client = FdmsClient(
             sim.url, DEVICE_ID, "fiscalbox", "1.0", ca_file=str(sim.ca_cert_path), clock=clock
         )

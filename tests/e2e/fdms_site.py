@@ -39,7 +39,7 @@ class Site:
         client = FdmsClient(
             self.sim.url, device_id, "fiscalbox", "1.0", ca_file=str(self.sim.ca_cert_path), clock=self.clock
         )
-        journal = Journal(where / "journal.db")
+        journal = Journal(where / "journal.db", create=True)
         self.journals.append(journal)
         box = Box(journal, keys, self.clock, fdms_client=client)
         if register:

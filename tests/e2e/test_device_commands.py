@@ -98,7 +98,7 @@ def test_an_offline_box_writes_its_day_files_and_delivers_them(tmp_path: Path, s
     path = box_config(tmp_path, sim, 10004)
     assert run(path, "register", activation_key=sim.activation_keys[10004]).exit_code == 0
     early = run(path, "day-files", "1", str(tmp_path / "upload"))
-    assert early.exit_code == 2 and "BOX_DAY_NOT_CLOSED" in early.output
+    assert early.exit_code == 2 and "BOX_NO_DAY" in early.output
     shop_day(path, 10004, 3)
     written = run(path, "day-files", "1", str(tmp_path / "upload"), "--json")
     assert written.exit_code == 0, written.output

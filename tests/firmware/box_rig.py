@@ -86,7 +86,7 @@ class Rig:
     def box(self, **options: Any) -> Box:
         if self.journal is not None:
             self.journal.close()
-        self.journal = Journal(self.journal_path)
+        self.journal = Journal(self.journal_path, create=True)
         return Box(self.journal, self.keys, self.clock, **options)
 
     def close(self) -> None:

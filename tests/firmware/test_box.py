@@ -214,7 +214,7 @@ def test_reopening_keeps_everything_and_the_boot_check_is_clean(rig: Rig, box: B
 
 
 def test_journal_runs_in_wal_with_synchronous_full(rig: Rig) -> None:
-    journal = Journal(rig.journal_path)
+    journal = Journal(rig.journal_path, create=True)
     try:
         assert journal.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert journal.db.execute("PRAGMA synchronous").fetchone()[0] == 2
@@ -224,7 +224,7 @@ def test_journal_runs_in_wal_with_synchronous_full(rig: Rig) -> None:
 
 
 def test_a_journal_from_newer_firmware_is_refused_untouched(rig: Rig) -> None:
-    journal = Journal(rig.journal_path)
+    journal = Journal(rig.journal_path, create=True)
     journal.db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
     journal.close()
     with pytest.raises(FiscalError) as refused:

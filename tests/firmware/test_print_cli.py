@@ -32,7 +32,7 @@ def make_box(tmp_path: Path) -> None:
     keys = FileKeyStore(tmp_path / "keys", PASS.encode())
     keys.generate(ECDSA_P256)
     clock = StepClock()
-    with Journal(tmp_path / "journal.db") as journal:
+    with Journal(tmp_path / "journal.db", create=True) as journal:
         box = Box(journal, keys, clock)
         box.provision(SETTINGS)
         box.open_day()

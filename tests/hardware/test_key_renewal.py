@@ -360,7 +360,12 @@ def test_a_store_in_the_old_layout_opens_unchanged_and_renews(tmp_path: Path) ->
     assert FileKeyStore(directory, PASSPHRASE).pending_algorithm == ECDSA_P256
     new_certificate = certify(new_public)
     store.install_certificate(new_certificate)
-    assert files(directory) == ["current", "gen-1/device-cert.pem", "gen-1/device-key.pem"]
+    assert files(directory) == [
+        "current",
+        "gen-1/device-cert.pem",
+        "gen-1/device-key.pem",
+        "gen-1/device-key.pub",
+    ]
     assert store.key_path == directory / "gen-1" / "device-key.pem"
     tls_loads(store)
     reopened = FileKeyStore(directory, PASSPHRASE)
@@ -375,7 +380,11 @@ def test_damaged_pointer_is_refused_not_guessed(tmp_path: Path) -> None:
     assert fiscal_error(lambda: FileKeyStore(tmp_path, PASSPHRASE)).code == "BOX_KEY_UNREADABLE"
     (tmp_path / "current").write_bytes(b"../elsewhere\n")
     assert fiscal_error(lambda: FileKeyStore(tmp_path, PASSPHRASE)).code == "BOX_KEY_UNREADABLE"
-    assert files(tmp_path) == ["current", "gen-1/device-key.pem"]  # nothing removed on a refusal
+    assert files(tmp_path) == [
+        "current",
+        "gen-1/device-key.pem",
+        "gen-1/device-key.pub",
+    ]  # nothing removed on a refusal
 
 
 FILE_OPERATIONS = ("mkdir", "replace", "fsync", "unlink", "rmdir")
@@ -422,10 +431,10 @@ def test_file_switch_leaves_a_matching_pair_whatever_step_the_power_is_cut_at(
     else:
         store, old_certificate = started(lambda: FileKeyStore(base, PASSPHRASE))
         old_public = store.public_key_pem()
-        old_files = ["current", "gen-1/device-cert.pem", "gen-1/device-key.pem"]
+        old_files = ["current", "gen-1/device-cert.pem", "gen-1/device-key.pem", "gen-1/device-key.pub"]
     new_public = FileKeyStore(base, PASSPHRASE).begin_renewal(ECDSA_P256)
     new_certificate = certify(new_public)
-    new_files = ["current", "gen-N/device-cert.pem", "gen-N/device-key.pem"]
+    new_files = ["current", "gen-N/device-cert.pem", "gen-N/device-key.pem", "gen-N/device-key.pub"]
 
     outcomes = []
     for k in range(1, 100):
@@ -490,6 +499,7 @@ def test_file_switch_failing_at_one_step_leaves_the_box_working(tmp_path: Path) 
             "current",
             "gen-N/device-cert.pem",
             "gen-N/device-key.pem",
+            "gen-N/device-key.pub",
         ]
         if faults.calls < k:
             break

@@ -364,11 +364,16 @@ def test_key_file_is_owner_only_encrypted_and_written_whole(tmp_path: Path, algo
         )
         == store.public_key_pem()
     )
-    assert files(directory) == ["current", "gen-1/device-key.pem"]
+    assert files(directory) == ["current", "gen-1/device-key.pem", "gen-1/device-key.pub"]
     assert stat.S_IMODE((directory / "gen-1").stat().st_mode) == 0o700
 
     store.install_certificate(certificate_for(store))
-    assert files(directory) == ["current", "gen-1/device-cert.pem", "gen-1/device-key.pem"]
+    assert files(directory) == [
+        "current",
+        "gen-1/device-cert.pem",
+        "gen-1/device-key.pem",
+        "gen-1/device-key.pub",
+    ]
     assert store.certificate_path.read_bytes() == store.certificate_pem()
 
 
@@ -503,7 +508,12 @@ def test_encrypted_key_file_serves_mutual_tls_as_it_is(tmp_path: Path, algorithm
     assert seen["peer"] == x509.load_pem_x509_certificate(device_certificate).public_bytes(
         serialization.Encoding.DER
     )
-    assert files(tmp_path / "keys") == ["current", "gen-1/device-cert.pem", "gen-1/device-key.pem"]
+    assert files(tmp_path / "keys") == [
+        "current",
+        "gen-1/device-cert.pem",
+        "gen-1/device-key.pem",
+        "gen-1/device-key.pub",
+    ]
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)

@@ -480,7 +480,7 @@ class CutWorkload:
 
         for life in (1, 2):
             ledger.stage = f"open journal (life {life})"
-            journal = Journal(path, vfs=vfs.vfs_name, synchronous=sync)
+            journal = Journal(path, vfs=vfs.vfs_name, synchronous=sync, create=True)
             try:
                 journal.db.wal_autocheckpoint(self.autocheckpoint)
                 ledger.stage = f"boot (life {life})"
@@ -515,6 +515,8 @@ class CutWorkload:
                 ledger.stage = "close journal (life 2)"
                 journal.close()
             finally:
+                with suppress(Exception):  # the power is gone: the process's lock on the journal goes too
+                    journal.close()
                 close_leftovers(path.parent)
         ledger.stage = "done"
 
@@ -665,7 +667,7 @@ def child_main(directory: Path, life: int, seed: int) -> int:
         os.write(1, (" ".join(str(word) for word in words) + "\n").encode())
 
     keys = FileKeyStore(directory / "keys", PASSPHRASE)
-    journal = Journal(directory / "journal.db")
+    journal = Journal(directory / "journal.db", create=True)
     clock = TickClock(resume_time(journal))
     say("booting")
     box = Box(journal, keys, clock)

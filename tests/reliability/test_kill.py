@@ -53,7 +53,7 @@ def test_kill_checks_catch_a_lost_a_changed_and_a_renumbered_receipt(tmp_path: P
     """The checks run after each kill fail on a journal that lost, altered or renumbered a receipt."""
     directory = tmp_path / "box"
     keys = open_keys(directory / "keys")
-    journal = Journal(directory / "journal.db")
+    journal = Journal(directory / "journal.db", create=True)
     box = Box(journal, keys, TickClock(resume_time(journal)))
     box.provision(SETTINGS)
     box.open_day()

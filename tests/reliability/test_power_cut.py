@@ -100,7 +100,7 @@ def test_normal_is_caught_losing_acknowledged_receipts(tmp_path: Path, keys: Fil
 
 def test_audit_is_clean_before_the_first_day(tmp_path: Path, keys: FileKeyStore) -> None:
     """A box provisioned but cut before opening its first day must audit clean: nothing is wrong with it."""
-    journal = Journal(tmp_path / "journal.db")
+    journal = Journal(tmp_path / "journal.db", create=True)
     try:
         box = Box(journal, keys, StepClock())
         box.provision(SETTINGS)
