@@ -6,11 +6,14 @@ itself could not be used (one line on stderr names the field). `--json` prints o
 
 from __future__ import annotations
 
+import binascii
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -25,18 +28,117 @@ from host_tools import journal_file
 PASSPHRASE_ENV = "FISCALBOX_KEY_PASSPHRASE"
 
 
-def _fail(error: FiscalError) -> None:
+def _fail(error: FiscalError) -> NoReturn:
     where = f"{error.field}: " if error.field else ""
     click.echo(f"error {error.code}: {where}{error.message}", err=True)
     sys.exit(2)
 
 
+@contextmanager
+def _one_line_usage() -> Iterator[None]:
+    """Click's own refusals (a missing option, a value of the wrong type) as one `error` line too."""
+    try:
+        yield
+    except click.exceptions.NoArgsIsHelpError:
+        raise  # a bare group: its help is the answer
+    except click.MissingParameter as error:
+        _fail(FiscalError("BOX_USAGE", f"{error.format_message()} See --help."))
+    except click.BadParameter as error:
+        _fail(FiscalError(getattr(error, "code", "BOX_BAD_OPTION"), error.format_message()))
+    except click.UsageError as error:
+        _fail(FiscalError("BOX_USAGE", f"{error.format_message()} See --help."))
+
+
+class _Command(click.Command):
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        with _one_line_usage():
+            return super().make_context(*args, **kwargs)
+
+
+class _Group(click.Group, _Command):
+    command_class = _Command
+    group_class = type  # subgroups are _Group too
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        with _one_line_usage():
+            return super().resolve_command(ctx, args)
+
+
+class _Choice(click.ParamType):
+    """An option value checked by `check`, which returns it converted, or None: then `rule` is the error."""
+
+    def __init__(self, name: str, rule: str, check: Any, code: str = "BOX_BAD_OPTION") -> None:
+        self.name = name
+        self.rule = rule
+        self.check = check
+        self.code = code
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        converted = self.check(value) if isinstance(value, str) else value
+        if converted is None:
+            error = click.BadParameter(f"{value[:60]!r}: {self.rule}", ctx, param)
+            error.code = self.code  # type: ignore[attr-defined]
+            raise error
+        return converted
+
+
+def _positive(digits: int) -> Any:
+    def check(text: str) -> int | None:
+        text = text.strip()
+        return int(text) if text.isdigit() and text.isascii() and len(text) <= digits and int(text) else None
+
+    return check
+
+
+def _base64(length: int | None) -> Any:
+    """Standard base64 as FDMS writes it (no line breaks, padding kept), of `length` bytes if given."""
+
+    def check(text: str) -> str | None:
+        try:
+            data = binascii.a2b_base64(text, strict_mode=True)
+        except (binascii.Error, ValueError):
+            return None
+        return text if data and fdms.b64(data) == text and length in (None, len(data)) else None
+
+    return check
+
+
+def _url(text: str) -> str | None:
+    return text if text.startswith(("https://", "http://")) and len(text.split()) == 1 else None
+
+
+def _day_date(text: str) -> str | None:
+    try:
+        return explaining.check_day_date(text)
+    except FiscalError:
+        return None
+
+
+DEVICE_ID = _Choice(
+    "id", "the FDMS device ID is a positive whole number of at most 10 digits.", _positive(10)
+)
+DAY_NO = _Choice("number", "the fiscal day number is a positive whole number.", _positive(18))
+HASH = _Choice("base64", "a hash is 44 characters of base64 (SHA-256), as FDMS gives it.", _base64(32))
+SIGNATURE = _Choice("base64", "a signature is base64, as FDMS gives it.", _base64(None))
+URL = _Choice("url", "give the qrUrl from GetConfig, starting https://.", _url)
+DAY_DATE = _Choice(
+    "date",
+    "give the date the day was OPENED, a real date written YYYY-MM-DD (e.g. 2026-12-04), without a time.",
+    _day_date,
+    "BOX_BAD_DATE",
+)
+
+
 def _read(file: str) -> Any:
     if file == "-":
-        return explaining.load_json(sys.stdin.read(), "standard input")
+        try:
+            text = sys.stdin.buffer.read().decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise FiscalError("BOX_BAD_JSON", "Standard input is not UTF-8 text.") from None
+        return explaining.load_json(text, "standard input")
     path = Path(file)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark, as Windows editors write, is fine
     except OSError as error:
         raise FiscalError("BOX_FILE", f"Cannot read {file}: {error.strerror}.") from None
     except UnicodeDecodeError:
@@ -53,7 +155,8 @@ def _read_key(path: str | None, private: bool) -> Any:
         raise FiscalError("BOX_FILE", f"Cannot read {path}: {error.strerror}.", "key") from None
     if private:
         passphrase = os.environ.get(PASSPHRASE_ENV)
-        return signatures.load_private_key(pem, passphrase.encode() if passphrase else None)
+        encrypted = b"ENCRYPTED" in pem  # a passphrase set for another key must not refuse a plain one
+        return signatures.load_private_key(pem, passphrase.encode() if passphrase and encrypted else None)
     try:
         return signatures.load_public_key(pem)
     except (ValueError, FiscalError):
@@ -125,7 +228,7 @@ def _print_report(report: dict[str, Any]) -> None:
             console.print(f"[bold]{label}:[/bold] {report[key]}", markup=True)
 
 
-@click.group()
+@click.group(cls=_Group)
 def main() -> None:
     """fiscalbox: provision, operate and inspect a fiscal box."""
 
@@ -137,14 +240,27 @@ def explain() -> None:
 
 @explain.command("receipt")
 @click.argument("file")
-@click.option("--device-id", type=int, required=True, help="The FDMS device ID that signs the receipt.")
+@click.option("--device-id", type=DEVICE_ID, required=True, help="The FDMS device ID that signs the receipt.")
 @click.option(
-    "--previous-hash", help="Base64 hash of the previous receipt of the same day (omit for the first)."
+    "--previous-hash",
+    type=HASH,
+    help="Base64 hash of the previous receipt of the same day (omit for the first).",
 )
 @click.option("--key", "key_path", help=f"Private key PEM to sign with (passphrase from ${PASSPHRASE_ENV}).")
 @click.option("--cert", "cert_path", help="Certificate or public key PEM to verify the receipt's signature.")
-@click.option("--signature", help="Base64 device signature, for the QR URL and verification code.")
-@click.option("--qr-url", default=explaining.DEFAULT_QR_URL, show_default=True, help="qrUrl from GetConfig.")
+@click.option(
+    "--signature", type=SIGNATURE, help="Base64 device signature, for the QR URL and verification code."
+)
+@click.option(
+    "--config",
+    "config_path",
+    help="The device's GetConfig answer (JSON): checks tax IDs and percents against its applicableTaxes.",
+)
+@click.option(
+    "--qr-url",
+    type=URL,
+    help=f"qrUrl from GetConfig [default: the --config one, or {explaining.DEFAULT_QR_URL}].",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
 def explain_receipt(
     file: str,
@@ -153,11 +269,13 @@ def explain_receipt(
     key_path: str | None,
     cert_path: str | None,
     signature: str | None,
-    qr_url: str,
+    config_path: str | None,
+    qr_url: str | None,
     as_json: bool,
 ) -> None:
     """FILE (or - for standard input): a SubmitReceipt body or a bare receipt."""
     try:
+        config = None if config_path is None else explaining.load_config(_read(config_path))
         report = explaining.explain_receipt(
             _read(file),
             device_id,
@@ -165,7 +283,8 @@ def explain_receipt(
             _read_key(key_path, True),
             _read_key(cert_path, False),
             signature,
-            qr_url,
+            qr_url or (config and config["qr_url"]) or explaining.DEFAULT_QR_URL,
+            config,
         )
     except FiscalError as error:
         _fail(error)
@@ -174,9 +293,9 @@ def explain_receipt(
 
 @explain.command("day")
 @click.argument("file")
-@click.option("--device-id", type=int, required=True, help="The FDMS device ID.")
-@click.option("--day-no", type=int, help="The fiscal day number (default: fiscalDayNo in FILE).")
-@click.option("--day-date", required=True, help="The date the day was OPENED, YYYY-MM-DD.")
+@click.option("--device-id", type=DEVICE_ID, required=True, help="The FDMS device ID.")
+@click.option("--day-no", type=DAY_NO, help="The fiscal day number (default: fiscalDayNo in FILE).")
+@click.option("--day-date", type=DAY_DATE, required=True, help="The date the day was OPENED, YYYY-MM-DD.")
 @click.option("--key", "key_path", help=f"Private key PEM to sign with (passphrase from ${PASSPHRASE_ENV}).")
 @click.option("--cert", "cert_path", help="Certificate or public key PEM to verify the day signature.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
@@ -214,7 +333,7 @@ def journal_verify(file: str, cert_path: str, as_json: bool) -> None:
         report = journal_file.verify_export(_read(file), _read_key(cert_path, False))
     except FiscalError as error:
         _fail(error)
-    except (KeyError, TypeError, ValueError) as error:
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
         _fail(FiscalError("BOX_EXPORT_FORMAT", f"The file is missing or mangles a member ({error}).", "file"))
     if as_json:
         click.echo(json.dumps(report, indent=2))
