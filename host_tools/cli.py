@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from firmware.core import fdms
 from firmware.core.errors import FiscalError
@@ -172,6 +173,11 @@ def _show(report: dict[str, Any], as_json: bool) -> None:
     sys.exit(1 if red else 0)
 
 
+def _plain_row(table: Table, *cells: Any) -> None:
+    """A row of the sender's own text: a tax code such as "[/]" is shown, never read as rich markup."""
+    table.add_row(*(Text(str(cell)) for cell in cells))
+
+
 def _print_report(report: dict[str, Any]) -> None:
     console = Console(highlight=False, soft_wrap=True)
     if not console.is_terminal:
@@ -183,8 +189,9 @@ def _print_report(report: dict[str, Any]) -> None:
             "taxID", "code", "percent", "tax", "with tax", "token", title="Tax lines, in signing order"
         )
         for tax in report["receiptTaxes"]:
-            table.add_row(
-                str(tax["taxID"]),
+            _plain_row(
+                table,
+                tax["taxID"],
                 tax["taxCode"] or "",
                 tax["taxPercent"] or "exempt",
                 tax["taxAmount"],
@@ -201,8 +208,8 @@ def _print_report(report: dict[str, Any]) -> None:
         for counter in report["counters"]:
             sub = counter["moneyType"] or str(counter["taxID"])
             percent = counter["taxPercent"] or ("" if counter["moneyType"] else "exempt")
-            table.add_row(
-                counter["type"], counter["currency"], sub, percent, counter["value"], counter["token"]
+            _plain_row(
+                table, counter["type"], counter["currency"], sub, percent, counter["value"], counter["token"]
             )
     console.print(report["string"], markup=False)
     console.print(f"[bold]SHA-256 (base64):[/bold] {report['hash']}")
@@ -211,7 +218,9 @@ def _print_report(report: dict[str, Any]) -> None:
         findings = Table("code", "colour", "field", "what is wrong", title="Findings")
         for f in report["findings"]:
             colour = {"Red": "red", "Yellow": "yellow", "Grey": "grey50"}.get(f["colour"], "white")
-            findings.add_row(f["code"], f"[{colour}]{f['colour']}[/{colour}]", f["field"] or "", f["message"])
+            findings.add_row(
+                Text(f["code"]), Text(f["colour"], style=colour), Text(f["field"] or ""), Text(f["message"])
+            )
         console.print(findings)
     else:
         console.print("[green]No findings: FDMS's rules that the box can judge alone all pass.[/green]")
@@ -225,7 +234,7 @@ def _print_report(report: dict[str, Any]) -> None:
         ("verification_code", "Verification code"),
     ):
         if key in report:
-            console.print(f"[bold]{label}:[/bold] {report[key]}", markup=True)
+            console.print(Text.assemble((f"{label}: ", "bold"), report[key]))
 
 
 @click.group(cls=_Group)

@@ -460,3 +460,18 @@ def test_a_counter_sent_twice_is_red(tmp_path):
         ("BOX_COUNTER_TWICE", "Red", "fiscalDayCounters[2]")
     ]
     assert "fiscalDayCounters[1]" in json.loads(result.stdout)["findings"][0]["message"]
+
+
+def test_the_senders_text_is_shown_as_sent_never_read_as_markup(tmp_path):
+    lines = [dict(line, taxCode="[/]") for line in SPEC["receipt"]["receiptLines"]]
+    signed = {"hash": "[/bold]", "signature": "YWJj"}
+    file = write(tmp_path, "r.json", dict(SPEC["receipt"], receiptLines=lines, receiptDeviceSignature=signed))
+    result = run(["explain", "receipt", file, "--device-id", "321", "--qr-url", "https://[red]"])
+    assert result.exit_code == 1, result.output  # the hash is wrong: RCPT020
+    assert "[/]15.0045000345000" in result.stdout and "receiptDeviceSignature is [/bold]," in result.stdout
+    assert "QR URL: https://[red]/" in result.stdout
+    counter = {"fiscalCounterType": "SaleByTax", "fiscalCounterCurrency": "[/]", "fiscalCounterTaxID": 1}
+    day = write(tmp_path, "d.json", [dict(counter, fiscalCounterValue="1.00")])
+    result = run(["explain", "day", day, "--device-id", "1", "--day-no", "1", "--day-date", "2026-01-01"])
+    assert result.exit_code == 0, result.output
+    assert "SALEBYTAX[/]100" in result.stdout
