@@ -255,14 +255,25 @@ def explain() -> None:
     type=HASH,
     help="Base64 hash of the previous receipt of the same day (omit for the first).",
 )
-@click.option("--key", "key_path", help=f"Private key PEM to sign with (passphrase from ${PASSPHRASE_ENV}).")
-@click.option("--cert", "cert_path", help="Certificate or public key PEM to verify the receipt's signature.")
+@click.option(
+    "--key",
+    "key_path",
+    metavar="PEM",
+    help=f"Private key PEM to sign with (passphrase from ${PASSPHRASE_ENV}).",
+)
+@click.option(
+    "--cert",
+    "cert_path",
+    metavar="PEM",
+    help="Certificate or public key PEM to verify the receipt's signature.",
+)
 @click.option(
     "--signature", type=SIGNATURE, help="Base64 device signature, for the QR URL and verification code."
 )
 @click.option(
     "--config",
     "config_path",
+    metavar="FILE",
     help="The device's GetConfig answer (JSON): checks tax IDs and percents against its applicableTaxes.",
 )
 @click.option(
@@ -305,8 +316,15 @@ def explain_receipt(
 @click.option("--device-id", type=DEVICE_ID, required=True, help="The FDMS device ID.")
 @click.option("--day-no", type=DAY_NO, help="The fiscal day number (default: fiscalDayNo in FILE).")
 @click.option("--day-date", type=DAY_DATE, required=True, help="The date the day was OPENED, YYYY-MM-DD.")
-@click.option("--key", "key_path", help=f"Private key PEM to sign with (passphrase from ${PASSPHRASE_ENV}).")
-@click.option("--cert", "cert_path", help="Certificate or public key PEM to verify the day signature.")
+@click.option(
+    "--key",
+    "key_path",
+    metavar="PEM",
+    help=f"Private key PEM to sign with (passphrase from ${PASSPHRASE_ENV}).",
+)
+@click.option(
+    "--cert", "cert_path", metavar="PEM", help="Certificate or public key PEM to verify the day signature."
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
 def explain_day(
     file: str,
@@ -334,7 +352,9 @@ def journal() -> None:
 
 @journal.command("verify")
 @click.argument("file")
-@click.option("--cert", "cert_path", required=True, help="The device's certificate or public key PEM.")
+@click.option(
+    "--cert", "cert_path", metavar="PEM", required=True, help="The device's certificate or public key PEM."
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
 def journal_verify(file: str, cert_path: str, as_json: bool) -> None:
     """Check a journal export (`fiscalbox-device export`): exit 0 clean, 1 problems found, 2 bad input."""
