@@ -91,10 +91,12 @@ def _positive(digits: int) -> Any:
     return check
 
 
-def _base64(length: int | None) -> Any:
+def _base64(length: int | None, empty: bool = False) -> Any:
     """Standard base64 as FDMS writes it (no line breaks, padding kept), of `length` bytes if given."""
 
     def check(text: str) -> str | None:
+        if empty and text == "":
+            return text
         try:
             data = binascii.a2b_base64(text, strict_mode=True)
         except (binascii.Error, ValueError):
@@ -119,7 +121,7 @@ DEVICE_ID = _Choice(
     "id", "the FDMS device ID is a positive whole number of at most 10 digits.", _positive(10)
 )
 DAY_NO = _Choice("number", "the fiscal day number is a positive whole number.", _positive(18))
-HASH = _Choice("base64", "a hash is 44 characters of base64 (SHA-256), as FDMS gives it.", _base64(32))
+HASH = _Choice("base64", "a hash is 44 characters of base64 (SHA-256), as FDMS gives it.", _base64(32, True))
 SIGNATURE = _Choice("base64", "a signature is base64, as FDMS gives it.", _base64(None))
 URL = _Choice("url", "give the qrUrl from GetConfig, starting https://.", _url)
 DAY_DATE = _Choice(
@@ -253,7 +255,7 @@ def explain() -> None:
 @click.option(
     "--previous-hash",
     type=HASH,
-    help="Base64 hash of the previous receipt of the same day (omit for the first).",
+    help="Base64 hash of the previous receipt of the same day (omit, or give '', for the first).",
 )
 @click.option(
     "--key",
@@ -299,7 +301,7 @@ def explain_receipt(
         report = explaining.explain_receipt(
             _read(file),
             device_id,
-            previous_hash,
+            previous_hash or None,
             _read_key(key_path, True),
             _read_key(cert_path, False),
             signature,
