@@ -6,7 +6,6 @@ itself could not be used (one line on stderr names the field). `--json` prints o
 
 from __future__ import annotations
 
-import binascii
 import json
 import os
 import sys
@@ -98,10 +97,10 @@ def _base64(length: int | None, empty: bool = False) -> Any:
         if empty and text == "":
             return text
         try:
-            data = binascii.a2b_base64(text, strict_mode=True)
-        except (binascii.Error, ValueError):
+            data = explaining.strict_unb64(text, "option")
+        except FiscalError:
             return None
-        return text if data and fdms.b64(data) == text and length in (None, len(data)) else None
+        return text if length in (None, len(data)) else None
 
     return check
 

@@ -7,6 +7,7 @@ Each function takes parsed JSON and returns a plain report dict; `host_tools.cli
 
 from __future__ import annotations
 
+import binascii
 import json
 from typing import Any
 
@@ -93,6 +94,19 @@ def check_day_date(text: str, field: str = "day_date") -> str:
     return text
 
 
+def strict_unb64(text: Any, field: str) -> bytes:
+    """Base64 exactly as FDMS writes it; the core's decoder (for the box's own text) skips stray bytes."""
+    try:
+        data = binascii.a2b_base64(text, strict_mode=True) if isinstance(text, str) else b""
+    except (binascii.Error, ValueError):
+        data = b""
+    if not data or fdms.b64(data) != text:
+        raise FiscalError(
+            "BOX_BAD_BASE64", "This is not base64 as FDMS writes it (A-Z a-z 0-9 + / =).", field
+        )
+    return data
+
+
 def receipt_of(body: Any) -> Any:
     """A SubmitReceipt body's receipt, its member named in any case as FDMS reads JSON names; else the body.
 
@@ -177,9 +191,10 @@ def explain_receipt(
                 "receiptDeviceSignature.hash",
             )
         )
+    field = "signature"
     if signature_b64 is None and sent:
-        signature_b64 = sent["signature"]
-    signature = fdms.unb64(signature_b64, "signature") if signature_b64 else None
+        signature_b64, field = sent["signature"], "receiptDeviceSignature.signature"
+    signature = strict_unb64(signature_b64, field) if signature_b64 else None
     if private_key is not None:
         made = signatures.sign(private_key, text.encode())
         if signature is None:
@@ -281,7 +296,7 @@ def explain_day(
                 )
             )
         if sent_signature.get("signature"):
-            signature = fdms.unb64(sent_signature["signature"], "fiscalDayDeviceSignature.signature")
+            signature = strict_unb64(sent_signature["signature"], "fiscalDayDeviceSignature.signature")
     if private_key is not None:
         _signature_checks(text, signature, private_key.public_key(), report, "BadCertificateSignature")
         report["signature"] = fdms.b64(signatures.sign(private_key, text.encode()))

@@ -265,3 +265,17 @@ def test_an_unreadable_receipt_body_is_a_problem_found(tmp_path, cert, body):
     result = CliRunner().invoke(main, ["journal", "verify", str(path), "--cert", cert, "--json"])
     assert result.exit_code == 1, result.output
     assert "BOX_TAMPER_BODY" in [p["code"] for p in json.loads(result.stdout)["problems"]]
+
+
+def test_a_signature_in_the_json_that_is_not_base64_is_named(tmp_path):
+    """The lenient decoder skipped the stray characters and showed the QR of other bytes."""
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(dict(RECEIPT, receiptDeviceSignature={"hash": "x", "signature": "YW!Jj"})))
+    assert "receiptDeviceSignature.signature: " in refused(
+        ["explain", "receipt", str(path), "--device-id", "321"], "BOX_BAD_BASE64"
+    )
+    day = {"fiscalDayNo": 1, "fiscalDayCounters": [], "fiscalDayDeviceSignature": {"signature": "YW Jj"}}
+    path.write_text(json.dumps(day))
+    assert "fiscalDayDeviceSignature.signature: " in refused(
+        ["explain", "day", str(path), "--device-id", "1", "--day-date", "2026-12-04"], "BOX_BAD_BASE64"
+    )
