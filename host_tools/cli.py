@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from firmware.core import fdms
 from firmware.core.errors import FiscalError
@@ -25,18 +28,119 @@ from host_tools import journal_file
 PASSPHRASE_ENV = "FISCALBOX_KEY_PASSPHRASE"
 
 
-def _fail(error: FiscalError) -> None:
+def _fail(error: FiscalError) -> NoReturn:
     where = f"{error.field}: " if error.field else ""
     click.echo(f"error {error.code}: {where}{error.message}", err=True)
     sys.exit(2)
 
 
+@contextmanager
+def _one_line_usage() -> Iterator[None]:
+    """Click's own refusals (a missing option, a value of the wrong type) as one `error` line too."""
+    try:
+        yield
+    except click.exceptions.NoArgsIsHelpError:
+        raise  # a bare group: its help is the answer
+    except click.MissingParameter as error:
+        _fail(FiscalError("BOX_USAGE", f"{error.format_message()} See --help."))
+    except click.BadParameter as error:
+        _fail(FiscalError(getattr(error, "code", "BOX_BAD_OPTION"), error.format_message()))
+    except click.UsageError as error:
+        _fail(FiscalError("BOX_USAGE", f"{error.format_message()} See --help."))
+
+
+class _Command(click.Command):
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        with _one_line_usage():
+            return super().make_context(*args, **kwargs)
+
+
+class _Group(click.Group, _Command):
+    command_class = _Command
+    group_class = type  # subgroups are _Group too
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        with _one_line_usage():
+            return super().resolve_command(ctx, args)
+
+
+class _Choice(click.ParamType):
+    """An option value checked by `check`, which returns it converted, or None: then `rule` is the error."""
+
+    def __init__(self, name: str, rule: str, check: Any, code: str = "BOX_BAD_OPTION") -> None:
+        self.name = name
+        self.rule = rule
+        self.check = check
+        self.code = code
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        converted = self.check(value) if isinstance(value, str) else value
+        if converted is None:
+            error = click.BadParameter(f"{value[:60]!r}: {self.rule}", ctx, param)
+            error.code = self.code  # type: ignore[attr-defined]
+            raise error
+        return converted
+
+
+def _positive(digits: int) -> Any:
+    def check(text: str) -> int | None:
+        text = text.strip()
+        return int(text) if text.isdigit() and text.isascii() and len(text) <= digits and int(text) else None
+
+    return check
+
+
+def _base64(length: int | None, empty: bool = False) -> Any:
+    """Standard base64 as FDMS writes it (no line breaks, padding kept), of `length` bytes if given."""
+
+    def check(text: str) -> str | None:
+        if empty and text == "":
+            return text
+        try:
+            data = explaining.strict_unb64(text, "option")
+        except FiscalError:
+            return None
+        return text if length in (None, len(data)) else None
+
+    return check
+
+
+def _url(text: str) -> str | None:
+    return text if text.startswith(("https://", "http://")) and len(text.split()) == 1 else None
+
+
+def _day_date(text: str) -> str | None:
+    try:
+        return explaining.check_day_date(text)
+    except FiscalError:
+        return None
+
+
+DEVICE_ID = _Choice(
+    "id", "the FDMS device ID is a positive whole number of at most 10 digits.", _positive(10)
+)
+DAY_NO = _Choice("number", "the fiscal day number is a positive whole number.", _positive(18))
+HASH = _Choice("base64", "a hash is 44 characters of base64 (SHA-256), as FDMS gives it.", _base64(32, True))
+SIGNATURE = _Choice("base64", "a signature is base64, as FDMS gives it.", _base64(None))
+URL = _Choice("url", "give the qrUrl from GetConfig, starting https://.", _url)
+DAY_DATE = _Choice(
+    "date",
+    "give the date the day was OPENED, a real date written YYYY-MM-DD (e.g. 2026-12-04), without a time.",
+    _day_date,
+    "BOX_BAD_DATE",
+)
+
+
 def _read(file: str) -> Any:
     if file == "-":
-        return explaining.load_json(sys.stdin.read(), "standard input")
+        try:
+            text = sys.stdin.buffer.read().decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise FiscalError("BOX_BAD_JSON", "Standard input is not UTF-8 text.") from None
+        return explaining.load_json(text, "standard input")
     path = Path(file)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark, as Windows editors write, is fine
     except OSError as error:
         raise FiscalError("BOX_FILE", f"Cannot read {file}: {error.strerror}.") from None
     except UnicodeDecodeError:
@@ -53,7 +157,8 @@ def _read_key(path: str | None, private: bool) -> Any:
         raise FiscalError("BOX_FILE", f"Cannot read {path}: {error.strerror}.", "key") from None
     if private:
         passphrase = os.environ.get(PASSPHRASE_ENV)
-        return signatures.load_private_key(pem, passphrase.encode() if passphrase else None)
+        encrypted = b"ENCRYPTED" in pem  # a passphrase set for another key must not refuse a plain one
+        return signatures.load_private_key(pem, passphrase.encode() if passphrase and encrypted else None)
     try:
         return signatures.load_public_key(pem)
     except (ValueError, FiscalError):
@@ -69,6 +174,11 @@ def _show(report: dict[str, Any], as_json: bool) -> None:
     sys.exit(1 if red else 0)
 
 
+def _plain_row(table: Table, *cells: Any) -> None:
+    """A row of the sender's own text: a tax code such as "[/]" is shown, never read as rich markup."""
+    table.add_row(*(Text(str(cell)) for cell in cells))
+
+
 def _print_report(report: dict[str, Any]) -> None:
     console = Console(highlight=False, soft_wrap=True)
     if not console.is_terminal:
@@ -80,8 +190,9 @@ def _print_report(report: dict[str, Any]) -> None:
             "taxID", "code", "percent", "tax", "with tax", "token", title="Tax lines, in signing order"
         )
         for tax in report["receiptTaxes"]:
-            table.add_row(
-                str(tax["taxID"]),
+            _plain_row(
+                table,
+                tax["taxID"],
                 tax["taxCode"] or "",
                 tax["taxPercent"] or "exempt",
                 tax["taxAmount"],
@@ -98,8 +209,8 @@ def _print_report(report: dict[str, Any]) -> None:
         for counter in report["counters"]:
             sub = counter["moneyType"] or str(counter["taxID"])
             percent = counter["taxPercent"] or ("" if counter["moneyType"] else "exempt")
-            table.add_row(
-                counter["type"], counter["currency"], sub, percent, counter["value"], counter["token"]
+            _plain_row(
+                table, counter["type"], counter["currency"], sub, percent, counter["value"], counter["token"]
             )
     console.print(report["string"], markup=False)
     console.print(f"[bold]SHA-256 (base64):[/bold] {report['hash']}")
@@ -108,7 +219,9 @@ def _print_report(report: dict[str, Any]) -> None:
         findings = Table("code", "colour", "field", "what is wrong", title="Findings")
         for f in report["findings"]:
             colour = {"Red": "red", "Yellow": "yellow", "Grey": "grey50"}.get(f["colour"], "white")
-            findings.add_row(f["code"], f"[{colour}]{f['colour']}[/{colour}]", f["field"] or "", f["message"])
+            findings.add_row(
+                Text(f["code"]), Text(f["colour"], style=colour), Text(f["field"] or ""), Text(f["message"])
+            )
         console.print(findings)
     else:
         console.print("[green]No findings: FDMS's rules that the box can judge alone all pass.[/green]")
@@ -122,10 +235,10 @@ def _print_report(report: dict[str, Any]) -> None:
         ("verification_code", "Verification code"),
     ):
         if key in report:
-            console.print(f"[bold]{label}:[/bold] {report[key]}", markup=True)
+            console.print(Text.assemble((f"{label}: ", "bold"), report[key]))
 
 
-@click.group()
+@click.group(cls=_Group)
 def main() -> None:
     """fiscalbox: provision, operate and inspect a fiscal box."""
 
@@ -137,14 +250,38 @@ def explain() -> None:
 
 @explain.command("receipt")
 @click.argument("file")
-@click.option("--device-id", type=int, required=True, help="The FDMS device ID that signs the receipt.")
+@click.option("--device-id", type=DEVICE_ID, required=True, help="The FDMS device ID that signs the receipt.")
 @click.option(
-    "--previous-hash", help="Base64 hash of the previous receipt of the same day (omit for the first)."
+    "--previous-hash",
+    type=HASH,
+    help="Base64 hash of the previous receipt of the same day (omit, or give '', for the first).",
 )
-@click.option("--key", "key_path", help=f"Private key PEM to sign with (passphrase from ${PASSPHRASE_ENV}).")
-@click.option("--cert", "cert_path", help="Certificate or public key PEM to verify the receipt's signature.")
-@click.option("--signature", help="Base64 device signature, for the QR URL and verification code.")
-@click.option("--qr-url", default=explaining.DEFAULT_QR_URL, show_default=True, help="qrUrl from GetConfig.")
+@click.option(
+    "--key",
+    "key_path",
+    metavar="PEM",
+    help=f"Private key PEM to sign with (passphrase from ${PASSPHRASE_ENV}).",
+)
+@click.option(
+    "--cert",
+    "cert_path",
+    metavar="PEM",
+    help="Certificate or public key PEM to verify the receipt's signature.",
+)
+@click.option(
+    "--signature", type=SIGNATURE, help="Base64 device signature, for the QR URL and verification code."
+)
+@click.option(
+    "--config",
+    "config_path",
+    metavar="FILE",
+    help="The device's GetConfig answer (JSON): checks tax IDs and percents against its applicableTaxes.",
+)
+@click.option(
+    "--qr-url",
+    type=URL,
+    help=f"qrUrl from GetConfig [default: the --config one, or {explaining.DEFAULT_QR_URL}].",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
 def explain_receipt(
     file: str,
@@ -153,19 +290,22 @@ def explain_receipt(
     key_path: str | None,
     cert_path: str | None,
     signature: str | None,
-    qr_url: str,
+    config_path: str | None,
+    qr_url: str | None,
     as_json: bool,
 ) -> None:
     """FILE (or - for standard input): a SubmitReceipt body or a bare receipt."""
     try:
+        config = None if config_path is None else explaining.load_config(_read(config_path))
         report = explaining.explain_receipt(
             _read(file),
             device_id,
-            previous_hash,
+            previous_hash or None,
             _read_key(key_path, True),
             _read_key(cert_path, False),
             signature,
-            qr_url,
+            qr_url or (config and config["qr_url"]) or explaining.DEFAULT_QR_URL,
+            config,
         )
     except FiscalError as error:
         _fail(error)
@@ -174,11 +314,18 @@ def explain_receipt(
 
 @explain.command("day")
 @click.argument("file")
-@click.option("--device-id", type=int, required=True, help="The FDMS device ID.")
-@click.option("--day-no", type=int, help="The fiscal day number (default: fiscalDayNo in FILE).")
-@click.option("--day-date", required=True, help="The date the day was OPENED, YYYY-MM-DD.")
-@click.option("--key", "key_path", help=f"Private key PEM to sign with (passphrase from ${PASSPHRASE_ENV}).")
-@click.option("--cert", "cert_path", help="Certificate or public key PEM to verify the day signature.")
+@click.option("--device-id", type=DEVICE_ID, required=True, help="The FDMS device ID.")
+@click.option("--day-no", type=DAY_NO, help="The fiscal day number (default: fiscalDayNo in FILE).")
+@click.option("--day-date", type=DAY_DATE, required=True, help="The date the day was OPENED, YYYY-MM-DD.")
+@click.option(
+    "--key",
+    "key_path",
+    metavar="PEM",
+    help=f"Private key PEM to sign with (passphrase from ${PASSPHRASE_ENV}).",
+)
+@click.option(
+    "--cert", "cert_path", metavar="PEM", help="Certificate or public key PEM to verify the day signature."
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
 def explain_day(
     file: str,
@@ -206,7 +353,9 @@ def journal() -> None:
 
 @journal.command("verify")
 @click.argument("file")
-@click.option("--cert", "cert_path", required=True, help="The device's certificate or public key PEM.")
+@click.option(
+    "--cert", "cert_path", metavar="PEM", required=True, help="The device's certificate or public key PEM."
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
 def journal_verify(file: str, cert_path: str, as_json: bool) -> None:
     """Check a journal export (`fiscalbox-device export`): exit 0 clean, 1 problems found, 2 bad input."""
@@ -214,7 +363,7 @@ def journal_verify(file: str, cert_path: str, as_json: bool) -> None:
         report = journal_file.verify_export(_read(file), _read_key(cert_path, False))
     except FiscalError as error:
         _fail(error)
-    except (KeyError, TypeError, ValueError) as error:
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
         _fail(FiscalError("BOX_EXPORT_FORMAT", f"The file is missing or mangles a member ({error}).", "file"))
     if as_json:
         click.echo(json.dumps(report, indent=2))

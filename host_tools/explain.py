@@ -7,6 +7,7 @@ Each function takes parsed JSON and returns a plain report dict; `host_tools.cli
 
 from __future__ import annotations
 
+import binascii
 import json
 from typing import Any
 
@@ -17,14 +18,113 @@ from hardware import signatures
 DEFAULT_QR_URL = "https://fdmstest.zimra.co.zw"
 
 
+# Far beyond any FDMS number (19 digits) yet below Python's limit on converting digits to an int (4300).
+MAX_INT_DIGITS = 400
+
+
 def load_json(text: str, source: str) -> Any:
-    """JSON with every decimal kept as its exact text, so no amount passes through a float."""
+    """JSON with every decimal kept as its exact text, so no amount passes through a float.
+
+    Whatever is not plain JSON (NaN, a number too long to read, nesting deeper than Python can follow) is
+    refused here with a FiscalError, never a Python exception.
+    """
+
+    def whole(digits: str) -> int:
+        if len(digits) > MAX_INT_DIGITS:
+            raise FiscalError(
+                "BOX_BAD_NUMBER",
+                f"{source} holds a number of {len(digits.lstrip('-'))} digits; no FDMS field takes so many.",
+            )
+        return int(digits)
+
+    def constant(name: str) -> Any:
+        raise FiscalError("BOX_BAD_JSON", f"{source} is not JSON: {name} is not a JSON number.")
+
     try:
-        return json.loads(text, parse_float=str)
+        return json.loads(text, parse_float=str, parse_int=whole, parse_constant=constant)
     except json.JSONDecodeError as error:
         raise FiscalError(
             "BOX_BAD_JSON", f"{source} is not JSON: {error.msg} at line {error.lineno} column {error.colno}."
         ) from None
+    except RecursionError:
+        raise FiscalError(
+            "BOX_BAD_JSON", f"{source} nests arrays or objects too deeply; FDMS JSON is a few levels deep."
+        ) from None
+
+
+def load_config(document: Any) -> dict[str, Any]:
+    """The parts of a GetConfig answer the rules use: its applicable taxes, VAT status and qrUrl."""
+    if not isinstance(document, dict) or not isinstance(document.get("applicableTaxes"), list):
+        raise FiscalError(
+            "BOX_BAD_CONFIG", "Give the GetConfig answer, with its applicableTaxes list.", "applicableTaxes"
+        )
+    taxes = fdms.parse_taxes(document["applicableTaxes"])
+    for i, tax in enumerate(taxes):
+        where = f"applicableTaxes[{i}]."
+        if not isinstance(tax["taxName"], str):
+            raise FiscalError("BOX_BAD_CONFIG", "Must be text.", where + "taxName")
+        for key in ("validFrom", "validTill"):
+            value = tax[key]
+            if value is not None and not (isinstance(value, str) and _is_date(value[:10])):
+                raise FiscalError(
+                    "BOX_BAD_CONFIG", "Must be a date, YYYY-MM-DD or YYYY-MM-DDTHH:mm:ss.", where + key
+                )
+    qr_url = document.get("qrUrl")
+    if qr_url is not None and not isinstance(qr_url, str):
+        raise FiscalError("BOX_BAD_CONFIG", "Must be text.", "qrUrl")
+    return {"taxes": taxes, "vat_payer": bool(document.get("vatNumber")), "qr_url": qr_url}
+
+
+def _is_date(text: str) -> bool:
+    try:
+        localtime.parse(text + "T00:00:00", "date")
+    except FiscalError:
+        return False
+    return True
+
+
+def check_day_date(text: str, field: str = "day_date") -> str:
+    """The opening date of a fiscal day as the day string has it, YYYY-MM-DD; anything else refused."""
+    if not _is_date(text):
+        raise FiscalError(
+            "BOX_BAD_DATE",
+            "The day's opening date is a real date written YYYY-MM-DD (e.g. 2026-12-04), without a time.",
+            field,
+        )
+    return text
+
+
+def strict_unb64(text: Any, field: str) -> bytes:
+    """Base64 exactly as FDMS writes it; the core's decoder (for the box's own text) skips stray bytes."""
+    try:
+        data = binascii.a2b_base64(text, strict_mode=True) if isinstance(text, str) else b""
+    except (binascii.Error, ValueError):
+        data = b""
+    if not data or fdms.b64(data) != text:
+        raise FiscalError(
+            "BOX_BAD_BASE64", "This is not base64 as FDMS writes it (A-Z a-z 0-9 + / =).", field
+        )
+    return data
+
+
+def receipt_of(body: Any) -> Any:
+    """A SubmitReceipt body's receipt, its member named in any case as FDMS reads JSON names; else the body.
+
+    `{"Receipt": {...}}` read as a bare receipt would be refused for a missing receiptType it does have.
+    """
+    if not isinstance(body, dict):
+        return body
+    names = [key for key in body if key.lower() == "receipt"]
+    if not names:
+        return body
+    if len(names) > 1:
+        raise FiscalError(
+            "RCPT02", "The body holds more than one receipt: " + ", ".join(names) + ".", names[1]
+        )
+    inner = body[names[0]]
+    if not isinstance(inner, dict):
+        raise FiscalError("RCPT02", "A receipt must be a JSON object.", names[0])
+    return inner
 
 
 def _finding(code: str, colour: str, message: str, field: str | None = None) -> dict[str, Any]:
@@ -57,13 +157,16 @@ def explain_receipt(
     public_key: Any = None,
     signature_b64: str | None = None,
     qr_base: str = DEFAULT_QR_URL,
+    config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What the box signs for this receipt, what is wrong with it, and its QR when a signature is known.
 
     `private_key` signs the string (and its public half verifies a signature already in the receipt);
     `public_key` only verifies. Without `previous_hash` the receipt is taken as the first of its day.
+    `config` (see `load_config`) switches on the rules that need FDMS's tax table and the VAT status.
     """
-    receipt = fdms.complete(fdms.parse_receipt(body))
+    receipt = fdms.complete(fdms.parse_receipt(receipt_of(body)))
+    context = None if config is None else fdms.Context(taxes=config["taxes"], vat_payer=config["vat_payer"])
     text = fdms.receipt_string(device_id, receipt, previous_hash)
     digest = fdms.hash_b64(text)
     report: dict[str, Any] = {
@@ -72,7 +175,7 @@ def explain_receipt(
         "first_in_day": previous_hash is None,
         "string": text,
         "hash": digest,
-        "findings": fdms.validate(receipt),
+        "findings": fdms.validate(receipt, context),
         "receiptTaxes": [_tax_view(t) for t in receipt["receiptTaxes"]],
         "receiptTotal": money.format_fixed(receipt["receiptTotal"], 2),
     }
@@ -88,9 +191,10 @@ def explain_receipt(
                 "receiptDeviceSignature.hash",
             )
         )
+    field = "signature"
     if signature_b64 is None and sent:
-        signature_b64 = sent["signature"]
-    signature = fdms.unb64(signature_b64, "signature") if signature_b64 else None
+        signature_b64, field = sent["signature"], "receiptDeviceSignature.signature"
+    signature = strict_unb64(signature_b64, field) if signature_b64 else None
     if private_key is not None:
         made = signatures.sign(private_key, text.encode())
         if signature is None:
@@ -148,7 +252,7 @@ def explain_day(
 
     `day_date` is the date the day was OPENED; a close date here is the classic BadCertificateSignature.
     """
-    localtime.parse(day_date + "T00:00:00", "day_date")
+    check_day_date(day_date)
     sent_signature = None
     if isinstance(body, dict):
         raw_counters = body.get("fiscalDayCounters", body.get("fiscalDayCounter"))
@@ -159,10 +263,12 @@ def explain_day(
         raw_counters = body
     if not isinstance(raw_counters, list):
         raise FiscalError("RCPT02", "Give a CloseDay body or a list of counters.", "fiscalDayCounters")
-    if not isinstance(day_no, int) or isinstance(day_no, bool):
+    if day_no is None:
         raise FiscalError(
             "RCPT02", "The fiscal day number is needed (--day-no or fiscalDayNo).", "fiscalDayNo"
         )
+    if not isinstance(day_no, int) or isinstance(day_no, bool) or not 0 < day_no < fdms.INT64:
+        raise FiscalError("RCPT02", "The fiscal day number must be a positive whole number.", "fiscalDayNo")
     ordered = fdms.day_counters(fdms.parse_counters(raw_counters))
     text = fdms.day_string(device_id, day_no, day_date, ordered)
     digest = fdms.hash_b64(text)
@@ -174,7 +280,7 @@ def explain_day(
         "counters": [_counter_view(c) for c in ordered],
         "string": text,
         "hash": digest,
-        "findings": _counter_findings(raw_counters, ordered),
+        "findings": _counter_findings(raw_counters),
     }
     signature = None
     if isinstance(sent_signature, dict):
@@ -190,7 +296,7 @@ def explain_day(
                 )
             )
         if sent_signature.get("signature"):
-            signature = fdms.unb64(sent_signature["signature"], "fiscalDayDeviceSignature.signature")
+            signature = strict_unb64(sent_signature["signature"], "fiscalDayDeviceSignature.signature")
     if private_key is not None:
         _signature_checks(text, signature, private_key.public_key(), report, "BadCertificateSignature")
         report["signature"] = fdms.b64(signatures.sign(private_key, text.encode()))
@@ -199,13 +305,33 @@ def explain_day(
     return report
 
 
-def _counter_findings(raw_counters: list[Any], ordered: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Two defects seen in the field: zero counters sent, and a JSON order other than the signing order."""
+def _counter_findings(raw_counters: list[Any]) -> list[dict[str, Any]]:
+    """Defects seen in the field: zero counters sent, one counter sent twice, a JSON order other than the
+    signing order. FDMS checks the signature over the counters as sent, so the last two fail the close with
+    BadCertificateSignature: they are Red.
+    """
     findings = []
-    sent = [
-        fdms.counter_text(c) for raw in raw_counters for c in fdms.day_counters(fdms.parse_counters([raw]))
-    ]
-    zeros = len(raw_counters) - len(sent)
+    zeros = 0
+    first: dict[Any, int] = {}
+    sent = []
+    for i, raw in enumerate(raw_counters):
+        [(key, value)] = fdms.parse_counters([raw]).items()
+        if key in first:
+            findings.append(
+                _finding(
+                    "BOX_COUNTER_TWICE",
+                    fdms.RED,
+                    f"This counter repeats fiscalDayCounters[{first[key]}]; FDMS answers "
+                    "BadCertificateSignature. Send each counter once, with the day's whole value.",
+                    f"fiscalDayCounters[{i}]",
+                )
+            )
+            continue
+        first[key] = i
+        if value == 0:
+            zeros += 1
+        else:
+            sent.append(key)
     if zeros:
         findings.append(
             _finding(
@@ -214,12 +340,13 @@ def _counter_findings(raw_counters: list[Any], ordered: list[dict[str, Any]]) ->
                 f"{zeros} zero-value counter(s) were sent; FDMS wants them left out.",
             )
         )
-    if sent != [fdms.counter_text(c) for c in ordered]:
+    if len(first) == len(raw_counters) and sent != sorted(sent):  # the signing order is the keys' order
         findings.append(
             _finding(
                 "BOX_COUNTER_ORDER",
-                fdms.YELLOW,
-                "The counters are not in signing order; send the JSON array in the day string's order.",
+                fdms.RED,
+                "The counters are not in signing order; FDMS checks the signature over them as sent and "
+                "answers BadCertificateSignature. Send the JSON array in the day string's order.",
                 "fiscalDayCounters",
             )
         )

@@ -15,6 +15,7 @@ from typing import Any
 from firmware.core import chain, fdms, wire
 from firmware.core.errors import FiscalError
 from hardware.signatures import load_public_key, verify
+from host_tools.explain import load_json
 
 FORMAT = "fiscalbox-journal/1"
 
@@ -97,8 +98,8 @@ def verify_export(document: Any, public_key: Any) -> dict[str, Any]:
                 "BOX_TAMPER_CHAIN", f"Receipt {n} does not match its chain link.", global_no=n, field="link"
             )
         try:
-            receipt = fdms.parse_receipt(json.loads(row["body"], parse_float=str))
-        except (ValueError, FiscalError) as error:
+            receipt = fdms.parse_receipt(load_json(row["body"], "the body"))
+        except FiscalError as error:
             problem(
                 "BOX_TAMPER_BODY", f"Receipt {n}'s JSON is unreadable: {error}.", global_no=n, field="body"
             )
@@ -163,7 +164,16 @@ def _check_day(
     if not day.get("close_request"):
         return
     n = day["day_no"]
-    request = json.loads(day["close_request"], parse_float=str)
+    try:
+        request = load_json(day["close_request"], "the close request")
+    except FiscalError as error:
+        problem(
+            "BOX_TAMPER_BODY",
+            f"Day {n}'s close request is unreadable: {error}.",
+            day_no=n,
+            field="close_request",
+        )
+        return
     ordered = fdms.day_counters(fdms.parse_counters(request["fiscalDayCounters"]))
     text = fdms.day_string(device_id, n, day["opened"][:10], ordered)
     if not verify(public_key, text.encode(), fdms.unb64(request["fiscalDayDeviceSignature"]["signature"])):

@@ -198,7 +198,7 @@ def test_day_vectors(tmp_path):
                 "--json",
             ]
         )
-        assert result.exit_code == 0, result.output
+        assert result.exit_code in (0, 1), result.output  # 1: sent out of signing order (see below)
         report = json.loads(result.stdout)
         assert report["string"] == case["string"]
         assert report["hash"] == fdms.hash_b64(case["string"])
@@ -221,8 +221,13 @@ def test_day_flags_zero_counters_and_json_order(tmp_path):
             "--json",
         ]
     )
-    codes = [f["code"] for f in json.loads(result.stdout)["findings"]]
-    assert codes == ["BOX_ZERO_COUNTER", "BOX_COUNTER_ORDER"]
+    findings = json.loads(result.stdout)["findings"]
+    # FDMS checks the signature over the counters in the order sent: out of order is BadCertificateSignature.
+    assert [(f["code"], f["colour"]) for f in findings] == [
+        ("BOX_ZERO_COUNTER", "Yellow"),
+        ("BOX_COUNTER_ORDER", "Red"),
+    ]
+    assert result.exit_code == 1
     ordered = [c for c in fdms.day_counters(fdms.parse_counters(case["counters"]))]
     file = write(tmp_path, "d2.json", json.loads(json.dumps(fdms.counters_wire(ordered), default=str)))
     clean = run(
@@ -239,7 +244,7 @@ def test_day_flags_zero_counters_and_json_order(tmp_path):
             "--json",
         ]
     )
-    assert json.loads(clean.stdout)["findings"] == []
+    assert json.loads(clean.stdout)["findings"] == [] and clean.exit_code == 0
 
 
 def test_day_signature_checked_and_made(tmp_path):
@@ -329,3 +334,144 @@ def test_the_qr_comes_from_the_signature_sent_not_a_fresh_one(tmp_path):
     assert report["signature_valid"] is True
     assert report["qr_data"] == fdms.qr_data(sent)
     assert report["signature"] == fdms.b64(sent) and report["signature_made"] != report["signature"]
+
+
+@pytest.mark.parametrize("name", ["Receipt", "RECEIPT", "receipt"])
+def test_a_submit_receipt_body_is_unwrapped_whatever_the_case_of_its_member(tmp_path, name):
+    file = write(tmp_path, "r.json", {name: SPEC["receipt"]})
+    args = ["explain", "receipt", file, "--device-id", "321", "--previous-hash", SPEC["previous_hash"]]
+    result = run([*args, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["string"] == SPEC["string"]
+
+
+def test_a_submit_receipt_body_whose_receipt_is_not_an_object_names_it(tmp_path):
+    result = run(["explain", "receipt", write(tmp_path, "r.json", {"Receipt": "x"}), "--device-id", "321"])
+    assert result.exit_code == 2 and result.stderr.startswith("error RCPT02: Receipt: A receipt must be")
+
+
+# A GetConfig answer as FDMS sends it: percents are JSON numbers (15.5 and 15), never strings.
+GETCONFIG = """{"operationID": "0HMPH9AF0QKKE:00000005", "taxPayerName": "Test Traders",
+ "taxPayerTIN": "2000999999",
+ "vatNumber": "220099999", "deviceSerialNo": "SN-1", "deviceOperatingMode": "Online", "taxPayerDayMaxHrs": 24,
+ "applicableTaxes": [
+  {"taxID": 1, "taxName": "Exempt", "validFrom": "2019-01-01T00:00:00"},
+  {"taxID": 2, "taxPercent": 0, "taxName": "Zero rated 0%", "validFrom": "2019-01-01T00:00:00"},
+  {"taxID": 3, "taxPercent": 15, "taxName": "Standard rated 15%", "validFrom": "2019-01-01T00:00:00",
+   "validTill": "2025-12-14T23:59:59"},
+  {"taxID": 514, "taxPercent": 5, "taxName": "Non-VAT Withholding Tax", "validFrom": "2019-01-01T00:00:00"},
+  {"taxID": 517, "taxPercent": 15.5, "taxName": "Standard rated 15.5%", "validFrom": "2025-12-15T00:00:00"}],
+ "certificateValidTill": "2027-01-01T00:00:00", "qrUrl": "https://fdmstest.zimra.co.zw/"}"""
+
+
+def config_receipt(date, standard_id, standard_percent):
+    """The spec receipt with HS codes (FDMS wants them of a VAT payer) and its 15% lines moved to a tax."""
+    lines = []
+    for line in SPEC["receipt"]["receiptLines"]:
+        line = dict(line, receiptLineHSCode="04011000")
+        if line["taxID"] == 3:
+            line.update(taxID=standard_id, taxPercent=standard_percent)
+        lines.append(line)
+    return dict(SPEC["receipt"], receiptDate=date, receiptLines=lines)
+
+
+def explain_with_config(tmp_path, receipt, *more):
+    config = write(tmp_path, "config.json", GETCONFIG)
+    args = ["explain", "receipt", write(tmp_path, "r.json", {"receipt": receipt}), "--device-id", "321"]
+    result = run([*args, "--config", config, "--json", *more])
+    return result, json.loads(result.stdout) if result.exit_code != 2 else result.stderr
+
+
+def test_config_taxes_in_force_pass(tmp_path):
+    result, report = explain_with_config(tmp_path, config_receipt("2026-01-10T10:00:00", 517, "15.5"))
+    assert result.exit_code == 0 and report["findings"] == []
+    result, report = explain_with_config(tmp_path, config_receipt("2025-06-10T10:00:00", 3, "15"))
+    assert result.exit_code == 0 and report["findings"] == []
+
+
+@pytest.mark.parametrize(
+    "date, tax_id, percent",
+    [
+        ("2026-01-10T10:00:00", 7, "15.5"),  # a tax ID FDMS does not know, hard-coded
+        ("2026-01-10T10:00:00", 517, "15"),  # a known ID at another percent
+        ("2026-01-10T10:00:00", 3, "15"),  # a tax no longer in force on the receipt date
+        ("2025-06-10T10:00:00", 517, "15.5"),  # a tax not yet in force
+    ],
+)
+def test_config_taxes_not_in_force_are_rcpt025_red(tmp_path, date, tax_id, percent):
+    result, report = explain_with_config(tmp_path, config_receipt(date, tax_id, percent))
+    assert result.exit_code == 1
+    assert {(f["code"], f["colour"], f["field"]) for f in report["findings"]} == {
+        ("RCPT025", "Red", "receiptLines[2].taxID"),
+        ("RCPT025", "Red", "receiptLines[3].taxID"),
+    }
+
+
+def test_config_vat_status_and_qr_url_are_used(tmp_path):
+    receipt = config_receipt("2026-01-10T10:00:00", 517, "15.5")
+    receipt["receiptLines"][3].pop("receiptLineHSCode")
+    result, report = explain_with_config(tmp_path, receipt, "--signature", "YWJj")
+    assert [(f["code"], f["field"]) for f in report["findings"]] == [
+        ("RCPT047", "receiptLines[3].receiptLineHSCode")
+    ]
+    assert report["qr_url"].startswith("https://fdmstest.zimra.co.zw/0000000321100120260000000432")
+
+
+@pytest.mark.parametrize(
+    "config, field",
+    [
+        ("[]", "applicableTaxes"),
+        ('{"applicableTaxes": [{"taxID": 1, "taxName": 5}]}', "applicableTaxes[0].taxName"),
+        ('{"applicableTaxes": [{"taxID": 1, "validFrom": 2019}]}', "applicableTaxes[0].validFrom"),
+        ('{"applicableTaxes": [{"taxID": 1, "validTill": "31/12/2030"}]}', "applicableTaxes[0].validTill"),
+        ('{"applicableTaxes": [{"taxID": 3, "taxPercent": 15.555}]}', "applicableTaxes[0].taxPercent"),
+        ('{"applicableTaxes": [], "qrUrl": 5}', "qrUrl"),
+    ],
+)
+def test_a_bad_config_is_one_line_naming_its_field(tmp_path, config, field):
+    args = ["explain", "receipt", write(tmp_path, "r.json", SPEC["receipt"]), "--device-id", "321"]
+    result = run([*args, "--config", write(tmp_path, "c.json", config)])
+    assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("error BOX_") and f" {field}: " in result.stderr
+
+
+def day_args(file):
+    return [
+        "explain",
+        "day",
+        file,
+        "--device-id",
+        "37367",
+        "--day-no",
+        "21",
+        "--day-date",
+        "2026-09-08",
+        "--json",
+    ]
+
+
+def test_a_counter_sent_twice_is_red(tmp_path):
+    ordered = fdms.counters_wire(fdms.day_counters(fdms.parse_counters(VECTORS["days"][0]["counters"])))
+    counters = json.loads(json.dumps(ordered, default=str))
+    doubled = [*counters[:2], counters[1], *counters[2:]]
+    result = run(day_args(write(tmp_path, "d.json", doubled)))
+    assert result.exit_code == 1
+    assert [(f["code"], f["colour"], f["field"]) for f in json.loads(result.stdout)["findings"]] == [
+        ("BOX_COUNTER_TWICE", "Red", "fiscalDayCounters[2]")
+    ]
+    assert "fiscalDayCounters[1]" in json.loads(result.stdout)["findings"][0]["message"]
+
+
+def test_the_senders_text_is_shown_as_sent_never_read_as_markup(tmp_path):
+    lines = [dict(line, taxCode="[/]") for line in SPEC["receipt"]["receiptLines"]]
+    signed = {"hash": "[/bold]", "signature": "YWJj"}
+    file = write(tmp_path, "r.json", dict(SPEC["receipt"], receiptLines=lines, receiptDeviceSignature=signed))
+    result = run(["explain", "receipt", file, "--device-id", "321", "--qr-url", "https://[red]"])
+    assert result.exit_code == 1, result.output  # the hash is wrong: RCPT020
+    assert "[/]15.0045000345000" in result.stdout and "receiptDeviceSignature is [/bold]," in result.stdout
+    assert "QR URL: https://[red]/" in result.stdout
+    counter = {"fiscalCounterType": "SaleByTax", "fiscalCounterCurrency": "[/]", "fiscalCounterTaxID": 1}
+    day = write(tmp_path, "d.json", [dict(counter, fiscalCounterValue="1.00")])
+    result = run(["explain", "day", day, "--device-id", "1", "--day-no", "1", "--day-date", "2026-01-01"])
+    assert result.exit_code == 0, result.output
+    assert "SALEBYTAX[/]100" in result.stdout
