@@ -295,7 +295,15 @@ def _number(obj, key, places, where="", required=True):
         return money.parse_fixed(value, places)
     except FiscalError as error:
         error.field = where + key
-        raise
+        raise _safe(error) from None
+
+
+def _safe(error):
+    """`error` with the input it quotes shown safely: a refusal never carries ESC or a lone surrogate out."""
+    if _bad_character(error.message) >= 0:
+        error.message = _shown(error.message, 200)
+        error.args = (error.message,)
+    return error
 
 
 # Buyer parts and their texts. The reference (3.3) gives lengths for the names only (at most 250); the
@@ -489,7 +497,10 @@ def config_percent(value, field="taxPercent"):
         value = repr(value)
     if isinstance(value, str):
         value = _exact_text(value)
-    units = money.parse_fixed(value, money.PERCENT_PLACES, field)
+    try:
+        units = money.parse_fixed(value, money.PERCENT_PLACES, field)
+    except FiscalError as error:
+        raise _safe(error) from None
     if units < 0:
         raise FiscalError("BOX_BAD_NUMBER", "A tax percent cannot be negative.", field)
     return units
