@@ -666,3 +666,12 @@ def test_config_tax_percents_that_are_not_exact_hundredths_are_refused():
         raises("RCPT02", fdms.parse_taxes, [{"taxID": 3, "taxName": 15}]).field
         == "applicableTaxes[0].taxName"
     )
+
+
+def test_a_refusal_quoting_the_input_shows_its_control_characters_escaped():
+    for bad in ("1.\x1b[2J5", "1." + SURROGATES[0]):
+        error = raises("BOX_BAD_NUMBER", fdms.parse_receipt, _sale(receiptTotal=bad))
+        assert error.field == "receiptTotal" and fdms._bad_character(error.message) < 0
+        assert "\\u" in error.message and fdms._bad_character(str(error)) < 0
+    error = raises("BOX_BAD_NUMBER", fdms.parse_taxes, [{"taxID": 3, "taxPercent": "1\x1b5"}])
+    assert error.message == "'1\\u001b5' is not a decimal number."
