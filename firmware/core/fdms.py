@@ -82,6 +82,140 @@ RULES = {
 # ---------------------------------------------------------------------------------------------------------
 # Parsing: FDMS JSON (or a POS sale in the same shape) -> the exact internal form
 
+# The fields the box knows, at every level of a receipt (reference 3.3). Anything else is refused: a misspelt
+# key silently dropped once issued `receiptLinesTaxInclusiv: false` as tax-inclusive, with the wrong tax.
+RECEIPT_FIELDS = set(
+    (
+        "receiptType",
+        "receiptCurrency",
+        "receiptCounter",
+        "receiptGlobalNo",
+        "invoiceNo",
+        "buyerData",
+        "receiptNotes",
+        "receiptDate",
+        "creditDebitNote",
+        "receiptLinesTaxInclusive",
+        "receiptLines",
+        "receiptTaxes",
+        "receiptPayments",
+        "receiptTotal",
+        "receiptPrintForm",
+        "receiptDeviceSignature",
+        "username",
+        "userNameSurname",
+        "userInfo",
+    )
+)
+LINE_FIELDS = set(
+    (
+        "receiptLineType",
+        "receiptLineNo",
+        "receiptLineHSCode",
+        "receiptLineName",
+        "receiptLinePrice",
+        "receiptLineQuantity",
+        "receiptLineTotal",
+        "taxCode",
+        "taxPercent",
+        "taxID",
+    )
+)
+TAX_FIELDS = set(("taxCode", "taxPercent", "taxID", "taxAmount", "salesAmountWithTax"))
+PAYMENT_FIELDS = set(("moneyTypeCode", "paymentAmount"))
+NOTE_FIELDS = set(("receiptID", "deviceID", "receiptGlobalNo", "fiscalDayNo"))
+SIGNATURE_FIELDS = set(("hash", "signature"))
+USER_FIELDS = set(("username", "userFullName"))
+BUYER_FIELDS = set(
+    (
+        "buyerRegisterName",
+        "buyerTradeName",
+        "buyerTIN",
+        "vatNumber",
+        "VATNumber",
+        "buyerContacts",
+        "buyerAddress",
+    )
+)
+
+try:
+    _PRINTABLE = str.isprintable  # CPython: True means no control, format or surrogate character at all
+except AttributeError:
+    _PRINTABLE = None  # type: ignore[assignment]  # MicroPython: every character is looked at
+
+
+def _bad_character(text):
+    """The code point of the first character no receipt text may hold, or -1.
+
+    C0 controls, DEL and C1 controls (ESC, NUL, CR/LF...) would reach FDMS, the journal and a terminal raw;
+    bidirectional overrides and isolates make a text read otherwise than it is stored; a lone surrogate (what
+    JSON's "\\ud800" decodes to) cannot be written as UTF-8 at all.
+    """
+    if _PRINTABLE is not None and _PRINTABLE(text):
+        return -1
+    for ch in text:
+        code = ord(ch)
+        if (
+            code < 0x20
+            or 0x7F <= code <= 0x9F
+            or 0x202A <= code <= 0x202E
+            or 0x2066 <= code <= 0x2069
+            or 0xD800 <= code <= 0xDFFF
+        ):
+            return code
+    return -1
+
+
+def _shown(text, limit=60):
+    """`text` safe to show in a message: the characters `_bad_character` finds written as \\uXXXX."""
+    if _bad_character(text) < 0:
+        return text[:limit]
+    out = []
+    for ch in text[:limit]:
+        out.append("\\u%04x" % ord(ch) if _bad_character(ch) >= 0 else ch)
+    return "".join(out)
+
+
+def _clean(value, field):
+    """Refuse a text holding a character the box must not store, send or print (BOX_SALE_TEXT)."""
+    code = _bad_character(value)
+    if code < 0:
+        return value
+    if 0xD800 <= code <= 0xDFFF:
+        kind = "a lone surrogate (broken text encoding)"
+    elif code >= 0x2000:
+        kind = "a bidirectional override"
+    else:
+        kind = "a control character"
+    raise FiscalError(
+        "BOX_SALE_TEXT",
+        "This text holds U+%04X, %s, which a receipt cannot carry: remove it." % (code, kind),
+        field,
+    )
+
+
+def _known(obj, names, where=""):
+    """Refuse a key the box does not know (BOX_SALE_FIELD), naming it, and a close known one if any."""
+    for key in obj:
+        if key in names:
+            continue
+        text = key if isinstance(key, str) else str(key)
+        hint = ""
+        low = text.lower()
+        best = None
+        for name in sorted(names):  # a known name that differs in case or by a cut or added ending
+            other = name.lower()
+            if len(low) >= 4 and (other.startswith(low) or low.startswith(other)):
+                if best is None or abs(len(name) - len(text)) < abs(len(best) - len(text)):
+                    best = name
+        if best is not None:
+            hint = " (did you mean " + best + "?)"
+        raise FiscalError(
+            "BOX_SALE_FIELD",
+            "The box does not know the field '" + _shown(text) + "'" + hint + ": check its spelling.",
+            where + _shown(text),
+        )
+
 
 def _enum(obj, key, names, where="", default=None):
     value = obj.get(key, default)
@@ -106,6 +240,7 @@ def _text(obj, key, limit, where="", required=True):
         return None
     if not isinstance(value, str):
         raise FiscalError("RCPT02", "Must be text.", where + key)
+    _clean(value, where + key)
     if required and not value.strip():  # FDMS takes a blank required text as missing
         _missing(where, key)
     if len(value) > limit:
@@ -160,7 +295,15 @@ def _number(obj, key, places, where="", required=True):
         return money.parse_fixed(value, places)
     except FiscalError as error:
         error.field = where + key
-        raise
+        raise _safe(error) from None
+
+
+def _safe(error):
+    """`error` with the input it quotes shown safely: a refusal never carries ESC or a lone surrogate out."""
+    if _bad_character(error.message) >= 0:
+        error.message = _shown(error.message, 200)
+        error.args = (error.message,)
+    return error
 
 
 # Buyer parts and their texts. The reference (3.3) gives lengths for the names only (at most 250); the
@@ -176,11 +319,17 @@ def _buyer(raw):
     if raw is None:
         return None
     where = "buyerData."
+    _known(raw, BUYER_FIELDS, where)
     _text(raw, "buyerTradeName", 250, where, False)
     if "vatNumber" in raw:  # both spellings: the one that is not judged by RCPT043 still goes to FDMS
         _text(raw, "VATNumber", 9, where, False)
+    for key in ("buyerRegisterName", "buyerTIN", "vatNumber", "VATNumber"):  # their shape is RCPT043's
+        if isinstance(raw.get(key), str):
+            _clean(raw[key], where + key)
     for part, names in BUYER_PARTS:
         inner = _obj(raw, part, where)
+        if inner is not None:
+            _known(inner, names, where + part + ".")
         for name in names if inner is not None else ():
             _text(inner, name, 250, where + part + ".", False)
     buyer = {}
@@ -196,6 +345,7 @@ def _credit_debit_note(raw):
     if raw is None:
         return None
     where = "creditDebitNote."
+    _known(raw, NOTE_FIELDS, where)
     return {
         "receiptID": _int(raw, "receiptID", where, False),
         "deviceID": _int(raw, "deviceID", where, False),
@@ -206,6 +356,7 @@ def _credit_debit_note(raw):
 
 def _line(raw, i):
     where = "receiptLines[" + str(i) + "]."
+    _known(raw, LINE_FIELDS, where)
     return {
         "receiptLineType": _enum(raw, "receiptLineType", LINE_TYPES, where, "Sale"),
         "receiptLineNo": _int(raw, "receiptLineNo", where, False),
@@ -223,6 +374,7 @@ def _line(raw, i):
 
 def _tax(raw, i):
     where = "receiptTaxes[" + str(i) + "]."
+    _known(raw, TAX_FIELDS, where)
     return {
         "taxCode": _text(raw, "taxCode", 3, where, False),
         "taxPercent": _number(raw, "taxPercent", money.PERCENT_PLACES, where, False),
@@ -234,6 +386,7 @@ def _tax(raw, i):
 
 def _payment(raw, i):
     where = "receiptPayments[" + str(i) + "]."
+    _known(raw, PAYMENT_FIELDS, where)
     return {
         "moneyTypeCode": _enum(raw, "moneyTypeCode", MONEY_TYPES, where),
         "paymentAmount": _number(raw, "paymentAmount", money.AMOUNT_PLACES, where),
@@ -244,6 +397,7 @@ def _signature(raw):
     if raw is None:
         return None
     where = "receiptDeviceSignature."
+    _known(raw, SIGNATURE_FIELDS, where)
     return {"hash": _text(raw, "hash", 100, where), "signature": _text(raw, "signature", 1000, where)}
 
 
@@ -252,7 +406,10 @@ def unwrap_receipt(body):
     if not isinstance(body, dict):
         raise FiscalError("RCPT02", "A receipt must be a JSON object.", "receipt")
     inner = body.get("receipt")
-    return inner if isinstance(inner, dict) else body
+    if not isinstance(inner, dict):
+        return body
+    _known(body, ("receipt",))
+    return inner
 
 
 def parse_receipt(raw):
@@ -262,6 +419,7 @@ def parse_receipt(raw):
     totals may be missing, for `complete` to fill.
     """
     raw = unwrap_receipt(raw)
+    _known(raw, RECEIPT_FIELDS)
     inclusive = raw.get("receiptLinesTaxInclusive", True)
     if inclusive is not True and inclusive is not False:
         raise FiscalError("RCPT02", "Must be true or false.", "receiptLinesTaxInclusive")
@@ -294,24 +452,82 @@ def parse_receipt(raw):
             receipt[key] = raw[key]
     user = _obj(raw, "userInfo")
     if user is not None:
+        _known(user, USER_FIELDS, "userInfo.")
         _text(user, "username", 100, "userInfo.", False)
         _text(user, "userFullName", 250, "userInfo.", False)
         receipt["userInfo"] = user
     return receipt
 
 
+def _exact_text(value):
+    """A JSON number as decimal text without an exponent: '1.55E1' -> '15.5', '1e-05' -> '0.00001'.
+
+    json.loads(parse_float=str) keeps a number's own text, exponent and all; the shifted digits are exact.
+    Anything that is not such a number is returned as it is, for `money.parse_fixed` to refuse.
+    """
+    cut = max(value.find("e"), value.find("E"))
+    if cut < 0:
+        return value
+    mantissa, exponent = value[:cut], value[cut + 1 :]
+    sign = mantissa[:1] if mantissa[:1] in ("+", "-") else ""
+    whole, _, frac = mantissa[len(sign) :].partition(".")
+    power = exponent[1:] if exponent[:1] in ("+", "-") else exponent
+    if not (money.is_digits(whole) and (not frac or money.is_digits(frac))):
+        return value
+    if not money.is_digits(power) or len(power) > 2:  # beyond 10**99 is no percent: keep it refused
+        return value
+    digits = whole + frac
+    point = len(whole) + (-int(power) if exponent[:1] == "-" else int(power))
+    if point <= 0:
+        return sign + "0." + "0" * -point + digits
+    if point >= len(digits):
+        return sign + digits + "0" * (point - len(digits))
+    return sign + digits[:point] + "." + digits[point:]
+
+
+def config_percent(value, field="taxPercent"):
+    """GetConfig's taxPercent, exactly, in hundredths: 15.5 -> 1550, 15 -> 1500, '15.5' -> 1550.
+
+    FDMS sends a JSON number. json.loads gives an int or a float, json.loads(parse_float=str) the number's
+    text; a float is read through its shortest repr (never through float arithmetic), which is the JSON
+    text it came from. More than 2 decimals, a negative percent, NaN, infinity and true/false are refused.
+    (MicroPython's repr is not always the shortest: there such a float is refused, never misread.)
+    """
+    if isinstance(value, float):
+        value = repr(value)
+    if isinstance(value, str):
+        value = _exact_text(value)
+    try:
+        units = money.parse_fixed(value, money.PERCENT_PLACES, field)
+    except FiscalError as error:
+        raise _safe(error) from None
+    if units < 0:
+        raise FiscalError("BOX_BAD_NUMBER", "A tax percent cannot be negative.", field)
+    return units
+
+
 def parse_taxes(applicable_taxes):
-    """GetConfig's applicableTaxes -> [{taxID, taxPercent (hundredths|None), taxName, validFrom/Till}]."""
+    """GetConfig's applicableTaxes -> [{taxID, taxPercent (hundredths|None), taxName, validFrom/Till}].
+
+    Fields FDMS may add to a tax are ignored here: the tax table is FDMS's, not the POS's.
+    """
+    if not isinstance(applicable_taxes, list):
+        raise FiscalError("RCPT02", "Must be a list.", "applicableTaxes")
     taxes = []
     for i, raw in enumerate(applicable_taxes):
         where = "applicableTaxes[" + str(i) + "]."
         if not isinstance(raw, dict):
             raise FiscalError("RCPT02", "Must be an object.", where[:-1])
+        percent = raw.get("taxPercent")
+        name = raw.get("taxName") or ""
+        if not isinstance(name, str):
+            raise FiscalError("RCPT02", "Must be text.", where + "taxName")
         taxes.append(
             {
                 "taxID": _int(raw, "taxID", where),
-                "taxPercent": _number(raw, "taxPercent", money.PERCENT_PLACES, where, False),
-                "taxName": raw.get("taxName") or "",
+                # Absent taxPercent means exempt (None), as in a receipt line.
+                "taxPercent": None if percent is None else config_percent(percent, where + "taxPercent"),
+                "taxName": _clean(name, where + "taxName"),
                 "validFrom": raw.get("validFrom") or raw.get("taxValidFrom"),
                 "validTill": raw.get("validTill") or raw.get("taxValidTill"),
             }

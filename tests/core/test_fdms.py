@@ -1,3 +1,5 @@
+import json
+
 from core_support import raises, vectors
 
 from firmware.core import fdms, money
@@ -497,3 +499,179 @@ def test_a_note_naming_a_receipt_id_is_judged_by_that_id():
     both = dict(by_place, receiptID=8)  # FDMS takes the ID, which names no invoice here
     assert "RCPT032" in _codes(_credit(creditDebitNote=both), ctx)
     assert asked[-1] == {"receiptID": 8, "deviceID": None, "receiptGlobalNo": None, "fiscalDayNo": None}
+
+
+# --- the sale is parsed strictly: unknown keys and untypable text are refused, naming the field
+
+
+def test_a_misspelt_key_is_refused_not_dropped():
+    raw = _sale()
+    del raw["receiptLinesTaxInclusive"]
+    raw["receiptLinesTaxInclusiv"] = False  # once issued as tax-inclusive: the tax was wrong
+    error = raises("BOX_SALE_FIELD", fdms.parse_receipt, raw)
+    assert error.field == "receiptLinesTaxInclusiv"
+    assert "receiptLinesTaxInclusive" in error.message
+
+
+def _with(raw, path, value):
+    """`raw` with `value` set at `path` (keys and list indexes), the levels on the way created."""
+    node = raw
+    for step in path[:-1]:
+        if isinstance(step, str) and step not in node:
+            node[step] = {}
+        node = node[step]
+    node[path[-1]] = value
+    return raw
+
+
+BUYER = {"buyerRegisterName": "Acme", "buyerTIN": "2000654321"}
+
+
+def _full_sale():
+    """A sale with every optional level present, so that each can carry a bad key or text."""
+    buyer = dict(BUYER, buyerContacts={"phoneNo": "0772000000"}, buyerAddress={"city": "Harare"})
+    raw = _sale(buyerData=buyer, userInfo={"username": "anna"}, receiptNotes="Thank you")
+    lines = raw["receiptLines"]
+    raw["receiptTaxes"] = [
+        {"taxCode": "B", "taxID": 1, "taxAmount": "0", "salesAmountWithTax": "0.50"},
+        {"taxCode": "A", "taxID": 3, "taxPercent": "15", "taxAmount": "0.30", "salesAmountWithTax": "2.30"},
+    ]
+    raw["receiptLines"] = [dict(lines[0], taxCode="A"), dict(lines[1], taxCode="B")]
+    return raw
+
+
+def test_unknown_keys_are_refused_at_every_level():
+    assert _codes(_full_sale()) == []
+    for path, field in (
+        (("receiptTotals",), "receiptTotals"),
+        (("receiptLines", 1, "receiptLineNam"), "receiptLines[1].receiptLineNam"),
+        (("receiptTaxes", 0, "taxPercentage"), "receiptTaxes[0].taxPercentage"),
+        (("receiptPayments", 0, "currency"), "receiptPayments[0].currency"),
+        (("buyerData", "buyerName"), "buyerData.buyerName"),
+        (("buyerData", "buyerContacts", "mobile"), "buyerData.buyerContacts.mobile"),
+        (("buyerData", "buyerAddress", "town"), "buyerData.buyerAddress.town"),
+        (("userInfo", "role"), "userInfo.role"),
+    ):
+        error = raises("BOX_SALE_FIELD", fdms.parse_receipt, _with(_full_sale(), path, "x"))
+        assert error.field == field, error.field
+    credit = _credit()
+    credit["creditDebitNote"]["receiptNo"] = 7
+    assert raises("BOX_SALE_FIELD", fdms.parse_receipt, credit).field == "creditDebitNote.receiptNo"
+    signed = _sale(receiptDeviceSignature={"hash": "aGFzaA==", "signature": "c2ln", "certificate": "x"})
+    assert raises("BOX_SALE_FIELD", fdms.parse_receipt, signed).field == "receiptDeviceSignature.certificate"
+    wrapped = {"receipt": _sale(), "deviceID": 1}
+    assert raises("BOX_SALE_FIELD", fdms.parse_receipt, wrapped).field == "deviceID"
+    # An unknown key's name is shown safely, whatever it holds.
+    odd = raises("BOX_SALE_FIELD", fdms.parse_receipt, _sale(**{"note\x1b[2J": 1}))
+    assert odd.field == "note\\u001b[2J" and "\x1b" not in odd.message
+
+
+def test_the_fields_the_box_sets_itself_are_known():
+    raw = _sale(receiptDeviceSignature={"hash": "aGFzaA==", "signature": "c2ln"})
+    receipt = fdms.parse_receipt(raw)
+    assert receipt["receiptCounter"] == 2 and receipt["receiptGlobalNo"] == 11
+    assert receipt["receiptDate"] == "2026-09-08T10:00:00"
+    assert receipt["receiptDeviceSignature"]["signature"] == "c2ln"
+    # Both spellings of the buyer's VAT number are known (the spec's and the Swagger's).
+    for key in ("vatNumber", "VATNumber"):
+        buyer = dict(BUYER)
+        buyer[key] = "220012345"
+        assert fdms.parse_receipt(_sale(buyerData=buyer))["buyerData"]["vatNumber"] == "220012345"
+
+
+# Each kind a text must not hold: C0 controls (NUL, ESC, CR, LF, TAB), DEL, C1, bidirectional overrides and
+# isolates, lone surrogates (what json.loads('"\ud800"') gives).
+FORBIDDEN = ("\x00", "\x1b", "\r", "\n", "\t", "\x7f", "\x85", "\x9f", "\u202a", "\u202e", "\u2066", "\u2069")
+SURROGATES = (json.loads('"\\ud800"'), json.loads('"\\udfff"'), "\udc80")
+
+TEXT_FIELDS = (
+    (("invoiceNo",), "invoiceNo"),
+    (("receiptNotes",), "receiptNotes"),
+    (("receiptCurrency",), "receiptCurrency"),
+    (("username",), "username"),
+    (("userNameSurname",), "userNameSurname"),
+    (("receiptLines", 1, "receiptLineName"), "receiptLines[1].receiptLineName"),
+    (("receiptLines", 0, "receiptLineHSCode"), "receiptLines[0].receiptLineHSCode"),
+    (("receiptLines", 0, "taxCode"), "receiptLines[0].taxCode"),
+    (("receiptTaxes", 1, "taxCode"), "receiptTaxes[1].taxCode"),
+    (("buyerData", "buyerRegisterName"), "buyerData.buyerRegisterName"),
+    (("buyerData", "buyerTradeName"), "buyerData.buyerTradeName"),
+    (("buyerData", "buyerTIN"), "buyerData.buyerTIN"),
+    (("buyerData", "vatNumber"), "buyerData.vatNumber"),
+    (("buyerData", "buyerContacts", "email"), "buyerData.buyerContacts.email"),
+    (("buyerData", "buyerAddress", "street"), "buyerData.buyerAddress.street"),
+    (("userInfo", "userFullName"), "userInfo.userFullName"),
+)
+
+
+def test_texts_refuse_control_characters_bidi_overrides_and_lone_surrogates():
+    for char in FORBIDDEN + SURROGATES:
+        for path, field in TEXT_FIELDS:
+            error = raises("BOX_SALE_TEXT", fdms.parse_receipt, _with(_full_sale(), path, "A" + char))
+            assert error.field == field, field
+            assert ("U+%04X" % ord(char)) in error.message
+            error.message.encode()  # the refusal itself is always printable UTF-8
+    assert (
+        "lone surrogate"
+        in raises("BOX_SALE_TEXT", fdms.parse_receipt, _sale(invoiceNo=SURROGATES[0])).message
+    )
+
+
+def test_texts_keep_every_other_character():
+    # Accents, CJK, the euro sign, a no-break space, a soft hyphen, Arabic, an emoji joined by U+200D.
+    text = "Caf\u00e9 \u00fc\u00df \u65e5\u672c \u20ac5\u00a0\u00ad \u0627\u0644\u062e\u0628\u0632"
+    text += " \U0001f469\u200d\U0001f373"
+    line = dict(_sale()["receiptLines"][0], receiptLineName=text)
+    receipt = fdms.parse_receipt(_sale(invoiceNo=text, receiptLines=[line]))
+    assert receipt["invoiceNo"] == text and receipt["receiptLines"][0]["receiptLineName"] == text
+
+
+# --- GetConfig's tax table, as FDMS sends it: JSON numbers
+
+
+def test_config_tax_percents_are_read_exactly_from_json_numbers():
+    table = [
+        {"taxID": 1, "taxName": "Exempt", "validFrom": "2023-01-01"},
+        {"taxID": 2, "taxPercent": 0, "taxName": "Zero rated 0%"},
+        {"taxID": 3, "taxPercent": 15, "taxName": "Standard rated 15%"},
+        {"taxID": 517, "taxPercent": 15.5, "taxName": "Standard rated 15.5%"},
+        {"taxID": 518, "taxPercent": 14.25, "taxName": "A quarter"},
+        {"taxID": 519, "taxPercent": 100.0, "taxName": "Whole"},
+    ]
+    assert [t["taxPercent"] for t in fdms.parse_taxes(table)] == [None, 0, 1500, 1550, 1425, 10000]
+    # The same numbers as json.loads(parse_float=str) keeps them, exponents included.
+    for text, hundredths in (("15.5", 1550), ("1.55E1", 1550), ("155e-1", 1550), ("0.0", 0), ("1e2", 10000)):
+        assert fdms.parse_taxes([{"taxID": 9, "taxPercent": text}])[0]["taxPercent"] == hundredths
+
+
+def test_config_tax_percents_that_are_not_exact_hundredths_are_refused():
+    for value in (
+        15.555,
+        "15.555",
+        -5,
+        -0.5,
+        "-15",
+        True,
+        False,
+        float("nan"),
+        float("inf"),
+        "1e999",
+        "abc",
+        1e-05,
+    ):
+        error = raises("BOX_BAD_NUMBER", fdms.parse_taxes, [{"taxID": 4}, {"taxID": 3, "taxPercent": value}])
+        assert error.field == "applicableTaxes[1].taxPercent"
+    raises("RCPT02", fdms.parse_taxes, {"taxID": 3})
+    assert (
+        raises("RCPT02", fdms.parse_taxes, [{"taxID": 3, "taxName": 15}]).field
+        == "applicableTaxes[0].taxName"
+    )
+
+
+def test_a_refusal_quoting_the_input_shows_its_control_characters_escaped():
+    for bad in ("1.\x1b[2J5", "1." + SURROGATES[0]):
+        error = raises("BOX_BAD_NUMBER", fdms.parse_receipt, _sale(receiptTotal=bad))
+        assert error.field == "receiptTotal" and fdms._bad_character(error.message) < 0
+        assert "\\u" in error.message and fdms._bad_character(str(error)) < 0
+    error = raises("BOX_BAD_NUMBER", fdms.parse_taxes, [{"taxID": 3, "taxPercent": "1\x1b5"}])
+    assert error.message == "'1\\u001b5' is not a decimal number."
