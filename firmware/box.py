@@ -43,6 +43,8 @@ OPTIONAL_SETTINGS = {
     "day_end_notification_hours": 2,
 }
 FILE_LIMIT = 3_000_000  # bytes: FDMS refuses a SubmitFile file over 3 MB (FILE01)
+UNPRINTED_BATCH = 100  # receipts read from the journal at a time by print_unprinted
+STATUS_UNPRINTED = 20  # unprinted receipts status lists by number (it counts them all)
 CLOCK_SKEW_WARN_SECONDS = 120  # FDMS flags receipts dated too far ahead (RCPT031); its margin is unknown
 # Fields of a sale the box decides itself; a POS that sends them is told so rather than silently overruled.
 BOX_FIELDS = ("receiptCounter", "receiptGlobalNo", "receiptDate", "receiptDeviceSignature")
@@ -537,16 +539,26 @@ class Box:
         return {"global_no": global_no, "copy": copy, "prints": self.journal.prints(global_no)[1]}
 
     @_serialized
-    def print_unprinted(self) -> dict[str, Any]:
-        """Print every receipt with no finished print, oldest first; stops at the first printer fault."""
+    def print_unprinted(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Print every receipt with no finished print, oldest first, read from the journal in batches;
+        stops at the first printer fault. `progress(printed, total)` follows a long run; `remaining` counts
+        the receipts still without a finished print at the end."""
+        total = self.journal.unprinted_count()
         done: list[int] = []
-        for global_no in self.journal.unprinted():
-            try:
-                self._print_receipt(global_no)
-            except FiscalError as error:
-                return {"printed": done, "stopped_at": global_no, "error": error.as_dict()}
-            done.append(global_no)
-        return {"printed": done, "stopped_at": None, "error": None}
+        stopped_at, failure, after = None, None, 0
+        while failure is None and (batch := self.journal.unprinted(limit=UNPRINTED_BATCH, after=after)):
+            for global_no in batch:
+                try:
+                    self._print_receipt(global_no)
+                except FiscalError as error:
+                    stopped_at, failure = global_no, error.as_dict()
+                    break
+                done.append(global_no)
+                if progress is not None:
+                    progress(len(done), total)
+            after = batch[-1]
+        remaining = self.journal.unprinted_count()
+        return {"printed": done, "stopped_at": stopped_at, "error": failure, "remaining": remaining}
 
     @_serialized
     def report_document(self, day_no: int | None = None, width: int = 48) -> layout.Document:
@@ -589,7 +601,8 @@ class Box:
             "last_global_no": head["last_global_no"],
             "day": None,
             "outbox": self.journal.outbox_counts(),
-            "unprinted": self.journal.unprinted(),
+            "unprinted": self.journal.unprinted(limit=STATUS_UNPRINTED),  # the oldest; the count is all
+            "unprinted_count": self.journal.unprinted_count(),
             "journal": {"clean": self.boot["clean"], "problems": self.boot["problems"]},
             "fdms": {
                 "mode": self.operating_mode(),
