@@ -441,13 +441,18 @@ class Box:
             try:  # the sale is committed: a printer fault is reported, and the receipt waits for a reprint
                 self._print_receipt(head.global_no)
                 printed = True
-            except FiscalError as error:
+            except Exception as error:  # drivers raise FiscalError; nothing else may lose the sale's answer
+                code, message = (
+                    (error.code, error.message)
+                    if isinstance(error, FiscalError)
+                    else ("BOX_PRINTER_FAULT", f"Printing failed ({type(error).__name__}: {error}).")
+                )
                 warnings.append(
                     {
-                        "code": error.code,
+                        "code": code,
                         "colour": "Yellow",
                         "field": None,
-                        "message": f"{error.message} Receipt {head.global_no} is committed but not printed: "
+                        "message": f"{message} Receipt {head.global_no} is committed but not printed: "
                         "reprint it once the printer is ready.",
                     }
                 )

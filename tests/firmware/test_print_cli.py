@@ -123,3 +123,39 @@ def test_reprint_unprinted_prints_them_all_and_shows_its_progress(
     assert len(printer.pages) == 130
     with Journal(tmp_path / "journal.db") as journal:
         assert journal.unprinted_count() == 0
+
+
+CHECK_BYTES = 9  # the three DLE EOT status queries the Epson driver sends before a print
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("reprint", "1"),
+        ("reprint", "--unprinted"),
+        ("reprint", "--unprinted", "--json"),
+        ("report", "--print"),
+    ],
+)
+@pytest.mark.parametrize("sent", [0, CHECK_BYTES + 200], ids=["before-the-print", "mid-print"])
+def test_a_printer_unplugged_during_a_command_is_one_error_line(
+    tmp_path: Path, paper: tuple[VirtualPrinter, PtyPort], args: tuple[str, ...], sent: int
+) -> None:
+    printer, port = paper
+    make_box(tmp_path)
+    port.unplug_after(sent)
+    result = run(config(tmp_path, port.path), *args)
+    assert result.exit_code == 2
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error BOX_PRINTER_OFFLINE: ") and "check its power and cable" in line
+    assert ("did not finish" in line) == (sent > 0)
+    with Journal(tmp_path / "journal.db") as journal:
+        assert journal.prints(1) == ((1, 0) if sent and args[0] == "reprint" else (0, 0))
+        assert journal.unprinted() == [1, 2]
+    if "--unprinted" in args:
+        if "--json" in args:
+            answer = json.loads(result.stdout)
+            assert answer["printed"] == [] and answer["stopped_at"] == 1 and answer["remaining"] == 2
+        else:
+            assert result.stdout.strip() == "printed 0 receipts, stopped at receipt 1; 2 still unprinted"
