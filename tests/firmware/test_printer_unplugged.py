@@ -28,17 +28,20 @@ class Bench:
         self.model = model
         self.stack = stack
         self.paper = VirtualPrinter(dots=printers.PROFILES[model].dots)
-        self.port, self.driver = self.plug()
+        self.port: PtyPort
+        self.driver = self.plug()
 
-    def plug(self) -> tuple[PtyPort, Any]:
-        port = self.stack.enter_context(serve_on_pty(self.paper))
-        link = self.stack.enter_context(serial.Serial(port.path, 19200, timeout=1, write_timeout=10))
+    def plug(self) -> Any:
+        """A new pty for the same paper and a driver on it through pyserial, as the box's CLI opens it."""
+        self.port = self.stack.enter_context(serve_on_pty(self.paper))
+        link = self.stack.enter_context(serial.Serial(self.port.path, 19200, timeout=1, write_timeout=10))
         options = {"paced": False} if printers.PROFILES[self.model].escpos_profile is None else {}
-        self.port, self.driver = port, printers.open_printer(self.model, link, **options)
-        return self.port, self.driver
+        self.driver = printers.open_printer(self.model, link, **options)
+        return self.driver
 
     def unplug_after_check(self, document_bytes: int) -> None:
-        """Pull the cable once the box's status check has passed and `document_bytes` of the print are out."""
+        """Pull the cable once the box's status check has passed and `document_bytes` of the print are out.
+        A check of the test's own counts the bytes the box's check will take."""
         before = self.port.received
         self.driver.check()
         self.port.unplug_after(self.port.received - before + document_bytes)
@@ -64,7 +67,7 @@ def _box(rig: Rig, bench: Bench) -> Box:
 
 
 def _replug(box: Box, bench: Bench) -> None:
-    box.printer = bench.plug()[1]
+    box.printer = bench.plug()
 
 
 @pytest.mark.parametrize("model", MODELS)
