@@ -43,6 +43,8 @@ OPTIONAL_SETTINGS = {
     "day_end_notification_hours": 2,
 }
 FILE_LIMIT = 3_000_000  # bytes: FDMS refuses a SubmitFile file over 3 MB (FILE01)
+UNPRINTED_BATCH = 100  # receipts read from the journal at a time by print_unprinted
+STATUS_UNPRINTED = 20  # unprinted receipts status lists by number (it counts them all)
 CLOCK_SKEW_WARN_SECONDS = 120  # FDMS flags receipts dated too far ahead (RCPT031); its margin is unknown
 # Boot findings that say the journal is not the one this box wrote (see backup.Anchor).
 ANCHOR_CODES = ("BOX_JOURNAL_BEHIND", "BOX_JOURNAL_FOREIGN")
@@ -468,13 +470,18 @@ class Box:
             try:  # the sale is committed: a printer fault is reported, and the receipt waits for a reprint
                 self._print_receipt(head.global_no)
                 printed = True
-            except FiscalError as error:
+            except Exception as error:  # drivers raise FiscalError; nothing else may lose the sale's answer
+                code, message = (
+                    (error.code, error.message)
+                    if isinstance(error, FiscalError)
+                    else ("BOX_PRINTER_FAULT", f"Printing failed ({type(error).__name__}: {error}).")
+                )
                 warnings.append(
                     {
-                        "code": error.code,
+                        "code": code,
                         "colour": "Yellow",
                         "field": None,
-                        "message": f"{error.message} Receipt {head.global_no} is committed but not printed: "
+                        "message": f"{message} Receipt {head.global_no} is committed but not printed: "
                         "reprint it once the printer is ready.",
                     }
                 )
@@ -605,16 +612,26 @@ class Box:
         return {"global_no": global_no, "copy": copy, "prints": self.journal.prints(global_no)[1]}
 
     @_serialized
-    def print_unprinted(self) -> dict[str, Any]:
-        """Print every receipt with no finished print, oldest first; stops at the first printer fault."""
+    def print_unprinted(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Print every receipt with no finished print, oldest first, read from the journal in batches;
+        stops at the first printer fault. `progress(printed, total)` follows a long run; `remaining` counts
+        the receipts still without a finished print at the end."""
+        total = self.journal.unprinted_count()
         done: list[int] = []
-        for global_no in self.journal.unprinted():
-            try:
-                self._print_receipt(global_no)
-            except FiscalError as error:
-                return {"printed": done, "stopped_at": global_no, "error": error.as_dict()}
-            done.append(global_no)
-        return {"printed": done, "stopped_at": None, "error": None}
+        stopped_at, failure, after = None, None, 0
+        while failure is None and (batch := self.journal.unprinted(limit=UNPRINTED_BATCH, after=after)):
+            for global_no in batch:
+                try:
+                    self._print_receipt(global_no)
+                except FiscalError as error:
+                    stopped_at, failure = global_no, error.as_dict()
+                    break
+                done.append(global_no)
+                if progress is not None:
+                    progress(len(done), total)
+            after = batch[-1]
+        remaining = self.journal.unprinted_count()
+        return {"printed": done, "stopped_at": stopped_at, "error": failure, "remaining": remaining}
 
     @_serialized
     def report_document(self, day_no: int | None = None, width: int = 48) -> layout.Document:
@@ -657,7 +674,8 @@ class Box:
             "last_global_no": head["last_global_no"],
             "day": None,
             "outbox": self.journal.outbox_counts(),
-            "unprinted": self.journal.unprinted(),
+            "unprinted": self.journal.unprinted(limit=STATUS_UNPRINTED),  # the oldest; the count is all
+            "unprinted_count": self.journal.unprinted_count(),
             "journal": {"clean": self.boot["clean"], "problems": self.boot["problems"]},
             "fdms": {
                 "mode": self.operating_mode(),

@@ -797,14 +797,24 @@ class Journal:
         ).fetchone()
         return (0, 0) if row is None else (row[0], row[1])
 
-    def unprinted(self, limit: int = 100) -> list[int]:
-        """Receipts with no finished print, oldest first (at most `limit` of them)."""
+    # Receipts with no finished print: never started, or every print began and did not finish.
+    UNPRINTED = (
+        "FROM receipts r LEFT JOIN print_log p USING (global_no) "
+        "WHERE (p.completed IS NULL OR p.completed = 0)"
+    )
+
+    def unprinted(self, limit: int | None = None, after: int = 0) -> list[int]:
+        """Receipts numbered above `after` with no finished print, oldest first: all of them, or the first
+        `limit`."""
         rows = self.db.execute(
-            "SELECT r.global_no FROM receipts r LEFT JOIN print_log p USING (global_no) "
-            "WHERE p.completed IS NULL OR p.completed = 0 ORDER BY r.global_no LIMIT ?",
-            (limit,),
+            f"SELECT r.global_no {self.UNPRINTED} AND r.global_no > ? ORDER BY r.global_no LIMIT ?",
+            (after, -1 if limit is None else limit),
         )
         return [row[0] for row in rows]
+
+    def unprinted_count(self) -> int:
+        """How many receipts have no finished print."""
+        return int(self._scalar(f"SELECT count(*) {self.UNPRINTED}"))
 
     def outbox_counts(self) -> dict[str, int]:
         return {state: n for state, n in self.db.execute("SELECT state, count(*) FROM outbox GROUP BY state")}

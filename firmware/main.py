@@ -263,13 +263,13 @@ def _with_box(
         _fail(error)
 
 
-def _progress_printer(as_json: bool) -> Callable[[int, int], None] | None:
+def _progress_printer(as_json: bool, verb: str = "checked") -> Callable[[int, int], None] | None:
     """Progress on standard error for long work; nothing when the output is for a script."""
     if as_json:
         return None
 
     def show(done: int, total: int) -> None:
-        click.echo(f"\r  checked {done:,} of {total:,} receipts", nl=False, err=True)
+        click.echo(f"\r  {verb} {done:,} of {total:,} receipts", nl=False, err=True)
 
     return show
 
@@ -477,9 +477,15 @@ def reprint_command(cfg: configuration.Config, global_no: int | None, unprinted:
     if (global_no is None) == (not unprinted):
         _fail(FiscalError("BOX_USAGE", "Give either a receipt number or --unprinted."))
     if unprinted:
-        result = _with_box(cfg, lambda box: box.print_unprinted(), printing=True)
+        progress = _progress_printer(as_json, "printed")
+        result = _with_box(cfg, lambda box: box.print_unprinted(progress), printing=True)
+        if progress is not None and result["printed"]:
+            click.echo(err=True)  # end the progress line
         _emit(result, as_json, _unprinted_text)
-        sys.exit(0 if result["error"] is None else 1)
+        if result["error"] is not None:  # what was printed is reported above; the fault is one error line
+            error = result["error"]
+            _fail(FiscalError(error["code"], f"Receipt {result['stopped_at']}: {error['message']}"))
+        return
     assert global_no is not None
     done = _with_box(cfg, lambda box: box.reprint(global_no), printing=True)
     _emit(done, as_json, lambda r: f"printed receipt {r['global_no']}" + (" as COPY" if r["copy"] else ""))
@@ -487,9 +493,10 @@ def reprint_command(cfg: configuration.Config, global_no: int | None, unprinted:
 
 def _unprinted_text(result: dict[str, Any]) -> str:
     text = f"printed {len(result['printed'])} receipts"
-    if result["error"] is not None:
-        error = result["error"]
-        text += f"; stopped at receipt {result['stopped_at']}: {error['code']}: {error['message']}"
+    if result["stopped_at"] is not None:
+        text += f", stopped at receipt {result['stopped_at']}"
+    if result["remaining"]:
+        text += f"; {result['remaining']} still unprinted"
     return text
 
 

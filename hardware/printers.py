@@ -3,7 +3,9 @@
 Each supported model has an explicit profile (columns, dots, whether it prints QR codes natively, its cutter,
 its code page); nothing is guessed from the printer at run time. A driver turns a layout Document into bytes,
 sends them, and reads the printer's status before and after so a paper-out or open cover becomes a FiscalError
-with a BOX_PRINTER_ code instead of a silently lost receipt. See reference/hardware.md section 1.
+with a BOX_PRINTER_ code instead of a silently lost receipt. Any failure of the port or of a driver library
+(an unplugged cable, a timeout, an exception of any type) becomes one too: callers catch only FiscalError.
+See reference/hardware.md section 1.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import functools
 import time
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import qrcode
 from anyascii import anyascii
@@ -140,6 +143,48 @@ def _problem(found: tuple[str, str], during: bool) -> FiscalError:
     return FiscalError(code, message)
 
 
+def device_fault(error: Exception, during: bool) -> FiscalError:
+    """A failure of the link or of a driver library as a BOX_PRINTER_ error: pyserial's errors (a vanished
+    port, a write timeout, "returned no data") are OSErrors, so offline; any other type the libraries raise
+    is a fault of the printer or its driver. Either way the shop can act: check, then reprint."""
+    detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    if isinstance(error, OSError):
+        found = (
+            "BOX_PRINTER_OFFLINE",
+            f"The printer stopped answering ({detail}): check its power and cable, then reprint.",
+        )
+    else:
+        found = (
+            "BOX_PRINTER_FAULT",
+            f"The printer driver failed ({detail}): switch the printer off and on, check its model in the "
+            "configuration, then reprint.",
+        )
+    return _problem(found, during)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _device_faults(during: bool) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Whatever a driver method raises reaches the box as a FiscalError with a BOX_PRINTER_ code, never as
+    a library's own exception: callers (issue, reprint, reports) then need only catch FiscalError."""
+
+    def wrap(method: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(method)
+        def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return method(*args, **kwargs)
+            except FiscalError:
+                raise
+            except Exception as error:
+                raise device_fault(error, during) from error
+
+        return run
+
+    return wrap
+
+
 class _PortEscpos(Escpos):
     """python-escpos over any serial-like port (a pyserial Serial, a pseudo-terminal, the virtual printer)."""
 
@@ -229,11 +274,13 @@ class EscposPrinter:
             return OFFLINE
         return None
 
+    @_device_faults(during=False)
     def check(self) -> None:
         found = self._status()
         if found is not None:
             raise _problem(found, during=False)
 
+    @_device_faults(during=True)
     def print_document(self, document: layout.Document) -> None:
         self.device._raw(self.encode(document))
         found = self._status()
@@ -268,7 +315,8 @@ class AdafruitPrinter:
         self.profile = PROFILES["adafruit-csn-a2"]
         self.port = port
         self.paced = paced
-        self.device = module.ThermalPrinter(port, auto_warm_up=paced, **timing)
+        make = _device_faults(during=False)(module.ThermalPrinter)  # warming up writes to the port
+        self.device = make(port, auto_warm_up=paced, **timing)
         self.dot_print_s = timing.get("dot_print_s", 0.03)
 
     @property
@@ -289,6 +337,7 @@ class AdafruitPrinter:
             return OFFLINE
         return PAPER_OUT if answer[0] & 0x04 else None
 
+    @_device_faults(during=False)
     def check(self) -> None:
         found = self._status()
         if found is not None:
@@ -303,6 +352,7 @@ class AdafruitPrinter:
             if self.paced:
                 time.sleep(rows * self.dot_print_s)
 
+    @_device_faults(during=True)
     def print_document(self, document: layout.Document) -> None:
         from adafruit_thermal_printer import thermal_printer as base
 

@@ -3,6 +3,7 @@
 A driver's own serial code (pyserial `Serial(path, 19200, timeout=1)`, python-escpos's `Serial` backend) then
 runs unchanged: bytes written to the slave side reach the printer, and its status replies come back to be
 read.
+`unplug_after` pulls the cable at a chosen byte, for tests of a printer that vanishes mid-print.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ class PtyPort:
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)  # no echo, no line discipline: ESC/POS is binary
         self.path = os.ttyname(self._slave)
+        self.received = 0  # bytes the printer got: where to pull the cable, counted without a clock
+        self._unplug_at: int | None = None
+        self._closed = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._pump, name="pty-printer", daemon=True)
         self._thread.start()
@@ -40,10 +44,28 @@ class PtyPort:
                 return
             if not data:
                 continue
+            if self._unplug_at is not None and self.received + len(data) > self._unplug_at:
+                self._printer.write(data[: self._unplug_at - self.received])
+                self.received = self._unplug_at
+                self._close_pty()
+                return
+            self.received += len(data)
             self._printer.write(data)
             reply = self._printer.read(self._printer.in_waiting)
             if reply:
                 os.write(self._master, reply)
+
+    def unplug_after(self, count: int) -> None:
+        """Pull the cable after the next `count` bytes: those reach the printer (and are answered); the byte
+        after them and all that follows is lost, and the pty disappears, so the driver's writes and reads
+        fail from then on, as when the printer is unplugged in the middle of a print."""
+        self._unplug_at = self.received + count
+
+    def _close_pty(self) -> None:
+        if not self._closed:
+            self._closed = True
+            os.close(self._master)
+            os.close(self._slave)
 
     def close(self) -> None:
         """Stop serving; the pty disappears (a driver still holding it open gets errors, as on unplug)."""
@@ -51,8 +73,7 @@ class PtyPort:
             return
         self._stop.set()
         self._thread.join(timeout=2)
-        os.close(self._master)
-        os.close(self._slave)
+        self._close_pty()
 
     def __enter__(self) -> PtyPort:
         return self

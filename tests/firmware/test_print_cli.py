@@ -28,7 +28,7 @@ def paper() -> Iterator[tuple[VirtualPrinter, PtyPort]]:
         yield printer, port
 
 
-def make_box(tmp_path: Path) -> None:
+def make_box(tmp_path: Path, totals: tuple[str, ...] = ("4.00", "6.50")) -> None:
     keys = FileKeyStore(tmp_path / "keys", PASS.encode())
     keys.generate(ECDSA_P256)
     clock = StepClock()
@@ -36,7 +36,7 @@ def make_box(tmp_path: Path) -> None:
         box = Box(journal, keys, clock)
         box.provision(SETTINGS)
         box.open_day()
-        for total in ("4.00", "6.50"):
+        for total in totals:
             clock.advance(60)
             box.issue(sale(total))
 
@@ -69,7 +69,7 @@ def test_reprint_and_unprinted_over_a_serial_port(
     assert again.output.strip() == "printed receipt 1 as COPY"
     rest = run(cfg, "reprint", "--unprinted", "--json")
     assert rest.exit_code == 0
-    assert json.loads(rest.output) == {"printed": [2], "stopped_at": None, "error": None}
+    assert json.loads(rest.output) == {"printed": [2], "stopped_at": None, "error": None, "remaining": 0}
     assert len(printer.pages) == 3
     assert "COPY" not in printer.pages[0].text().replace(" ", "")
     assert "COPY" in printer.pages[1].text().replace(" ", "")
@@ -109,3 +109,53 @@ def test_printer_faults_are_refused_with_their_code(
     cfg.write_text(cfg.read_text().replace("epson-tm-t20ii", "tm-x"))
     unknown = run(str(cfg), "reprint", "1")
     assert unknown.exit_code == 2 and "error BOX_CONFIG: Unknown printer model" in unknown.output
+
+
+def test_reprint_unprinted_prints_them_all_and_shows_its_progress(
+    tmp_path: Path, paper: tuple[VirtualPrinter, PtyPort]
+) -> None:
+    printer, port = paper
+    make_box(tmp_path, ("1.00",) * 130)  # more than the journal is read at a time
+    done = run(config(tmp_path, port.path), "reprint", "--unprinted")
+    assert done.exit_code == 0, done.output
+    assert done.stdout.strip() == "printed 130 receipts"
+    assert "printed 130 of 130 receipts" in done.stderr
+    assert len(printer.pages) == 130
+    with Journal(tmp_path / "journal.db") as journal:
+        assert journal.unprinted_count() == 0
+
+
+CHECK_BYTES = 9  # the three DLE EOT status queries the Epson driver sends before a print
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("reprint", "1"),
+        ("reprint", "--unprinted"),
+        ("reprint", "--unprinted", "--json"),
+        ("report", "--print"),
+    ],
+)
+@pytest.mark.parametrize("sent", [0, CHECK_BYTES + 200], ids=["before-the-print", "mid-print"])
+def test_a_printer_unplugged_during_a_command_is_one_error_line(
+    tmp_path: Path, paper: tuple[VirtualPrinter, PtyPort], args: tuple[str, ...], sent: int
+) -> None:
+    printer, port = paper
+    make_box(tmp_path)
+    port.unplug_after(sent)
+    result = run(config(tmp_path, port.path), *args)
+    assert result.exit_code == 2
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error BOX_PRINTER_OFFLINE: ") and "check its power and cable" in line
+    assert ("did not finish" in line) == (sent > 0)
+    with Journal(tmp_path / "journal.db") as journal:
+        assert journal.prints(1) == ((1, 0) if sent and args[0] == "reprint" else (0, 0))
+        assert journal.unprinted() == [1, 2]
+    if "--unprinted" in args:
+        if "--json" in args:
+            answer = json.loads(result.stdout)
+            assert answer["printed"] == [] and answer["stopped_at"] == 1 and answer["remaining"] == 2
+        else:
+            assert result.stdout.strip() == "printed 0 receipts, stopped at receipt 1; 2 still unprinted"

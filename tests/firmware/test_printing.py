@@ -108,11 +108,30 @@ def test_after_a_restart_the_box_lists_and_prints_what_is_unprinted(rig: Rig) ->
     box, paper = _printed_box(rig)  # the box starts again, the printer is back
     assert box.status()["unprinted"] == [1, 2, 3]
     done = box.print_unprinted()
-    assert done == {"printed": [1, 2, 3], "stopped_at": None, "error": None}
+    assert done == {"printed": [1, 2, 3], "stopped_at": None, "error": None, "remaining": 0}
     assert len(paper.pages) == 3
     for page in paper.pages:  # never began printing before, so these are originals
         assert "COPY" not in page.text().replace(" ", "")
     assert box.status()["unprinted"] == []
+
+
+def test_every_unprinted_receipt_is_counted_and_printed_not_only_the_oldest_hundred(rig: Rig) -> None:
+    box, paper = _printed_box(rig)
+    printer, box.printer = box.printer, None  # sold while the printer was away
+    for _ in range(130):
+        box.issue(sale())
+    box.printer = printer
+    info = box.status()
+    assert info["unprinted_count"] == 130
+    assert info["unprinted"] == list(range(1, 21))  # the oldest, by number
+    assert box.journal.unprinted() == list(range(1, 131))
+    assert box.journal.unprinted(limit=5, after=100) == list(range(101, 106))
+    seen: list[tuple[int, int]] = []
+    done = box.print_unprinted(lambda printed, total: seen.append((printed, total)))
+    assert done == {"printed": list(range(1, 131)), "stopped_at": None, "error": None, "remaining": 0}
+    assert len(paper.pages) == 130
+    assert seen == [(n, 130) for n in range(1, 131)]
+    assert box.status()["unprinted_count"] == 0 and box.status()["unprinted"] == []
 
 
 def test_print_unprinted_stops_at_the_first_fault(rig: Rig) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import serial
 from escpos.printer import Dummy
 
 from firmware.core import layout
 from firmware.core.errors import FiscalError
 from hardware import printers
+from sim.printer import VirtualPrinter
 
 URL = "https://invoice.zimra.co.zw/0000000321030420231112223331" + "4C8BE27663330417"
 
@@ -86,3 +88,74 @@ def test_unknown_model_is_refused_with_the_known_ones() -> None:
     with pytest.raises(FiscalError) as refused:
         printers.profile("tm-x")
     assert refused.value.code == "BOX_CONFIG" and "epson-tm-t20ii" in refused.value.message
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Whatever a driver library raises reaches the box as a BOX_PRINTER_ error
+
+
+def test_an_exception_of_python_escpos_itself_becomes_a_printer_fault() -> None:
+    """python-escpos's Dummy printer cannot read a status: the library raises NotImplementedError."""
+    driver = _escpos("epson-tm-t20ii")
+    with pytest.raises(FiscalError) as refused:
+        driver.check()
+    assert refused.value.code == "BOX_PRINTER_FAULT"
+    assert "NotImplementedError" in refused.value.message and "then reprint" in refused.value.message
+    with pytest.raises(FiscalError) as refused:
+        driver.print_document(_document(48))
+    assert refused.value.code == "BOX_PRINTER_FAULT"
+    assert refused.value.message.startswith("The print did not finish.")
+
+
+class Glitch(Exception):
+    """An exception type no one here has heard of."""
+
+
+class FailingPort(VirtualPrinter):
+    """The virtual printer behind a link that fails with `error` once `good` bytes went through."""
+
+    def __init__(self, error: Exception, good: int) -> None:
+        super().__init__(dots=384)
+        self.error = error
+        self.good = good
+
+    def write(self, data: bytes) -> int:
+        if self.good < len(data):
+            raise self.error
+        self.good -= len(data)
+        return super().write(data)
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (Glitch("bitmap buffer overrun"), "BOX_PRINTER_FAULT"),
+        (ValueError(), "BOX_PRINTER_FAULT"),
+        (serial.SerialTimeoutException("Write timeout"), "BOX_PRINTER_OFFLINE"),
+        (serial.SerialException("returned no data"), "BOX_PRINTER_OFFLINE"),
+        (TimeoutError(), "BOX_PRINTER_OFFLINE"),
+        (OSError(5, "Input/output error"), "BOX_PRINTER_OFFLINE"),
+    ],
+)
+@pytest.mark.parametrize("model", ["epson-tm-t20ii", "adafruit-csn-a2"])
+def test_any_exception_from_the_link_or_library_becomes_a_box_printer_error(
+    error: Exception, code: str, model: str
+) -> None:
+    profile = printers.PROFILES[model]
+    for good, during in ((0, False), (40, True)):  # at the status check; in the middle of the print
+        port = FailingPort(error, 1000)
+        options = {"paced": False} if profile.escpos_profile is None else {}
+        driver = printers.open_printer(model, port, **options)  # the Adafruit library writes a reset
+        port.good = good
+        with pytest.raises(FiscalError) as refused:
+            driver.check() if not during else driver.print_document(_document(profile.columns))
+        assert refused.value.code == code
+        assert refused.value.message.startswith("The print did not finish.") == during
+        assert type(error).__name__ in refused.value.message
+        assert refused.value.__cause__ is error
+
+
+def test_the_adafruit_library_failing_as_it_opens_the_port_is_a_printer_error() -> None:
+    with pytest.raises(FiscalError) as refused:
+        printers.open_printer("adafruit-csn-a2", FailingPort(Glitch("no reset"), 0), paced=False)
+    assert refused.value.code == "BOX_PRINTER_FAULT" and "Glitch: no reset" in refused.value.message
