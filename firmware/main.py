@@ -301,7 +301,7 @@ def _status_text(info: dict[str, Any]) -> str:
         if day is None
         else f"day {day['day_no']} {day['status']} since {day['opened']}, {day['receipts']} receipts, "
         f"ends {day['ends']}",
-        f"outbox: {_counts(info['outbox'])}; unprinted: {len(info['unprinted'])}",
+        f"outbox: {_counts(info['outbox'])}; unprinted: {info['unprinted_count']}",
         "journal check: "
         + ("clean" if journal["clean"] else "{code}: {message}".format(**journal["problems"][0])),
     ]
