@@ -150,7 +150,14 @@ def make_backup(
     """Copy the journal online into `dest`, write its signed manifest, keep the newest `retain` copies."""
     if retain is not None and retain < 1:
         raise FiscalError("BOX_BACKUP", "--retain must keep at least one backup.", "retain")
-    dest.mkdir(parents=True, exist_ok=True)
+    if dest.exists() and not dest.is_dir():
+        raise FiscalError("BOX_BACKUP", f"{dest} is a file: give a folder to hold the backups.", "dest")
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise FiscalError(
+            "BOX_BACKUP", f"The backup folder {dest} cannot be made: {error.strerror}.", "dest"
+        ) from None
     head = journal.head()
     stamp = at.replace("-", "").replace(":", "")
     prefix = f"journal-{head['last_global_no']:010d}-{stamp}-"

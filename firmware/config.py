@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from firmware.core.errors import FiscalError
 
@@ -91,11 +92,24 @@ def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None 
             raise FiscalError(
                 "BOX_CONFIG", f"Cannot read the configuration {path}: {error.strerror}."
             ) from None
+        except UnicodeDecodeError:
+            raise FiscalError("BOX_CONFIG", f"The configuration {path} is not UTF-8 text.") from None
         except tomllib.TOMLDecodeError as error:
             raise FiscalError("BOX_CONFIG", f"The configuration {path} is not valid TOML: {error}.") from None
         for section, values in data.items():
-            if section not in merged or not isinstance(values, dict):
-                raise FiscalError("BOX_CONFIG", f"Unknown configuration section [{section}].", section)
+            if section not in merged:
+                known = ", ".join(f"[{name}]" for name in DEFAULTS)
+                raise FiscalError(
+                    "BOX_CONFIG",
+                    f"Unknown configuration section [{section}]; the sections are {known}.",
+                    section,
+                )
+            if not isinstance(values, dict):
+                raise FiscalError(
+                    "BOX_CONFIG",
+                    f"{section} must be a section ([{section}] followed by its keys), not a single value.",
+                    section,
+                )
             for key, value in values.items():
                 where = f"{section}.{key}"
                 if key not in merged[section]:
@@ -109,4 +123,18 @@ def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None 
             name = f"FISCALBOX_{section.upper()}_{key.upper()}"
             if name in environ:
                 values[key] = _coerce(environ[name], DEFAULTS[section][key], f"{section}.{key}")
+    _check_zone(merged["box"]["zone"])
     return Config(**merged)
+
+
+def _check_zone(zone: str) -> None:
+    """The box's time zone must be one the system knows (its local times are FDMS's receipt dates)."""
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise FiscalError(
+            "BOX_CONFIG",
+            f"box.zone {zone!r} is not a time zone this system knows; use a name such as Africa/Harare or "
+            "Africa/Nairobi.",
+            "box.zone",
+        ) from None

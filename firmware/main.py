@@ -461,10 +461,10 @@ def export_command(cfg: configuration.Config, first: int, last: int, out: str, a
 @click.pass_obj
 def show_command(cfg: configuration.Config, global_no: int, width: str) -> None:
     """Show receipt GLOBAL_NO as it prints (the QR as its URL). Prints nothing and changes nothing."""
-    click.echo(
-        _with_box(cfg, lambda box: box.receipt_document(global_no, width=int(width)).plain(), read_only=True),
-        nl=False,
+    text = _with_box(
+        cfg, lambda box: box.receipt_document(global_no, width=int(width)).plain(), read_only=True
     )
+    click.echo("\n".join(fdms.visible(line) for line in text.split("\n")), nl=False)
 
 
 @main.command("reprint")

@@ -306,7 +306,8 @@ class FileKeyStore:
         if not isinstance(passphrase, bytes) or not passphrase:
             raise FiscalError(
                 "BOX_KEY_PASSPHRASE",
-                "The key passphrase is empty; set one in the configuration or FISCALBOX_KEY_PASSPHRASE.",
+                "The key passphrase is empty: set it in the environment variable [keys] passphrase_env "
+                "names (FISCALBOX_KEY_PASSPHRASE by default).",
             )
         self._directory = Path(directory)
         self._passphrase = passphrase
@@ -616,8 +617,8 @@ class FileKeyStore:
             if _is_encrypted_pkcs8(data):
                 raise FiscalError(
                     "BOX_KEY_PASSPHRASE",
-                    "The key passphrase is wrong (or the key file is damaged); "
-                    "check the passphrase in the configuration or FISCALBOX_KEY_PASSPHRASE.",
+                    "The key passphrase is wrong (or the key file is damaged): check the value of the "
+                    "environment variable [keys] passphrase_env names (FISCALBOX_KEY_PASSPHRASE by default).",
                 ) from exc
             raise FiscalError(
                 "BOX_KEY_UNREADABLE",

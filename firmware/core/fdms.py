@@ -176,6 +176,12 @@ def _shown(text, limit=60):
     return "".join(out)
 
 
+def visible(text):
+    """`text` whole, with every character a receipt text may not hold written as \\uXXXX: what a terminal
+    is given of stored text, so a receipt stored before these checks cannot drive it."""
+    return _shown(text, len(text))
+
+
 def _clean(value, field):
     """Refuse a text holding a character the box must not store, send or print (BOX_SALE_TEXT)."""
     code = _bad_character(value)
