@@ -26,6 +26,8 @@ from firmware import export as exports
 from firmware import verify
 from firmware.core import fdms, layout, localtime, money, wire
 from firmware.core.errors import FiscalError
+from firmware.delivery import is_box_finding, read_state, signature_finding, state_path
+from firmware.fdms_client import FdmsError
 from firmware.journal import CLOSE_FAILED, CLOSE_INITIATED, CLOSED, OPENED, Head, Journal, NewReceipt
 from hardware import ECDSA_P256, Clock, KeyStore, Printer
 from hardware.signatures import load_public_key
@@ -43,6 +45,7 @@ OPTIONAL_SETTINGS = {
     "day_end_notification_hours": 2,
 }
 FILE_LIMIT = 3_000_000  # bytes: FDMS refuses a SubmitFile file over 3 MB (FILE01)
+FLAG_SCAN = 5000  # flagged receipts read for status: FDMS's flags are not hidden behind the box's findings
 CLOCK_SKEW_WARN_SECONDS = 120  # FDMS flags receipts dated too far ahead (RCPT031); its margin is unknown
 # Fields of a sale the box decides itself; a POS that sends them is told so rather than silently overruled.
 BOX_FIELDS = ("receiptCounter", "receiptGlobalNo", "receiptDate", "receiptDeviceSignature")
@@ -581,8 +584,10 @@ class Box:
         head = self.journal.head()
         day = self.journal.current_day()
         unfinished = self.journal.unfinished_days()
-        flagged = self.journal.flagged(from_day=self._first_unfinished(unfinished))
-        delivery = None if self.delivery is None else self.delivery.state()
+        first_unfinished = self._first_unfinished(unfinished)
+        flagged = self._fdms_flags(first_unfinished)
+        security = self._security_findings(first_unfinished)
+        delivery = self._delivery_state()
         info: dict[str, Any] = {
             "device_id": self._settings.get("device_id"),
             "serial": self._settings.get("serial"),
@@ -595,6 +600,7 @@ class Box:
                 "mode": self.operating_mode(),
                 "certificate_valid_till": self.certificate_valid_till(),
                 "flagged": flagged[:20],
+                "security": security[:20],
                 "delivery": delivery,
             },
             "warnings": [],
@@ -616,7 +622,8 @@ class Box:
             if day is None or d["day_no"] != day["day_no"]
         ]
         info["warnings"] += self._close_warnings(unfinished, flagged)
-        skew = None if delivery is None else delivery["clock_skew_seconds"]
+        info["warnings"] += self._delivery_warnings(delivery, security, info["warnings"])
+        skew = delivery.get("clock_skew_seconds")
         if skew is not None and abs(skew) > CLOCK_SKEW_WARN_SECONDS:
             way = "behind" if skew > 0 else "ahead of"
             info["warnings"].append(
@@ -633,6 +640,71 @@ class Box:
     def _first_unfinished(self, unfinished: list[dict[str, Any]]) -> int:
         """The first day FDMS has not closed (the next day when all are): what delivery still works on."""
         return unfinished[0]["day_no"] if unfinished else self.journal.head()["day_no"] + 1
+
+    def _fdms_flags(self, from_day: int, limit: int = FLAG_SCAN) -> list[dict[str, Any]]:
+        """What FDMS flagged on receipts of the days from `from_day` on, without the box's own findings."""
+        flags = []
+        for row in self.journal.flagged(limit, from_day=from_day):
+            errors = [e for e in row["errors"] if not is_box_finding(e)]
+            if errors:
+                flags.append({"global_no": row["global_no"], "errors": errors})
+        return flags
+
+    def _security_findings(self, first_unfinished: int) -> list[dict[str, Any]]:
+        """The box's own findings on FDMS's signatures (never FDMS's verdict): on the receipts and the close
+        of the last day FDMS closed and of the days after it."""
+        last_closed = first_unfinished - 1
+        found = [
+            {"global_no": row["global_no"], "day_no": None, "code": e["code"], "message": e["message"]}
+            for row in self.journal.flagged(FLAG_SCAN, from_day=last_closed)
+            for e in row["errors"]
+            if is_box_finding(e)
+        ]
+        day = self.journal.day(last_closed) if last_closed > 0 else None
+        if day is not None and day["status"] == CLOSED and str(day["closing_error"] or "").startswith("BOX_"):
+            finding = signature_finding(day["closing_error"], f"the close of day {last_closed}")
+            found.append({"global_no": None, "day_no": last_closed, **finding})
+        return found
+
+    def _delivery_state(self) -> dict[str, Any]:
+        """Delivery's state: the worker's in this process, else what the `deliver` process last wrote beside
+        the journal (status usually runs in a process of its own); with the receipts still waiting."""
+        if self.delivery is not None:
+            state = dict(self.delivery.state())
+        else:
+            state = read_state(state_path(self.journal.path)) or {"problem": None}
+        state["waiting"] = self.journal.outbox_counts().get("pending", 0)
+        return state
+
+    @staticmethod
+    def _delivery_warnings(
+        delivery: dict[str, Any], security: list[dict[str, Any]], given: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Delivery's problem and the box's findings on FDMS's signatures, said once each."""
+        warnings = []
+        for code in dict.fromkeys(f["code"] for f in security):
+            same = [f for f in security if f["code"] == code]
+            first = same[0]
+            day_no = first["day_no"]
+            what = f"receipt {first['global_no']}" if day_no is None else f"the close of day {day_no}"
+            if len(same) > 1:
+                what += f" and {len(same) - 1} more"
+            warnings.append({**signature_finding(code, what), "colour": "Yellow", "field": None})
+        problem = delivery.get("problem")
+        if problem and problem.get("code") not in {w["code"] for w in given}:
+            when = [f"since {problem['since']}"] if problem.get("since") else []
+            if problem.get("next_attempt"):
+                when.append(f"next attempt {problem['next_attempt']}")
+            when.append(f"{delivery['waiting']} receipts waiting")
+            warnings.append(
+                {
+                    "code": problem["code"],
+                    "colour": "Red" if problem.get("needs_person") else "Yellow",
+                    "field": problem.get("field"),
+                    "message": f"Delivery to FDMS: {problem['message']} ({'; '.join(when)})",
+                }
+            )
+        return warnings
 
     @staticmethod
     def _close_warnings(
@@ -670,20 +742,22 @@ class Box:
     @_serialized
     def outbox(self, limit: int = 20) -> dict[str, Any]:
         """What waits for FDMS: counts by state, the oldest undelivered receipts, the receipts FDMS flagged,
-        the days it has not closed, and delivery's last problem (when delivery runs in this process)."""
+        the box's own findings on FDMS's signatures, the days not closed, and delivery's last problem."""
         pending = self.journal.pending(limit)
         for row in pending:
             row["total"] = money.format_fixed(row["total"], 2)
         unfinished = self.journal.unfinished_days()
+        first_unfinished = self._first_unfinished(unfinished)
         return {
             "counts": self.journal.outbox_counts(),
             "oldest_pending": pending,
-            "flagged": self.journal.flagged(limit, from_day=self._first_unfinished(unfinished)),
+            "flagged": self._fdms_flags(first_unfinished)[:limit],
+            "security": self._security_findings(first_unfinished)[:limit],
             "days_waiting": [
                 {"day_no": d["day_no"], "status": d["status"], "open_sent": d["open_sent_at"] is not None}
                 for d in unfinished
             ],
-            "problem": None if self.delivery is None else self.delivery.state()["problem"],
+            "problem": self._delivery_state()["problem"],
         }
 
     @_serialized
@@ -745,7 +819,23 @@ class Box:
         client = self._require_fdms()
         if self.journal.head()["last_global_no"] and self._settings.get("device_id") not in (None, device_id):
             raise _refuse("BOX_SETTINGS", "This journal holds another device's receipts.", "device_id")
-        taxpayer = client.verify_taxpayer_information(activation_key, serial).body
+        warnings = []
+        try:
+            taxpayer = client.verify_taxpayer_information(activation_key, serial).body
+        except FdmsError as error:
+            if error.status != 404:
+                raise
+            # The check is optional in FDMS's flow; RegisterDevice below still checks the activation key.
+            taxpayer = {}
+            warnings.append(
+                {
+                    "code": "BOX_FDMS_NO_TAXPAYER_CHECK",
+                    "colour": "Yellow",
+                    "field": None,
+                    "message": "FDMS has no VerifyTaxpayerInformation (404), so the taxpayer was not checked "
+                    "before registering; check the taxpayer's name FDMS's configuration gave.",
+                }
+            )
         with self.lock:
             if self.keys.algorithm is None:
                 self.keys.generate(algorithm)
@@ -757,7 +847,9 @@ class Box:
         config = self.refresh_config(
             {"device_id": device_id, "serial": serial, "currencies": list(currencies)}
         )
-        return {"taxpayer": taxpayer, "config": config}
+        if not taxpayer:
+            taxpayer = {"taxPayerName": config["taxpayer_name"], "taxPayerTIN": config["taxpayer_tin"]}
+        return {"taxpayer": taxpayer, "config": config, "warnings": warnings}
 
     def refresh_config(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """GetConfig, and the settings it carries stored (taxes, taxpayer and branch data, limits)."""
@@ -935,9 +1027,10 @@ class Box:
             self.journal.update_file(day_no, sequence, status, error, self.now_local())
 
     def delivery_findings(self, day_no: int | None = None) -> list[dict[str, Any]]:
-        """Receipts FDMS flagged, with their errors; Grey and Red ones block the day's close."""
+        """Receipts FDMS flagged (and the box's own findings), with their errors; FDMS's Grey and Red ones
+        block the day's close, so all of a day's are read."""
         with self.lock:
-            return self.journal.flagged(day_no=day_no)
+            return self.journal.flagged(limit=-1, day_no=day_no)
 
     # -----------------------------------------------------------------------------------------------------
     # Audit, backup, export
