@@ -748,11 +748,13 @@ class Box:
             row["total"] = money.format_fixed(row["total"], 2)
         unfinished = self.journal.unfinished_days()
         first_unfinished = self._first_unfinished(unfinished)
+        security = self._security_findings(first_unfinished)
         return {
             "counts": self.journal.outbox_counts(),
             "oldest_pending": pending,
             "flagged": self._fdms_flags(first_unfinished)[:limit],
-            "security": self._security_findings(first_unfinished)[:limit],
+            "security": security[:limit],
+            "security_total": len(security),
             "days_waiting": [
                 {"day_no": d["day_no"], "status": d["status"], "open_sent": d["open_sent_at"] is not None}
                 for d in unfinished

@@ -78,8 +78,8 @@ def signature_finding(code: str, what: str) -> dict[str, Any]:
     """The box's own finding on FDMS's signature over `what` ("receipt 7", "the close of day 2"), in words."""
     if code == "BOX_SERVER_SIGNATURE_MISSING":
         message = (
-            f"FDMS's answer for {what} carries no server signature, so the box cannot check that FDMS "
-            "signed it. FDMS accepted it; report it to the supplier."
+            f"The box's own check: FDMS's answer for {what} carries no server signature, so the box cannot "
+            "check that FDMS signed it. FDMS accepted it; report it to the supplier."
         )
     else:
         message = (
@@ -234,12 +234,12 @@ class Delivery:
         return None
 
     def _gave_up(self, seconds: float) -> dict[str, Any]:
-        waited = f"Nothing was delivered for {seconds:g} s"
+        waited = f"Nothing was delivered for {seconds:g} s, so delivery stopped; what waits stays queued."
         if self.problem is not None:
-            return {**self.problem, "message": f"{waited}: {self.problem['message']}"}
+            return {**self.problem, "message": f"{self.problem['message']} {waited}"}
         return {
             "code": "BOX_CLOSE_PENDING",
-            "message": f"{waited}: FDMS has not finished processing the close; run delivery again later.",
+            "message": f"FDMS has not finished processing the day's close. {waited}",
             "field": None,
             "needs_person": False,
         }

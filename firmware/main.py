@@ -574,6 +574,14 @@ def outbox_command(cfg: configuration.Config, limit: int, as_json: bool) -> None
             f"  day {d['day_no']} {d['status']}" + ("" if d["open_sent"] else ", OpenDay not yet sent")
             for d in info["days_waiting"]
         ]
+        lines += [f"  finding {f['code']}: {f['message']}" for f in info["security"][:1]]
+        if info["security_total"] > 1:
+            lines.append(
+                f"  ... and on {info['security_total'] - 1} more (`outbox --json --limit N` lists them)"
+            )
+        problem = info["problem"]
+        if problem is not None:
+            lines.append(f"  delivery: {problem['code']}: {problem['message']}")
         return "\n".join(lines)
 
     _emit(_with_box(cfg, lambda box: box.outbox(limit)), as_json, text)
