@@ -622,7 +622,7 @@ class Box:
             if day is None or d["day_no"] != day["day_no"]
         ]
         info["warnings"] += self._close_warnings(unfinished, flagged)
-        info["warnings"] += self._delivery_warnings(delivery, security, info["warnings"])
+        info["warnings"] += self._delivery_warnings(delivery, security, info["warnings"], self.now_local())
         skew = delivery.get("clock_skew_seconds")
         if skew is not None and abs(skew) > CLOCK_SKEW_WARN_SECONDS:
             way = "behind" if skew > 0 else "ahead of"
@@ -678,7 +678,7 @@ class Box:
 
     @staticmethod
     def _delivery_warnings(
-        delivery: dict[str, Any], security: list[dict[str, Any]], given: list[dict[str, Any]]
+        delivery: dict[str, Any], security: list[dict[str, Any]], given: list[dict[str, Any]], now: str
     ) -> list[dict[str, Any]]:
         """Delivery's problem and the box's findings on FDMS's signatures, said once each."""
         warnings = []
@@ -693,8 +693,11 @@ class Box:
         problem = delivery.get("problem")
         if problem and problem.get("code") not in {w["code"] for w in given}:
             when = [f"since {problem['since']}"] if problem.get("since") else []
-            if problem.get("next_attempt"):
-                when.append(f"next attempt {problem['next_attempt']}")
+            due = problem.get("next_attempt")
+            if due and due >= now:
+                when.append(f"next attempt {due}")
+            elif due:
+                when.append(f"next attempt was due {due}: is `fiscalbox-device deliver` running?")
             when.append(f"{delivery['waiting']} receipts waiting")
             warnings.append(
                 {

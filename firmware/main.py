@@ -535,6 +535,7 @@ def deliver(cfg: configuration.Config, until_idle: bool, max_wait: float | None,
             "sent": worker.sent,
             **worker.state(),
             "outbox": box.journal.outbox_counts(),
+            "waiting": box.journal.outbox_counts().get("pending", 0),
             "stopped": worker.stopped,
         }
 
@@ -546,7 +547,11 @@ def deliver(cfg: configuration.Config, until_idle: bool, max_wait: float | None,
     def text(r: dict[str, Any]) -> str:
         line = f"delivered {r['sent']} receipts; outbox {r['outbox']}"
         stopped = r["stopped"]
-        return line if stopped is None else f"{line}\nstopped {stopped['code']}: {stopped['message']}"
+        if stopped is None:
+            return line
+        since = f"since {stopped['since']}; " if stopped.get("since") else ""
+        waiting = f"({since}{r['waiting']} receipts waiting)"
+        return f"{line}\nstopped {stopped['code']}: {stopped['message']} {waiting}"
 
     _emit(result, as_json, text)
     sys.exit(0 if result["stopped"] is None else 1)

@@ -39,6 +39,7 @@ def test_an_unreachable_fdms_stops_deliver_with_the_reason_and_status_says_it(
     assert "delivered 0 receipts" in stopped.stdout
     [reason] = [line for line in stopped.stdout.splitlines() if line.startswith("stopped ")]
     assert reason.startswith("stopped BOX_FDMS_UNAVAILABLE: ") and "Nothing was delivered for 0 s" in reason
+    assert "(since " in reason and "; 3 receipts waiting)" in reason
     assert "delivery waits: BOX_FDMS_UNAVAILABLE" in stopped.stderr  # said as it happened
     as_json = run(path, "deliver", "--until-idle", "--max-wait", "0", "--json")
     assert as_json.exit_code == 1

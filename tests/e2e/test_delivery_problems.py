@@ -174,6 +174,9 @@ def test_an_unreachable_fdms_is_waited_for_only_as_long_as_asked_and_said_for_st
     assert info["fdms"]["delivery"]["waiting"] == 3
     [warning] = [w for w in info["warnings"] if w["code"] == "BOX_FDMS_UNAVAILABLE"]
     assert "3 receipts waiting" in warning["message"] and "next attempt" in warning["message"]
+    site.clock.advance(3600)  # and nobody runs delivery any more
+    [stale] = [w for w in box.status()["warnings"] if w["code"] == "BOX_FDMS_UNAVAILABLE"]
+    assert "was due" in stale["message"] and "is `fiscalbox-device deliver` running?" in stale["message"]
     box.delivery = delivery
     site.sim.clear_faults()
     site.settle(delivery)
