@@ -101,7 +101,9 @@ def read_state(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not isinstance(data.get("problem") or {}, dict):
+        return None
+    return data
 
 
 class RetryLater(FiscalError):

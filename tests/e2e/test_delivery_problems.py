@@ -50,7 +50,13 @@ def test_a_failed_close_in_either_form_is_sent_a_few_times_under_back_off_then_r
     box.close_day()
     monkeypatch.setattr(box.keys, "sign", real_sign)
     seen: list[dict[str, Any] | None] = []
-    delivery.on_problem = seen.append
+    shown: list[dict[str, Any]] = []  # what `status` says at each change
+
+    def told(problem: dict[str, Any] | None) -> None:
+        seen.append(problem)
+        shown.append(box.status())
+
+    delivery.on_problem = told
     caplog.set_level(logging.INFO, logger="firmware.fdms_client")
     started = site.clock.now()
     site.settle(delivery, max_steps=200)  # a loop would run out of steps here
@@ -63,6 +69,10 @@ def test_a_failed_close_in_either_form_is_sent_a_few_times_under_back_off_then_r
     assert [p and p["code"] for p in seen] == ["BOX_CLOSE_FAILED"] * CLOSE_ATTEMPTS
     assert all("BadCertificateSignature" in p["message"] for p in seen if p)
     assert "attempt 1 of 3" in seen[0]["message"] and "after 3 attempts" in seen[-1]["message"]  # type: ignore[index]
+    # While the close is being sent again the journal's day still reads CloseInitiated; status names the code.
+    assert shown[0]["day"]["status"] == "FiscalDayCloseInitiated"
+    [retrying] = [w for w in shown[0]["warnings"] if w["code"] == "BOX_CLOSE_FAILED"]
+    assert "BadCertificateSignature" in retrying["message"] and "next attempt" in retrying["message"]
     assert delivery.stopped is not None and delivery.stopped["code"] == "BOX_CLOSE_FAILED"
     status = box.status()
     assert status["day"]["status"] == CLOSE_FAILED
@@ -139,6 +149,7 @@ def test_a_close_answered_without_a_server_signature_is_shown(
     box.open_day()
     issue_day(site, box, delivery, Shop(seed=47, device_id=10003), 3, deliver_every=0)
     site.settle(delivery)
+    assert not state_path(box.journal.path).exists()  # all went well: delivery wrote nothing
     monkeypatch.setattr(site.sim.ca, "sign", lambda text: {})  # FDMS closes the day and signs nothing
     box.close_day()
     site.settle(delivery)
