@@ -584,16 +584,15 @@ class Box:
         head = self.journal.head()
         day = self.journal.current_day()
         unfinished = self.journal.unfinished_days()
-        first_unfinished = self._first_unfinished(unfinished)
-        flagged = self._fdms_flags(first_unfinished)
-        security = self._security_findings(first_unfinished)
-        delivery = self._delivery_state()
+        flagged, security = self._findings(unfinished)
+        counts = self.journal.outbox_counts()
+        delivery = self._delivery_state(counts.get("pending", 0))
         info: dict[str, Any] = {
             "device_id": self._settings.get("device_id"),
             "serial": self._settings.get("serial"),
             "last_global_no": head["last_global_no"],
             "day": None,
-            "outbox": self.journal.outbox_counts(),
+            "outbox": counts,
             "unprinted": self.journal.unprinted(),
             "journal": {"clean": self.boot["clean"], "problems": self.boot["problems"]},
             "fdms": {
@@ -641,39 +640,40 @@ class Box:
         """The first day FDMS has not closed (the next day when all are): what delivery still works on."""
         return unfinished[0]["day_no"] if unfinished else self.journal.head()["day_no"] + 1
 
-    def _fdms_flags(self, from_day: int, limit: int = FLAG_SCAN) -> list[dict[str, Any]]:
-        """What FDMS flagged on receipts of the days from `from_day` on, without the box's own findings."""
-        flags = []
-        for row in self.journal.flagged(limit, from_day=from_day):
-            errors = [e for e in row["errors"] if not is_box_finding(e)]
-            if errors:
-                flags.append({"global_no": row["global_no"], "errors": errors})
-        return flags
-
-    def _security_findings(self, first_unfinished: int) -> list[dict[str, Any]]:
-        """The box's own findings on FDMS's signatures (never FDMS's verdict): on the receipts and the close
-        of the last day FDMS closed and of the days after it."""
+    def _findings(
+        self, unfinished: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """What FDMS flagged on the receipts of the days it has not closed; and the box's own findings on
+        FDMS's signatures (never FDMS's verdict) on those and on the receipts and close of the last day FDMS
+        closed, which stay in view after the close. One read of the journal."""
+        first_unfinished = self._first_unfinished(unfinished)
         last_closed = first_unfinished - 1
-        found = [
-            {"global_no": row["global_no"], "day_no": None, "code": e["code"], "message": e["message"]}
-            for row in self.journal.flagged(FLAG_SCAN, from_day=last_closed)
-            for e in row["errors"]
-            if is_box_finding(e)
-        ]
+        # Receipts from this number on belong to days FDMS has not closed.
+        since = min((d["first_global_no"] for d in unfinished if d["first_global_no"]), default=None)
+        flags, found = [], []
+        for row in self.journal.flagged(FLAG_SCAN, from_day=last_closed):
+            errors = [e for e in row["errors"] if not is_box_finding(e)]
+            if errors and since is not None and row["global_no"] >= since:
+                flags.append({"global_no": row["global_no"], "errors": errors})
+            found += [
+                {"global_no": row["global_no"], "day_no": None, "code": e["code"], "message": e["message"]}
+                for e in row["errors"]
+                if is_box_finding(e)
+            ]
         day = self.journal.day(last_closed) if last_closed > 0 else None
         if day is not None and day["status"] == CLOSED and str(day["closing_error"] or "").startswith("BOX_"):
             finding = signature_finding(day["closing_error"], f"the close of day {last_closed}")
             found.append({"global_no": None, "day_no": last_closed, **finding})
-        return found
+        return flags, found
 
-    def _delivery_state(self) -> dict[str, Any]:
+    def _delivery_state(self, waiting: int) -> dict[str, Any]:
         """Delivery's state: the worker's in this process, else what the `deliver` process last wrote beside
         the journal (status usually runs in a process of its own); with the receipts still waiting."""
         if self.delivery is not None:
             state = dict(self.delivery.state())
         else:
             state = read_state(state_path(self.journal.path)) or {"problem": None}
-        state["waiting"] = self.journal.outbox_counts().get("pending", 0)
+        state["waiting"] = waiting
         return state
 
     @staticmethod
@@ -750,19 +750,19 @@ class Box:
         for row in pending:
             row["total"] = money.format_fixed(row["total"], 2)
         unfinished = self.journal.unfinished_days()
-        first_unfinished = self._first_unfinished(unfinished)
-        security = self._security_findings(first_unfinished)
+        flagged, security = self._findings(unfinished)
+        counts = self.journal.outbox_counts()
         return {
-            "counts": self.journal.outbox_counts(),
+            "counts": counts,
             "oldest_pending": pending,
-            "flagged": self._fdms_flags(first_unfinished)[:limit],
+            "flagged": flagged[:limit],
             "security": security[:limit],
             "security_total": len(security),
             "days_waiting": [
                 {"day_no": d["day_no"], "status": d["status"], "open_sent": d["open_sent_at"] is not None}
                 for d in unfinished
             ],
-            "problem": self._delivery_state()["problem"],
+            "problem": self._delivery_state(counts.get("pending", 0))["problem"],
         }
 
     @_serialized

@@ -531,11 +531,12 @@ def deliver(cfg: configuration.Config, until_idle: bool, max_wait: float | None,
                 worker.run(stop)
             except KeyboardInterrupt:
                 pass
+        counts = box.journal.outbox_counts()
         return {
             "sent": worker.sent,
             **worker.state(),
-            "outbox": box.journal.outbox_counts(),
-            "waiting": box.journal.outbox_counts().get("pending", 0),
+            "outbox": counts,
+            "waiting": counts.get("pending", 0),
             "stopped": worker.stopped,
         }
 
