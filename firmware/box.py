@@ -45,7 +45,7 @@ OPTIONAL_SETTINGS = {
     "day_end_notification_hours": 2,
 }
 FILE_LIMIT = 3_000_000  # bytes: FDMS refuses a SubmitFile file over 3 MB (FILE01)
-FLAG_SCAN = 5000  # flagged receipts read for status: FDMS's flags are not hidden behind the box's findings
+FLAG_SCAN = 5000  # flagged receipts status reads: FDMS's flags and the box's own findings together
 CLOCK_SKEW_WARN_SECONDS = 120  # FDMS flags receipts dated too far ahead (RCPT031); its margin is unknown
 # Fields of a sale the box decides itself; a POS that sends them is told so rather than silently overruled.
 BOX_FIELDS = ("receiptCounter", "receiptGlobalNo", "receiptDate", "receiptDeviceSignature")
@@ -820,7 +820,8 @@ class Box:
         algorithm: str = ECDSA_P256,
     ) -> dict[str, Any]:
         """VerifyTaxpayerInformation, a key in the key store, a CSR, RegisterDevice, the certificate stored,
-        then GetConfig: the box is provisioned with what FDMS says."""
+        then GetConfig: the box is provisioned with what FDMS says. Where FDMS has no
+        VerifyTaxpayerInformation (404) registration goes on with a warning; any other failure stops it."""
         client = self._require_fdms()
         if self.journal.head()["last_global_no"] and self._settings.get("device_id") not in (None, device_id):
             raise _refuse("BOX_SETTINGS", "This journal holds another device's receipts.", "device_id")

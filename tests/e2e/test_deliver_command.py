@@ -102,6 +102,9 @@ def test_registration_goes_on_where_fdms_has_no_taxpayer_check_and_stops_on_any_
     assert refused.exit_code == 2 and "error BOX_FDMS_UNAVAILABLE" in refused.output
     assert "no key yet" in run(other, "key", "show").stdout
     sim.clear_faults()
+    wrong = run(other, "register", activation_key="WRONG123")
+    assert wrong.exit_code == 2 and "DEV02" in wrong.output  # refused by the taxpayer check itself
+    assert "no key yet" in run(other, "key", "show").stdout
     checked = json.loads(run(other, "register", "--json", activation_key=sim.activation_keys[10002]).stdout)
     assert checked["warnings"] == []
 
