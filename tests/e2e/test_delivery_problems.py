@@ -195,3 +195,21 @@ def test_an_unreachable_fdms_is_waited_for_only_as_long_as_asked_and_said_for_st
     assert read_state(state_path(box.journal.path))["problem"] is None  # type: ignore[index]
     box.delivery = None
     assert box.status()["fdms"]["delivery"]["problem"] is None
+
+
+def test_a_device_certificate_fdms_refuses_stops_delivery_for_a_person(tmp_path: Path) -> None:
+    scenario = Scenario.default()
+    scenario.server.certificate_days = 0.001  # about 86 s
+    site = Site(tmp_path, scenario)
+    try:
+        box, delivery = site.box(10001)
+        box.open_day()
+        issue_day(site, box, delivery, Shop(seed=59, device_id=10001), 2, deliver_every=0)
+        site.clock.advance(600)  # the certificate expired before anything went out
+        site.settle(delivery, max_steps=50)
+        stopped = delivery.stopped
+        assert stopped is not None and stopped["code"] == "BOX_FDMS_AUTH" and stopped["needs_person"]
+        [warning] = [w for w in box.status()["warnings"] if w["code"] == "BOX_FDMS_AUTH"]
+        assert warning["colour"] == "Red" and "2 receipts waiting" in warning["message"]
+    finally:
+        site.close()
