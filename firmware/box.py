@@ -26,6 +26,8 @@ from firmware import export as exports
 from firmware import verify
 from firmware.core import fdms, layout, localtime, money, wire
 from firmware.core.errors import FiscalError
+from firmware.delivery import is_box_finding, read_state, signature_finding, state_path
+from firmware.fdms_client import FdmsError
 from firmware.journal import CLOSE_FAILED, CLOSE_INITIATED, CLOSED, OPENED, Head, Journal, NewReceipt
 from hardware import ECDSA_P256, Clock, KeyStore, Printer
 from hardware.signatures import load_public_key
@@ -45,6 +47,7 @@ OPTIONAL_SETTINGS = {
 FILE_LIMIT = 3_000_000  # bytes: FDMS refuses a SubmitFile file over 3 MB (FILE01)
 UNPRINTED_BATCH = 100  # receipts read from the journal at a time by print_unprinted
 STATUS_UNPRINTED = 20  # unprinted receipts status lists by number (it counts them all)
+FLAG_SCAN = 5000  # flagged receipts status reads: FDMS's flags and the box's own findings together
 CLOCK_SKEW_WARN_SECONDS = 120  # FDMS flags receipts dated too far ahead (RCPT031); its margin is unknown
 # Boot findings that say the journal is not the one this box wrote (see backup.Anchor).
 ANCHOR_CODES = ("BOX_JOURNAL_BEHIND", "BOX_JOURNAL_FOREIGN")
@@ -666,14 +669,15 @@ class Box:
         head = self.journal.head()
         day = self.journal.current_day()
         unfinished = self.journal.unfinished_days()
-        flagged = self.journal.flagged(from_day=self._first_unfinished(unfinished))
-        delivery = None if self.delivery is None else self.delivery.state()
+        flagged, security = self._findings(unfinished)
+        counts = self.journal.outbox_counts()
+        delivery = self._delivery_state(counts.get("pending", 0))
         info: dict[str, Any] = {
             "device_id": self._settings.get("device_id"),
             "serial": self._settings.get("serial"),
             "last_global_no": head["last_global_no"],
             "day": None,
-            "outbox": self.journal.outbox_counts(),
+            "outbox": counts,
             "unprinted": self.journal.unprinted(limit=STATUS_UNPRINTED),  # the oldest; the count is all
             "unprinted_count": self.journal.unprinted_count(),
             "journal": {"clean": self.boot["clean"], "problems": self.boot["problems"]},
@@ -681,6 +685,7 @@ class Box:
                 "mode": self.operating_mode(),
                 "certificate_valid_till": self.certificate_valid_till(),
                 "flagged": flagged[:20],
+                "security": security[:20],
                 "delivery": delivery,
             },
             "warnings": [],
@@ -702,7 +707,8 @@ class Box:
             if day is None or d["day_no"] != day["day_no"]
         ]
         info["warnings"] += self._close_warnings(unfinished, flagged)
-        skew = None if delivery is None else delivery["clock_skew_seconds"]
+        info["warnings"] += self._delivery_warnings(delivery, security, info["warnings"], self.now_local())
+        skew = delivery.get("clock_skew_seconds")
         if skew is not None and abs(skew) > CLOCK_SKEW_WARN_SECONDS:
             way = "behind" if skew > 0 else "ahead of"
             info["warnings"].append(
@@ -719,6 +725,75 @@ class Box:
     def _first_unfinished(self, unfinished: list[dict[str, Any]]) -> int:
         """The first day FDMS has not closed (the next day when all are): what delivery still works on."""
         return unfinished[0]["day_no"] if unfinished else self.journal.head()["day_no"] + 1
+
+    def _findings(
+        self, unfinished: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """What FDMS flagged on the receipts of the days it has not closed; and the box's own findings on
+        FDMS's signatures (never FDMS's verdict) on those and on the receipts and close of the last day FDMS
+        closed, which stay in view after the close. One read of the journal."""
+        first_unfinished = self._first_unfinished(unfinished)
+        last_closed = first_unfinished - 1
+        # Receipts from this number on belong to days FDMS has not closed.
+        since = min((d["first_global_no"] for d in unfinished if d["first_global_no"]), default=None)
+        flags, found = [], []
+        for row in self.journal.flagged(FLAG_SCAN, from_day=last_closed):
+            errors = [e for e in row["errors"] if not is_box_finding(e)]
+            if errors and since is not None and row["global_no"] >= since:
+                flags.append({"global_no": row["global_no"], "errors": errors})
+            found += [
+                {"global_no": row["global_no"], "day_no": None, "code": e["code"], "message": e["message"]}
+                for e in row["errors"]
+                if is_box_finding(e)
+            ]
+        day = self.journal.day(last_closed) if last_closed > 0 else None
+        if day is not None and day["status"] == CLOSED and str(day["closing_error"] or "").startswith("BOX_"):
+            finding = signature_finding(day["closing_error"], f"the close of day {last_closed}")
+            found.append({"global_no": None, "day_no": last_closed, **finding})
+        return flags, found
+
+    def _delivery_state(self, waiting: int) -> dict[str, Any]:
+        """Delivery's state: the worker's in this process, else what the `deliver` process last wrote beside
+        the journal (status usually runs in a process of its own); with the receipts still waiting."""
+        if self.delivery is not None:
+            state = dict(self.delivery.state())
+        else:
+            state = read_state(state_path(self.journal.path)) or {"problem": None}
+        state["waiting"] = waiting
+        return state
+
+    @staticmethod
+    def _delivery_warnings(
+        delivery: dict[str, Any], security: list[dict[str, Any]], given: list[dict[str, Any]], now: str
+    ) -> list[dict[str, Any]]:
+        """Delivery's problem and the box's findings on FDMS's signatures, said once each."""
+        warnings = []
+        for code in dict.fromkeys(f["code"] for f in security):
+            same = [f for f in security if f["code"] == code]
+            first = same[0]
+            day_no = first["day_no"]
+            what = f"receipt {first['global_no']}" if day_no is None else f"the close of day {day_no}"
+            if len(same) > 1:
+                what += f" and {len(same) - 1} more"
+            warnings.append({**signature_finding(code, what), "colour": "Yellow", "field": None})
+        problem = delivery.get("problem")
+        if problem and problem.get("code") not in {w["code"] for w in given}:
+            when = [f"since {problem['since']}"] if problem.get("since") else []
+            due = problem.get("next_attempt")
+            if due and due >= now:
+                when.append(f"next attempt {due}")
+            elif due:
+                when.append(f"next attempt was due {due}: is `fiscalbox-device deliver` running?")
+            when.append(f"{delivery['waiting']} receipts waiting")
+            warnings.append(
+                {
+                    "code": problem["code"],
+                    "colour": "Red" if problem.get("needs_person") else "Yellow",
+                    "field": problem.get("field"),
+                    "message": f"Delivery to FDMS: {problem['message']} ({'; '.join(when)})",
+                }
+            )
+        return warnings
 
     @staticmethod
     def _close_warnings(
@@ -756,20 +831,24 @@ class Box:
     @_serialized
     def outbox(self, limit: int = 20) -> dict[str, Any]:
         """What waits for FDMS: counts by state, the oldest undelivered receipts, the receipts FDMS flagged,
-        the days it has not closed, and delivery's last problem (when delivery runs in this process)."""
+        the box's own findings on FDMS's signatures, the days not closed, and delivery's last problem."""
         pending = self.journal.pending(limit)
         for row in pending:
             row["total"] = money.format_fixed(row["total"], 2)
         unfinished = self.journal.unfinished_days()
+        flagged, security = self._findings(unfinished)
+        counts = self.journal.outbox_counts()
         return {
-            "counts": self.journal.outbox_counts(),
+            "counts": counts,
             "oldest_pending": pending,
-            "flagged": self.journal.flagged(limit, from_day=self._first_unfinished(unfinished)),
+            "flagged": flagged[:limit],
+            "security": security[:limit],
+            "security_total": len(security),
             "days_waiting": [
                 {"day_no": d["day_no"], "status": d["status"], "open_sent": d["open_sent_at"] is not None}
                 for d in unfinished
             ],
-            "problem": None if self.delivery is None else self.delivery.state()["problem"],
+            "problem": self._delivery_state(counts.get("pending", 0))["problem"],
         }
 
     @_serialized
@@ -840,12 +919,29 @@ class Box:
         algorithm: str = ECDSA_P256,
     ) -> dict[str, Any]:
         """VerifyTaxpayerInformation, a key in the key store, a CSR, RegisterDevice, the certificate stored,
-        then GetConfig: the box is provisioned with what FDMS says."""
+        then GetConfig: the box is provisioned with what FDMS says. Where FDMS has no
+        VerifyTaxpayerInformation (404) registration goes on with a warning; any other failure stops it."""
         client = self._require_fdms()
         self._ensure_sound()
         if self.journal.head()["last_global_no"] and self._settings.get("device_id") not in (None, device_id):
             raise _refuse("BOX_SETTINGS", "This journal holds another device's receipts.", "device_id")
-        taxpayer = client.verify_taxpayer_information(activation_key, serial).body
+        warnings = []
+        try:
+            taxpayer = client.verify_taxpayer_information(activation_key, serial).body
+        except FdmsError as error:
+            if error.status != 404:
+                raise
+            # The check is optional in FDMS's flow; RegisterDevice below still checks the activation key.
+            taxpayer = {}
+            warnings.append(
+                {
+                    "code": "BOX_FDMS_NO_TAXPAYER_CHECK",
+                    "colour": "Yellow",
+                    "field": None,
+                    "message": "FDMS has no VerifyTaxpayerInformation (404), so the taxpayer was not checked "
+                    "before registering; check the taxpayer's name FDMS's configuration gave.",
+                }
+            )
         with self.lock:
             if self.keys.algorithm is None:
                 self.keys.generate(algorithm)
@@ -857,7 +953,9 @@ class Box:
         config = self.refresh_config(
             {"device_id": device_id, "serial": serial, "currencies": list(currencies)}
         )
-        return {"taxpayer": taxpayer, "config": config}
+        if not taxpayer:
+            taxpayer = {"taxPayerName": config["taxpayer_name"], "taxPayerTIN": config["taxpayer_tin"]}
+        return {"taxpayer": taxpayer, "config": config, "warnings": warnings}
 
     def refresh_config(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """GetConfig, and the settings it carries stored (taxes, taxpayer and branch data, limits)."""
@@ -1035,9 +1133,10 @@ class Box:
             self.journal.update_file(day_no, sequence, status, error, self.now_local())
 
     def delivery_findings(self, day_no: int | None = None) -> list[dict[str, Any]]:
-        """Receipts FDMS flagged, with their errors; Grey and Red ones block the day's close."""
+        """Receipts FDMS flagged (and the box's own findings), with their errors; FDMS's Grey and Red ones
+        block the day's close, so all of a day's are read."""
         with self.lock:
-            return self.journal.flagged(day_no=day_no)
+            return self.journal.flagged(limit=-1, day_no=day_no)
 
     # -----------------------------------------------------------------------------------------------------
     # Audit, backup, export

@@ -584,29 +584,68 @@ def register(cfg: configuration.Config, as_json: bool) -> None:
         key = cfg.secret("fdms", "activation_key_env", os.environ)
         currencies = [c.strip() for c in cfg.fdms["currencies"].split(",") if c.strip()]
         result = box.register(cfg.device["id"], cfg.device["serial"], key, currencies)
-        return {"taxpayer": result["taxpayer"].get("taxPayerName"), "settings": result["config"]}
+        return {
+            "taxpayer": result["taxpayer"].get("taxPayerName"),
+            "settings": result["config"],
+            "warnings": result["warnings"],
+        }
 
     try:
         result = _with_box(cfg, run, create=True)
     except FiscalError as error:
         _fail(error)
-    _emit(result, as_json, lambda r: f"registered: {r['taxpayer']}, device {cfg.device['id']}")
+    _emit(
+        result,
+        as_json,
+        lambda r: "\n".join(
+            [f"registered: {r['taxpayer']}, device {cfg.device['id']}"]
+            + [f"warning {w['code']}: {w['message']}" for w in r["warnings"]]
+        ),
+    )
+
+
+DELIVER_MAX_WAIT = 300.0  # seconds without anything delivered before `deliver --until-idle` gives up
 
 
 @main.command("deliver")
 @click.option("--until-idle", is_flag=True, help="Stop once everything is delivered (otherwise run on).")
+@click.option(
+    "--max-wait",
+    type=click.FloatRange(min=0),
+    default=None,
+    help=f"With --until-idle: give up (exit 1, saying why) after this many seconds in which nothing could be "
+    f"delivered [default: {DELIVER_MAX_WAIT:g}].",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
 @click.pass_obj
-def deliver(cfg: configuration.Config, until_idle: bool, as_json: bool) -> None:
-    """Deliver the outbox to FDMS in order: day opens, receipts, closes, pings, certificate renewal."""
+def deliver(cfg: configuration.Config, until_idle: bool, max_wait: float | None, as_json: bool) -> None:
+    """Deliver the outbox to FDMS in order: day opens, receipts, closes, pings, certificate renewal.
+
+    With --until-idle it stops once nothing is left (exit 0), or exits 1 with the reason when nothing can
+    move without a person (FDMS refused the device, its certificate is not trusted, a close is blocked or
+    failed) or when --max-wait runs out. What delivery waits for is shown as it changes, and by `status`."""
+    if max_wait is not None and not until_idle:
+        _fail(FiscalError("BOX_USAGE", "--max-wait goes with --until-idle."))
+
+    def announce(problem: dict[str, Any] | None) -> None:
+        if problem is None:
+            click.echo("delivery: going again", err=True)
+        else:
+            click.echo(
+                f"delivery waits: {problem['code']}: {problem['message']} (next attempt "
+                f"{problem.get('next_attempt')})",
+                err=True,
+            )
 
     def run(box: Box) -> dict[str, Any]:
         if box.fdms is None:
             raise FiscalError("BOX_NO_FDMS", "Set [fdms] url in the configuration first.")
         worker = Delivery(box, box.fdms, SystemClock(), renew_days_before=cfg.fdms["renew_days_before"])
         box.delivery = worker
+        if not as_json:
+            worker.on_problem = announce
         if until_idle:
-            worker.run_until_idle()
+            worker.run_until_idle(max_wait=DELIVER_MAX_WAIT if max_wait is None else max_wait)
         else:
             stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -614,13 +653,31 @@ def deliver(cfg: configuration.Config, until_idle: bool, as_json: bool) -> None:
                 worker.run(stop)
             except KeyboardInterrupt:
                 pass
-        return {"sent": worker.sent, **worker.state(), "outbox": box.journal.outbox_counts()}
+        counts = box.journal.outbox_counts()
+        return {
+            "sent": worker.sent,
+            **worker.state(),
+            "outbox": counts,
+            "waiting": counts.get("pending", 0),
+            "stopped": worker.stopped,
+        }
 
     try:
         result = _with_box(cfg, run)
     except FiscalError as error:
         _fail(error)
-    _emit(result, as_json, lambda r: f"delivered {r['sent']} receipts; outbox {r['outbox']}")
+
+    def text(r: dict[str, Any]) -> str:
+        line = f"delivered {r['sent']} receipts; outbox {r['outbox']}"
+        stopped = r["stopped"]
+        if stopped is None:
+            return line
+        since = f"since {stopped['since']}; " if stopped.get("since") else ""
+        waiting = f"({since}{r['waiting']} receipts waiting)"
+        return f"{line}\nstopped {stopped['code']}: {stopped['message']} {waiting}"
+
+    _emit(result, as_json, text)
+    sys.exit(0 if result["stopped"] is None else 1)
 
 
 @main.command("outbox")
@@ -647,6 +704,14 @@ def outbox_command(cfg: configuration.Config, limit: int, as_json: bool) -> None
             f"  day {d['day_no']} {d['status']}" + ("" if d["open_sent"] else ", OpenDay not yet sent")
             for d in info["days_waiting"]
         ]
+        lines += [f"  finding {f['code']}: {f['message']}" for f in info["security"][:1]]
+        if info["security_total"] > 1:
+            lines.append(
+                f"  ... and on {info['security_total'] - 1} more (`outbox --json --limit N` lists them)"
+            )
+        problem = info["problem"]
+        if problem is not None:
+            lines.append(f"  delivery: {problem['code']}: {problem['message']}")
         return "\n".join(lines)
 
     _emit(_with_box(cfg, lambda box: box.outbox(limit), read_only=True), as_json, text)

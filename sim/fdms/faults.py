@@ -2,7 +2,8 @@
 
 Kinds (one is drawn per faulty call, from the spec's `kinds`):
 - "latency": sleep `latency_ms`, then answer normally;
-- "500", "502": answer that status with a problem body, doing nothing;
+- "404", "500", "502": answer that status with a problem body, doing nothing (404: an FDMS without the
+  endpoint);
 - "429": answer 429 Too Many Requests with `Retry-After: 1`, doing nothing;
 - "reset": close the connection with SO_LINGER 0 (a TCP RST) before doing anything;
 - "lost": do the work and commit it, then reset the connection instead of answering (the answer is lost).

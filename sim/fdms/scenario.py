@@ -14,6 +14,7 @@ qr_url = "https://fdmstest.zimra.co.zw"
 allowed_skew_seconds = 300  # how far in the future a receiptDate may be before RCPT031
 certificate_days = 365      # validity of issued device certificates (a float: 0.001 is about 86 s)
 close_delay_seconds = 0.2   # CloseDay and SubmitFile are processed this long after they are accepted
+failed_close_status = "FiscalDayCloseFailed"  # or "FiscalDayOpened": how GetStatus reports a failed close
 
 [taxpayer]
 name = "Fiscalbox Test Shop (Pvt) Ltd"
@@ -64,7 +65,7 @@ quantity = "120"            # exact decimal text
 
 [faults.SubmitReceipt]      # per endpoint name, or "*" for every endpoint
 rate = 0.3                  # 0..1: the share of calls that get a fault
-kinds = ["500", "reset"]    # latency, 500, 502, 429, reset, lost
+kinds = ["500", "reset"]    # latency, 404, 500, 502, 429, reset, lost
 latency_ms = 200            # for "latency"
 seed = 7                    # the same seed gives the same faults on the same calls
 ```
@@ -78,8 +79,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FAULT_KINDS = ("latency", "500", "502", "429", "reset", "lost")
+FAULT_KINDS = ("latency", "404", "500", "502", "429", "reset", "lost")
 MODES = ("Online", "Offline")
+# How GetStatus reports a close that failed: the Swagger's own status, or (as another FDMS implementation
+# does) the day open again with the fiscalDayClosingErrorCode beside it.
+FAILED_CLOSE_STATUSES = ("FiscalDayCloseFailed", "FiscalDayOpened")
 
 
 class ScenarioError(ValueError):
@@ -97,6 +101,7 @@ class ServerSettings:
     allowed_skew_seconds: int = 300
     certificate_days: float = 365
     close_delay_seconds: float = 0.2
+    failed_close_status: str = "FiscalDayCloseFailed"
 
 
 @dataclass
@@ -292,6 +297,10 @@ class Scenario:
                     float(tax.percent)
                 except ValueError:
                     raise ScenarioError(f"taxes: percent of tax {tax.id} is not a number") from None
+        if self.server.failed_close_status not in FAILED_CLOSE_STATUSES:
+            raise ScenarioError(
+                f"server.failed_close_status must be one of {', '.join(FAILED_CLOSE_STATUSES)}"
+            )
         for name, spec in self.faults.items():
             check_fault(name, spec)
 

@@ -171,7 +171,7 @@ class _Handler(_Dispatching):
             elif fault.kind == "reset":
                 self._reset()
                 return
-            elif fault.kind in ("500", "502", "429"):
+            elif fault.kind in ("404", "500", "502", "429"):
                 status = int(fault.kind)
                 extra = [("Retry-After", "1")] if status == 429 else []
                 self._problem(ApiError(status, None, "Simulated fault."), extra)

@@ -481,8 +481,10 @@ class Fdms:
                     answer["fiscalDayServerSignature"] = day.server_signature
                 if day.closed_at:
                     answer["fiscalDayClosed"] = day.closed_at
-            if day.status == CLOSE_FAILED and day.closing_error:
-                answer["fiscalDayClosingErrorCode"] = day.closing_error
+            if day.status == CLOSE_FAILED:
+                answer["fiscalDayStatus"] = self.scenario.server.failed_close_status
+                if day.closing_error:
+                    answer["fiscalDayClosingErrorCode"] = day.closing_error
         last = self.state.last_global_no(device.id)
         if last is not None:
             answer["lastReceiptGlobalNo"] = last
