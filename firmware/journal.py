@@ -432,6 +432,7 @@ class Journal:
         flags = apsw.SQLITE_OPEN_READONLY
         try:
             db = apsw.Connection(str(self.path), flags=flags, vfs=vfs)
+            db.set_busy_timeout(5000)  # a writer's checkpoint may hold the WAL for a moment
             db.execute("SELECT count(*) FROM sqlite_schema").fetchall()
         except apsw.CantOpenError:
             wal = Path(str(self.path) + "-wal")

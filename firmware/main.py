@@ -513,11 +513,17 @@ def report_command(cfg: configuration.Config, day_no: int | None, to_printer: bo
         _emit(result, as_json, lambda r: f"printed the {r['title']} of day {r['day_no']}")
         return
 
-    def figures(box: Box) -> tuple[dict[str, Any], str]:
-        report = box.z_report(day_no) if day_no is not None else box.x_report()
+    def figures(box: Box) -> tuple[dict[str, Any] | None, str]:
+        if day_no is None:
+            report: dict[str, Any] | None = box.x_report()
+        else:
+            report = box.z_report(day_no) if as_json else None
         return report, box.report_document(day_no).plain()
 
     report, document = _with_box(cfg, figures, read_only=True)
+    if report is None:
+        click.echo(document, nl=False)
+        return
     if day_no is None and report["status"] != OPENED:
         report["note"] = (
             f"No fiscal day is open: this is the Z report of the last day, day {report['day_no']} "
