@@ -461,3 +461,15 @@ def test_the_anchor_file_is_never_written_by_a_box_opened_to_read(rig: Rig) -> N
     run(rig, "status")
     assert not (rig.root / "anchor.json").exists()
     assert os.path.exists(rig.journal_path)
+
+
+def test_show_never_hands_the_terminal_a_control_character(rig: Rig) -> None:
+    box = rig.box()
+    box.provision({**SETTINGS, "branch_name": "Main \x1b[2J\x1b[31mBranch\u202e"})  # as GetConfig sent it
+    box.open_day()
+    rig.clock.advance(60)
+    box.issue(sale())
+    code, out = run(rig, "show", "1")
+    assert code == 0, out
+    assert "\x1b" not in out and "\u202e" not in out
+    assert "Main \\u001b[2J\\u001b[31mBranch\\u202e" in out
