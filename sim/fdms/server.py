@@ -38,6 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from sim.fdms import binding
 from sim.fdms.ca import TestCA
 from sim.fdms.faults import Faults, reset_connection
 from sim.fdms.scenario import FaultSpec, Scenario
@@ -575,6 +576,7 @@ class FdmsSimulator:
         if device_route:
             service.authenticate(call)
             service.check_model(call, required=False)
+        call.body = binding.bind(call.endpoint, call.body)  # names, enums, numbers as ASP.NET reads them
         handler: Callable[[Call], dict[str, Any]] = getattr(service, HANDLERS[call.endpoint])
         return handler(call)
 
