@@ -13,7 +13,8 @@ calls answer 401 unless the certificate was issued by the simulator to that devi
 simulated time (any certificate issued to the device, until it expires). `/Public/...` calls need none.
 Routes match case-insensitively; a wrong method gets 405, an unknown path 404. Every answer carries `Date`
 (the simulated time) and `operationId`; bodies are JSON with `operationID`, errors RFC 7807
-`application/problem+json`.
+`application/problem+json`. Request bodies are first bound as FDMS's ASP.NET binds them (binding.py: names in
+any case, enums by index, numbers as strings).
 
 Admin (plain HTTP, 127.0.0.1 only):
 - GET /faults; PUT or POST /faults/{Endpoint} {rate, kinds, latency_ms, seed}; DELETE /faults[/{Endpoint}]

@@ -86,13 +86,14 @@ def test_enum_indexes_follow_the_reference_order_and_bad_values_stay_as_sent() -
                 {"moneyTypeCode": "mobilewallet"},
             ],
             "receiptPrintForm": True,
+            "CreditDebitNote": {"receiptID": "50007"},
             "receiptCounter": "1.0",
             "receiptTotal": " 10",
             "somethingElse": "7",
         }
     }
     receipt = binding.canonical(body, binding.BODIES["SubmitReceipt"])["receipt"]
-    assert receipt["receiptType"] == "DebitNote"
+    assert receipt["receiptType"] == "DebitNote" and receipt["creditDebitNote"] == {"receiptID": 50007}
     assert receipt["receiptLines"] == [
         {"receiptLineType": "Discount", "receiptLineNo": -3, "receiptLinePrice": 15}
     ]
