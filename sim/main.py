@@ -14,16 +14,48 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
 
+from firmware.core.errors import FiscalError
 from sim.printer import VirtualPrinter
 from sim.pty_port import serve_on_pty
 
 
+def fail(error: FiscalError) -> int:
+    """A start that cannot go on: one line on stderr, exit status 2."""
+    print(f"error {error.code}: {error.message}", file=sys.stderr, flush=True)
+    return 2
+
+
+def check_printer_args(args: argparse.Namespace) -> None:
+    """FiscalError for arguments the printer could not run with, before anything is opened or written."""
+    if not 8 <= args.dots <= 4096 or args.dots % 8:
+        raise FiscalError(
+            "SIM_ARGUMENT",
+            f"--dots must be a multiple of 8 up to 4096 (576 for 80 mm, 384 for 58 mm), not {args.dots}.",
+        )
+    if args.paper_lines is not None and args.paper_lines < 0:
+        raise FiscalError("SIM_ARGUMENT", f"--paper-lines must be 0 or more, not {args.paper_lines}.")
+    if not args.poll > 0:
+        raise FiscalError("SIM_ARGUMENT", "--poll must be more than 0 seconds.")
+    out = Path(args.out)
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        where = "it is a file" if existing == out else f"{existing} is a file"
+        raise FiscalError("SIM_OUT_DIR", f"Cannot write pages to {out}: {where}.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise FiscalError("SIM_OUT_DIR", f"Cannot write pages to {out}: {existing} is not writable.")
+
+
 def serve_printer(args: argparse.Namespace) -> int:
+    try:
+        check_printer_args(args)
+    except FiscalError as error:
+        return fail(error)
     printer = VirtualPrinter(dots=args.dots, paper_lines=args.paper_lines)
     out = Path(args.out)
     stop = threading.Event()
@@ -68,9 +100,12 @@ def serve_fdms(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), handlers=[handler])
     try:
         scenario = Scenario.load(args.config) if args.config else Scenario.default()
-    except (OSError, ScenarioError) as error:
-        print(f"fiscalbox-sim fdms: {error}", file=sys.stderr)
-        return 2
+    except OSError as error:
+        return fail(FiscalError("SIM_SCENARIO", f"Cannot read {args.config}: {error.strerror}."))
+    except UnicodeDecodeError:
+        return fail(FiscalError("SIM_SCENARIO", f"{args.config} is not UTF-8 text."))
+    except ScenarioError as error:
+        return fail(FiscalError("SIM_SCENARIO", str(error)))
     if args.port is not None:
         scenario.server.port = args.port
     if args.admin_port is not None:
@@ -78,7 +113,12 @@ def serve_fdms(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    with FdmsSimulator(scenario, state_dir=args.state_dir) as sim:
+    simulator = FdmsSimulator(scenario, state_dir=args.state_dir)
+    try:
+        simulator.start()
+    except FiscalError as error:
+        return fail(error)
+    with simulator as sim:
         devices = [
             {"id": d.id, "serial": d.serial, "mode": d.mode, "activation_key": d.activation_key}
             for d in scenario.devices

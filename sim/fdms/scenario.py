@@ -13,6 +13,8 @@ zone = "Africa/Harare"      # local time of serverDate, fiscal day times, certif
 qr_url = "https://fdmstest.zimra.co.zw"
 allowed_skew_seconds = 300  # how far in the future a receiptDate may be before RCPT031
 certificate_days = 365      # validity of issued device certificates (a float: 0.001 is about 86 s)
+strict_csr_subject = false  # true: a CSR subject may carry only C=ZW, O=Zimbabwe Revenue Authority,
+                            # ST=Zimbabwe beside the CN (DEV03 else); false: any other fields are accepted
 close_delay_seconds = 0.2   # CloseDay and SubmitFile are processed this long after they are accepted
 failed_close_status = "FiscalDayCloseFailed"  # or "FiscalDayOpened": how GetStatus reports a failed close
 
@@ -47,7 +49,8 @@ percent = "15"              # a string (or a number), exact
 valid_from = "2023-01-01"
 valid_till = "2025-12-31"   # optional
 
-[[models]]                  # DeviceModelName / DeviceModelVersion pairs FDMS knows (others: DEV06)
+[[models]]                  # DeviceModelName / DeviceModelVersion pairs FDMS knows (others: DEV06);
+                            # without any [[models]], every pair is accepted
 name = "fiscalbox"
 version = "1.0"
 
@@ -100,6 +103,7 @@ class ServerSettings:
     qr_url: str = "https://fdmstest.zimra.co.zw"
     allowed_skew_seconds: int = 300
     certificate_days: float = 365
+    strict_csr_subject: bool = False
     close_delay_seconds: float = 0.2
     failed_close_status: str = "FiscalDayCloseFailed"
 
@@ -199,7 +203,7 @@ class Scenario:
     branch: Branch = field(default_factory=Branch)
     currencies: list[str] = field(default_factory=lambda: ["USD", "ZWG"])
     taxes: list[Tax] = field(default_factory=default_taxes)
-    models: list[Model] = field(default_factory=lambda: [Model("fiscalbox", "1.0")])
+    models: list[Model] = field(default_factory=list)  # empty: any model pair is accepted
     devices: list[Device] = field(default_factory=default_devices)
     stock: list[StockItem] = field(default_factory=default_stock)
     faults: dict[str, FaultSpec] = field(default_factory=dict)
@@ -207,8 +211,8 @@ class Scenario:
 
     @classmethod
     def default(cls) -> Scenario:
-        """One VAT taxpayer, taxes 1 exempt / 2 zero-rated / 3 15% / 517 15.5%, USD and ZWG, model
-        ("fiscalbox", "1.0"), devices 10001-10003 Online and 10004 Offline."""
+        """One VAT taxpayer, taxes 1 exempt / 2 zero-rated / 3 15% / 517 15.5%, USD and ZWG, any device
+        model, devices 10001-10003 Online and 10004 Offline."""
         return cls()
 
     @classmethod
@@ -317,7 +321,7 @@ class Scenario:
         return None
 
     def knows_model(self, name: str | None, version: str | None) -> bool:
-        return any(m.name == name and m.version == version for m in self.models)
+        return not self.models or any(m.name == name and m.version == version for m in self.models)
 
 
 def check_fault(name: str, spec: FaultSpec) -> None:

@@ -13,7 +13,8 @@ calls answer 401 unless the certificate was issued by the simulator to that devi
 simulated time (any certificate issued to the device, until it expires). `/Public/...` calls need none.
 Routes match case-insensitively; a wrong method gets 405, an unknown path 404. Every answer carries `Date`
 (the simulated time) and `operationId`; bodies are JSON with `operationID`, errors RFC 7807
-`application/problem+json`.
+`application/problem+json`. Request bodies are first bound as FDMS's ASP.NET binds them (binding.py: names in
+any case, enums by index, numbers as strings).
 
 Admin (plain HTTP, 127.0.0.1 only):
 - GET /faults; PUT or POST /faults/{Endpoint} {rate, kinds, latency_ms, seed}; DELETE /faults[/{Endpoint}]
@@ -29,6 +30,7 @@ import json
 import logging
 import secrets
 import socket
+import sqlite3
 import ssl
 import threading
 import time
@@ -38,6 +40,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from firmware.core.errors import FiscalError
+from sim.fdms import binding
 from sim.fdms.ca import TestCA
 from sim.fdms.faults import Faults, reset_connection
 from sim.fdms.scenario import FaultSpec, Scenario
@@ -294,8 +298,8 @@ class _HttpsServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], context: ssl.SSLContext, sim: FdmsSimulator) -> None:
-        self.context = context
+    def __init__(self, address: tuple[str, int], context: ssl.SSLContext | None, sim: FdmsSimulator) -> None:
+        self.context = context  # set once the CA is loaded: the port is bound before anything is written
         self.sim = sim
         self.live: set[socket.socket] = set()
         self.live_lock = threading.Lock()
@@ -304,6 +308,7 @@ class _HttpsServer(ThreadingHTTPServer):
     def finish_request(self, request: Any, client_address: Any) -> None:
         """TLS handshake in the connection's own thread, so a slow client never blocks the others."""
         request.settimeout(30)
+        assert self.context is not None
         try:
             tls = self.context.wrap_socket(request, server_side=True)
         except (ssl.SSLError, OSError) as error:
@@ -435,14 +440,29 @@ class FdmsSimulator:
     # --- lifecycle ------------------------------------------------------------------------------------------
 
     def start(self) -> FdmsSimulator:
+        """Binds both ports first, then opens the state directory, so that a start that fails (a port in use,
+        a state directory that is a file) leaves nothing behind; FiscalError SIM_PORT / SIM_STATE_DIR."""
         settings = self.scenario.server
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._ca = TestCA(self.state_dir / "ca", hosts=(settings.host,))
-        self._state = State(self.state_dir / "fdms.sqlite3")
-        self._service = Fdms(self.scenario, self._state, self._ca, self.clock)
-        self._service.wakeup = self._work.set
-        self._https = _HttpsServer((settings.host, settings.port), self._ca.server_context(), self)
-        self._admin = _AdminServer(("127.0.0.1", settings.admin_port), self)
+        https = self._bind(
+            "HTTPS", settings.host, settings.port, "port", lambda a: _HttpsServer(a, None, self)
+        )
+        try:
+            admin = self._bind("admin", "127.0.0.1", settings.admin_port, "admin_port", self._admin_server)
+        except FiscalError:
+            https.server_close()
+            raise
+        try:
+            self._open_state()
+            assert self._ca is not None
+            https.context = self._ca.server_context()
+        except BaseException:
+            https.server_close()
+            admin.server_close()
+            if self._state is not None:
+                self._state.close()
+            self._state = self._service = None
+            raise
+        self._https, self._admin = https, admin
         self._stop.clear()
         self._threads = [
             threading.Thread(target=self._https.serve_forever, args=(0.1,), name="fdms-https", daemon=True),
@@ -454,6 +474,43 @@ class FdmsSimulator:
         self._work.set()  # closes and files left from a previous run
         log.info("FDMS simulator on %s (admin %s), state in %s", self.url, self.admin_url, self.state_dir)
         return self
+
+    def _admin_server(self, address: tuple[str, int]) -> _AdminServer:
+        return _AdminServer(address, self)
+
+    @staticmethod
+    def _bind(what: str, host: str, port: int, key: str, make: Callable[[tuple[str, int]], Any]) -> Any:
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise FiscalError(
+                "SIM_PORT", f"The {what} port must be 0 to 65535 (0 = a free port), not {port}.", key
+            )
+        try:
+            return make((host, port))
+        except OSError as error:
+            reason = error.strerror or str(error)
+            raise FiscalError(
+                "SIM_PORT", f"Cannot listen for {what} on {host}:{port}: {reason}; choose another port.", key
+            ) from None
+
+    def _open_state(self) -> None:
+        directory = self.state_dir
+        existing = next((p for p in (directory, *directory.parents) if p.exists()), directory)
+        if not existing.is_dir():
+            where = "it is a file" if existing == directory else f"{existing} is a file"
+            raise FiscalError(
+                "SIM_STATE_DIR", f"Cannot use {directory} as the state directory: {where}.", "state_dir"
+            )
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._ca = TestCA(directory / "ca", hosts=(self.scenario.server.host,))
+            self._state = State(directory / "fdms.sqlite3")
+            self._service = Fdms(self.scenario, self._state, self._ca, self.clock)
+        except (OSError, ValueError, sqlite3.Error) as error:
+            reason = getattr(error, "strerror", None) or str(error)
+            raise FiscalError(
+                "SIM_STATE_DIR", f"Cannot use {directory} as the state directory: {reason}.", "state_dir"
+            ) from None
+        self._service.wakeup = self._work.set
 
     def stop(self) -> None:
         self._stop.set()
@@ -575,6 +632,7 @@ class FdmsSimulator:
         if device_route:
             service.authenticate(call)
             service.check_model(call, required=False)
+        call.body = binding.bind(call.endpoint, call.body)  # names, enums, numbers as ASP.NET reads them
         handler: Callable[[Call], dict[str, Any]] = getattr(service, HANDLERS[call.endpoint])
         return handler(call)
 

@@ -290,8 +290,15 @@ class Fdms:
     def check_model(self, call: Call, required: bool) -> None:
         if call.model_name is None and call.model_version is None and not required:
             return
+        if call.model_name is None or call.model_version is None:
+            raise refuse("DEV06", f"{ERROR_TEXT['DEV06']}: send both DeviceModelName and DeviceModelVersion")
         if not self.scenario.knows_model(call.model_name, call.model_version):
-            raise refuse("DEV06")
+            known = ", ".join(f"{m.name!r} {m.version!r}" for m in self.scenario.models)
+            raise refuse(
+                "DEV06",
+                f"{ERROR_TEXT['DEV06']}: received DeviceModelName {call.model_name!r}, DeviceModelVersion"
+                f" {call.model_version!r}; this simulator knows {known}",
+            )
 
     def authenticate(self, call: Call) -> None:
         """401 unless the TLS client certificate was issued by this CA to the device in the path, is recorded
@@ -374,8 +381,9 @@ class Fdms:
 
     def _issue(self, device_id: int, serial: str, csr: Any) -> str:
         try:
+            settings = self.scenario.server
             issued = self.ca.issue_device(
-                csr, serial, device_id, self.now(), self.scenario.server.certificate_days
+                csr, serial, device_id, self.now(), settings.certificate_days, settings.strict_csr_subject
             )
         except CertificateRequestError as error:
             raise refuse("DEV03", f"Certificate request is invalid: {error}") from None

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import serial
 
 from firmware.core import layout
@@ -34,3 +35,26 @@ def test_a_page_printed_to_the_served_port_is_written_as_text_and_image(tmp_path
     assert "SIMULATED PAGE" in Path(page["text"]).read_text(encoding="utf-8")
     assert Path(page["image"]).read_bytes().startswith(b"\x89PNG")
     assert process.returncode == 0
+
+
+@pytest.mark.parametrize(
+    "args, code",
+    [
+        (["--dots", "0"], "SIM_ARGUMENT"),
+        (["--dots", "-576"], "SIM_ARGUMENT"),
+        (["--paper-lines", "-1"], "SIM_ARGUMENT"),
+        (["--poll", "0"], "SIM_ARGUMENT"),
+        (["--out", "{file}"], "SIM_OUT_DIR"),
+        (["--out", "{file}/pages"], "SIM_OUT_DIR"),
+    ],
+)
+def test_bad_printer_arguments_are_one_error_line(tmp_path: Path, args: list[str], code: str) -> None:
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    argv = ["printer", "--out", str(tmp_path / "pages"), *(a.format(file=plain) for a in args)]
+    done = subprocess.run(
+        [sys.executable, "-m", "sim.main", *argv], capture_output=True, text=True, timeout=20
+    )
+    lines = done.stderr.splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error {code}: "), done.stderr
+    assert sorted(tmp_path.iterdir()) == [plain]

@@ -9,6 +9,7 @@ import http.client
 import json
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,14 +162,15 @@ class Device:
 
     # --- the day ------------------------------------------------------------------------------------------
 
-    def open_day(self, day_no: int | None = None) -> Response:
+    def open_day(self, day_no: int | None = None, shape: Callable[[Any], Any] = dict) -> Response:
+        """OpenDay; `shape` turns the body into what is sent (a lenient client's form, say)."""
         now = self.sim.now()
         self.day_opened = local(now)
         self.last_date = max(self.last_date, now)
         body: dict[str, Any] = {"fiscalDayOpened": self.day_opened}
         if day_no is not None:
             body["fiscalDayNo"] = day_no
-        answer = self.call("POST", "OpenDay", body)
+        answer = self.call("POST", "OpenDay", shape(body))
         if answer.status == 200:
             self.day_no = answer.body["fiscalDayNo"]
             self.counter = 0

@@ -13,6 +13,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fdms_rig import Device, FakeClock, Response, make_csr, request
 
 from firmware.core import fdms
+from sim.fdms.scenario import Model
 from sim.fdms.server import FdmsSimulator
 
 
@@ -34,16 +35,43 @@ def test_register_device_issues_a_client_certificate_for_the_csr_key(device: Dev
     assert 364 <= days <= 366
 
 
-def test_the_allowed_extra_subject_fields_are_accepted(new_device: Callable[[int], Device]) -> None:
+SPEC_EXTRA = [
+    x509.NameAttribute(NameOID.COUNTRY_NAME, "ZW"),
+    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Zimbabwe Revenue Authority"),
+    x509.NameAttribute(NameOID.STATE_OR_PROVINCE_NAME, "Zimbabwe"),
+]
+FISCGUY_EXTRA = [  # the subject fiscguy's CSR carries beside the CN
+    x509.NameAttribute(NameOID.COUNTRY_NAME, "ZW"),
+    x509.NameAttribute(NameOID.STATE_OR_PROVINCE_NAME, "Harare"),
+    x509.NameAttribute(NameOID.LOCALITY_NAME, "Harare"),
+    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Some Shop (Pvt) Ltd"),
+    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "FDMS"),
+]
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_the_spec_s_extra_subject_fields_are_accepted(
+    new_device: Callable[[int], Device], sim: FdmsSimulator, strict: bool
+) -> None:
+    sim.scenario.server.strict_csr_subject = strict
     made = new_device(10002)
-    extra = [
-        x509.NameAttribute(NameOID.COUNTRY_NAME, "ZW"),
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Zimbabwe Revenue Authority"),
-        x509.NameAttribute(NameOID.STATE_OR_PROVINCE_NAME, "Zimbabwe"),
-    ]
-    csr = make_csr(made.key, fdms.csr_common_name(made.serial, 10002), extra)
+    answer = made.register(make_csr(made.key, fdms.csr_common_name(made.serial, 10002), SPEC_EXTRA))
+    assert answer.status == 200, answer.body
+
+
+def test_other_subject_fields_are_accepted_unless_the_scenario_is_strict(
+    new_device: Callable[[int], Device], sim: FdmsSimulator
+) -> None:
+    made = new_device(10002)
+    csr = make_csr(made.key, fdms.csr_common_name(made.serial, 10002), FISCGUY_EXTRA)
+    sim.scenario.server.strict_csr_subject = True
+    refused = made.register(csr)
+    assert (refused.status, refused.code) == (422, "DEV03")
+    assert "stateOrProvinceName" in refused.body["detail"]
+    sim.scenario.server.strict_csr_subject = False
     answer = made.register(csr)
     assert answer.status == 200, answer.body
+    assert made.register(make_csr(made.key, "ZIMRA-FB-0002-10002", FISCGUY_EXTRA)).code == "DEV03"
 
 
 @pytest.mark.parametrize(
@@ -52,8 +80,7 @@ def test_the_allowed_extra_subject_fields_are_accepted(new_device: Callable[[int
         ("ZIMRA-FB-0001-10001", []),  # ID not padded to 10 digits
         ("ZIMRA-FB-9999-0000010001", []),  # another serial
         ("ZIMRA-FB-0001-0000010002", []),  # another device
-        ("ZIMRA-FB-0001-0000010001", [x509.NameAttribute(NameOID.LOCALITY_NAME, "Harare")]),
-        ("ZIMRA-FB-0001-0000010001", [x509.NameAttribute(NameOID.COUNTRY_NAME, "ZA")]),
+        ("ZIMRA-FB-0001-0000010001", [x509.NameAttribute(NameOID.COMMON_NAME, "ZIMRA-FB-0001-0000010001")]),
     ],
 )
 def test_a_bad_csr_subject_is_dev03(
@@ -89,10 +116,26 @@ def test_unknown_device_is_dev01(new_device: Callable[[int], Device], sim: FdmsS
     assert (answer.status, answer.code) == (422, "DEV01")
 
 
-def test_unknown_or_missing_model_is_dev06(sim: FdmsSimulator, device: Device) -> None:
+def test_any_model_pair_registers_by_default(sim: FdmsSimulator, new_device: Callable[[int], Device]) -> None:
+    made = new_device(10002)
+    body = {"activationKey": sim.activation_keys[10002], "certificateRequest": made.csr()}
+    foreign = {"DeviceModelName": "Server", "DeviceModelVersion": "v1"}
+    answer = request(sim, "POST", "/Public/v1/10002/RegisterDevice", body, headers=foreign)
+    assert answer.status == 200, answer.body
+    missing = request(sim, "POST", "/Public/v1/10002/RegisterDevice", body, headers={})
+    assert missing.code == "DEV06" and "DeviceModelVersion" in missing.body["detail"]
+
+
+def test_unknown_or_missing_model_is_dev06_and_names_what_was_received(
+    sim: FdmsSimulator, device: Device
+) -> None:
+    sim.scenario.models = [Model("fiscalbox", "1.0")]
     body = {"activationKey": sim.activation_keys[10002], "certificateRequest": "irrelevant"}
     wrong = {"DeviceModelName": "fiscalbox", "DeviceModelVersion": "9.9"}
-    assert request(sim, "POST", "/Public/v1/10002/RegisterDevice", body, headers=wrong).code == "DEV06"
+    refused = request(sim, "POST", "/Public/v1/10002/RegisterDevice", body, headers=wrong)
+    assert refused.code == "DEV06"
+    assert "'fiscalbox'" in refused.body["detail"] and "'9.9'" in refused.body["detail"]
+    assert "'1.0'" in refused.body["detail"]  # and the pairs it knows
     assert request(sim, "POST", "/Public/v1/10002/RegisterDevice", body, headers={}).code == "DEV06"
     # device calls: a wrong pair is DEV06, no headers at all is accepted
     assert device.call("GET", "GetConfig", headers=wrong).code == "DEV06"

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import ssl
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 SCENARIO = """
 currencies = ["USD"]
@@ -100,4 +103,46 @@ def test_a_bad_scenario_is_refused(tmp_path: Path) -> None:
         text=True,
         timeout=30,
     )
-    assert done.returncode == 2 and "tin" in done.stderr
+    assert "tin" in one_error_line(done, "SIM_SCENARIO")
+
+
+def refused(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sim.main", "fdms", *args], capture_output=True, text=True, timeout=30
+    )
+
+
+def one_error_line(done: subprocess.CompletedProcess[str], code: str) -> str:
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error {code}: "), done.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("option", ["--port", "--admin-port"])
+def test_a_port_in_use_is_one_error_line_and_creates_nothing(tmp_path: Path, option: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = one_error_line(refused(option, str(port), "--state-dir", str(tmp_path / "state")), "SIM_PORT")
+    assert str(port) in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("option", ["--port", "--admin-port"])
+def test_a_port_out_of_range_is_one_error_line(tmp_path: Path, option: str) -> None:
+    line = one_error_line(refused(option, "99999", "--state-dir", str(tmp_path / "state")), "SIM_PORT")
+    assert "99999" in line and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("inside", ["", "sub"])
+def test_a_state_dir_that_is_a_file_is_one_error_line(tmp_path: Path, inside: str) -> None:
+    plain = tmp_path / "plain"
+    plain.write_text("not a directory")
+    one_error_line(refused("--state-dir", str(plain / inside)), "SIM_STATE_DIR")
+    assert list(tmp_path.iterdir()) == [plain] and plain.read_text() == "not a directory"
+
+
+def test_a_missing_scenario_file_is_one_error_line(tmp_path: Path) -> None:
+    one_error_line(refused("--config", str(tmp_path / "none.toml")), "SIM_SCENARIO")

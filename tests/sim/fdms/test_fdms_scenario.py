@@ -16,7 +16,7 @@ def test_the_example_scenario_loads() -> None:
     assert scenario.currencies == ["USD", "ZWG"]
     assert {t.id: t.percent for t in scenario.taxes} == {1: None, 2: "0", 3: "15", 517: "15.5"}
     assert scenario.device(10004) is not None and scenario.device(10004).mode == "Offline"  # type: ignore[union-attr]
-    assert scenario.knows_model("fiscalbox", "1.0") and not scenario.knows_model("fiscalbox", "2.0")
+    assert scenario.knows_model("fiscalbox", "1.0") and scenario.knows_model("Server", "v1")  # any pair
     assert scenario.state_path() == (EXAMPLE.parent / "../../out/fdms-state")
     assert [(s.hs_code, s.quantity) for s in scenario.stock] == [("11022000", "120"), ("15179000", "48")]
 
@@ -29,6 +29,11 @@ def test_missing_parts_take_the_defaults_and_numbers_become_exact_text(tmp_path:
     assert scenario.faults["Ping"].kinds == ["429"] and scenario.faults["Ping"].rate == 1.0
     assert scenario.state_path() == tmp_path / "fdms-state"
     assert scenario.state_path(tmp_path / "elsewhere") == tmp_path / "elsewhere"
+
+
+def test_models_restrict_the_pairs_accepted() -> None:
+    scenario = Scenario.from_dict({"models": [{"name": "fiscalbox", "version": "1.0"}]})
+    assert scenario.knows_model("fiscalbox", "1.0") and not scenario.knows_model("fiscalbox", "2.0")
 
 
 @pytest.mark.parametrize(
