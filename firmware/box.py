@@ -239,7 +239,10 @@ class Box:
 
     def _ensure_provisioned(self) -> None:
         if self._taxes is None or "device_id" not in self._settings:
-            raise _refuse("BOX_NOT_PROVISIONED", "The box has no taxpayer settings yet: provision it first.")
+            raise _refuse(
+                "BOX_NOT_PROVISIONED",
+                "The box has no taxpayer settings yet: register it first (`fiscalbox-device register`).",
+            )
         if self.keys.algorithm is None:
             raise _refuse("BOX_KEY_MISSING", "The box has no device key yet: generate one first.")
 
@@ -395,8 +398,7 @@ class Box:
                 "BOX_TOO_FAST",
                 f"Receipts are coming faster than one a second: FDMS wants each one dated at least a second "
                 f"after the one before, so the last receipt is already dated {head.last_date}, {ahead - 1} s "
-                f"ahead of the clock ({now}). Wait {wait} s and send the sale again (if the clock itself is "
-                "wrong, set the time).",
+                f"ahead of the clock ({now}). Wait {wait} s and send the sale again.",
             )
         return date
 
@@ -557,9 +559,8 @@ class Box:
         row = self.journal.receipt(global_no)
         if row is None:
             last = self.journal.head()["last_global_no"]
-            raise _refuse(
-                "BOX_NO_RECEIPT", f"There is no receipt {global_no}; the last one is {last}.", "global_no"
-            )
+            last_one = f"the last one is {last}" if last else "no receipt has been issued yet"
+            raise _refuse("BOX_NO_RECEIPT", f"There is no receipt {global_no}; {last_one}.", "global_no")
         previous = self.journal.receipt(global_no - 1) if row["counter"] > 1 else None
         delivery = self.journal.delivery(global_no) or {}
         started, completed = self.journal.prints(global_no)

@@ -83,13 +83,15 @@ def build_key_store(cfg: configuration.Config, environ: Mapping[str, str]) -> Ke
     """The key store the configuration names, opened (a token store logs in once and stays open)."""
     keys = cfg.keys
     if keys["store"] == "file":
-        return FileKeyStore(keys["directory"], cfg.secret("keys", "passphrase_env", environ).encode())
+        passphrase = cfg.secret("keys", "passphrase_env", environ).encode()
+        return FileKeyStore(keys["directory"], passphrase, keys["passphrase_env"])
     if keys["store"] == "pkcs11":
         return Pkcs11KeyStore(
             keys["pkcs11_module"],
             keys["token_label"],
             cfg.secret("keys", "pin_env", environ),
             keys["key_label"],
+            keys["pin_env"],
         )
     raise FiscalError("BOX_CONFIG", "keys.store must be 'file' or 'pkcs11'.", "keys.store")
 
