@@ -241,7 +241,9 @@ def read_only_copy(sold: Rig, tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["mount", "-o", "remount,ro", str(medium)], check=True)
         yield medium
     finally:
-        subprocess.run(["umount", str(medium)], check=True)
+        if subprocess.run(["umount", str(medium)]).returncode != 0:
+            subprocess.run(["umount", "-l", str(medium)], check=True)  # detached all the same
+            raise AssertionError(f"a file on {medium} was left open")
 
 
 def test_a_journal_on_a_read_only_medium_is_named_so_and_still_reads(sold: Rig, read_only_copy: Path) -> None:
@@ -309,6 +311,15 @@ def test_status_and_outbox_text_show_no_none_and_no_python_dicts(rig: Rig) -> No
         assert "1 pending" in result.stdout
 
 
+def test_deliver_text_counts_the_outbox_in_words(sold: Rig) -> None:
+    """No certificate yet: delivery stops for a person at once, and says what waits."""
+    result = run(
+        sold, "deliver", "--until-idle", "--max-wait", "0", extra='[fdms]\nurl = "https://127.0.0.1:9"\n'
+    )
+    assert result.exit_code == 1, result.output
+    assert "outbox: 3 pending" in result.stdout and "{" not in result.stdout
+
+
 def test_a_burst_of_sales_is_asked_to_wait_not_to_set_the_clock(rig: Rig, box: Box) -> None:
     """Four sales a second: each is dated a second after the last, so the dates run ahead of the clock."""
     with pytest.raises(FiscalError) as refused_sale:
@@ -368,11 +379,12 @@ def test_an_empty_configuration_path_is_refused(tmp_path: Path) -> None:
     "name", ["FISCALBOX_JOURNAL_PATH", "FISCALBOX_KEYS_DIRECTORY", "FISCALBOX_JOURNAL_BACKUP_DIR"]
 )
 def test_an_empty_environment_setting_is_refused_and_nothing_lands_in_the_working_folder(
-    tmp_path: Path, name: str
+    tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = config(tmp_path)
     work = tmp_path / "work"
     work.mkdir()
+    monkeypatch.chdir(work)  # an empty path is the working folder
     for args in (["key", "generate"], ["status"]):
         result = CliRunner().invoke(main, ["--config", path, *args], env={**ENV, name: ""})
         where = name.removeprefix("FISCALBOX_").lower().replace("_", ".", 1)
