@@ -339,6 +339,8 @@ def _with_box(
     exit 2. A box opened `read_only` writes nothing at all: not its boot check, not a checkpoint."""
 
     def run(store: Any) -> T:
+        # bad FDMS settings are refused before the journal is opened (or made, by `register`)
+        client = None if read_only else build_fdms_client(cfg, store)
         journal = open_journal(cfg, read_only, create)
         try:
             box = Box(
@@ -349,7 +351,7 @@ def _with_box(
                 day_warn_minutes=cfg.box["day_warn_minutes"],
                 anchor=Anchor(cfg.journal["anchor"]),
                 printer=build_printer(cfg) if printing else None,
-                fdms_client=None if read_only else build_fdms_client(cfg, store),
+                fdms_client=client,
             )
             return action(box)
         finally:

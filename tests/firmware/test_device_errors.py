@@ -468,3 +468,19 @@ def test_an_unregistered_journal_says_to_register_and_that_no_receipt_exists(rig
     line = refused(run(rig, "receipt", "1"), "BOX_NO_RECEIPT")
     assert "no receipt has been issued yet" in line
     assert state(rig.root) == before
+
+
+@pytest.mark.parametrize(
+    "extra",
+    ['[fdms]\nurl = "https://127.0.0.1:9"\n', '[fdms]\nurl = "http://fdms.example"\n'],
+    ids=["no-device-id", "not-https"],
+)
+def test_register_refused_by_its_settings_makes_no_journal(tmp_path: Path, extra: str) -> None:
+    path = tmp_path / "box.toml"
+    path.write_text(
+        f'[keys]\ndirectory = "{tmp_path / "keys"}"\n[journal]\npath = "{tmp_path / "journal.db"}"\n'
+        f'anchor = "{tmp_path / "anchor.json"}"\n' + extra
+    )
+    env = {**ENV, "FISCALBOX_ACTIVATION_KEY": "abcd1234"}
+    refused(CliRunner().invoke(main, ["--config", str(path), "register"], env=env), "BOX_CONFIG")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["box.toml"]
