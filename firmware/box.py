@@ -512,15 +512,12 @@ class Box:
         end = localtime.add_hours(opened, self._max_hours())
         left = localtime.seconds(end) - localtime.seconds(now)
         if left <= self.day_warn_minutes * 60:
-            minutes = max(left, 0) // 60
-            return [
-                {
-                    "code": "BOX_DAY_ENDING",
-                    "colour": "Yellow",
-                    "field": None,
-                    "message": f"The fiscal day ends at {end} ({minutes} min left): close it soon.",
-                }
-            ]
+            message = (
+                f"The fiscal day ends at {end} ({left // 60} min left): close it soon."
+                if left > 0
+                else f"The fiscal day ended at {end}: close it now, no receipt can be issued until then."
+            )
+            return [{"code": "BOX_DAY_ENDING", "colour": "Yellow", "field": None, "message": message}]
         return []
 
     # -----------------------------------------------------------------------------------------------------

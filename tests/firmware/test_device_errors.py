@@ -484,3 +484,14 @@ def test_register_refused_by_its_settings_makes_no_journal(tmp_path: Path, extra
     env = {**ENV, "FISCALBOX_ACTIVATION_KEY": "abcd1234"}
     refused(CliRunner().invoke(main, ["--config", str(path), "register"], env=env), "BOX_CONFIG")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["box.toml"]
+
+
+def test_status_says_a_day_past_its_end_has_ended(rig: Rig, box: Box) -> None:
+    rig.clock.advance(23 * 3600)
+    assert "min left" in box.status()["warnings"][0]["message"]
+    rig.clock.advance(3600)
+    (warning,) = box.status()["warnings"]
+    assert (
+        "ended at 2026-11-23T08:00:00: close it now" in warning["message"]
+        and "min left" not in warning["message"]
+    )
