@@ -328,7 +328,7 @@ def test_a_burst_of_sales_is_asked_to_wait_not_to_set_the_clock(rig: Rig, box: B
             rig.clock.advance(0.25)
     error = refused_sale.value
     assert error.code == "BOX_TOO_FAST" and "set the time" not in error.message
-    before = {k: v for k, v in rows(rig.journal_path).items()}
+    before = rows(rig.journal_path)
     wait = int(re.search(r"Wait (\d+) s", error.message).group(1))  # type: ignore[union-attr]
     assert 1 <= wait
     rig.clock.advance(wait - 1)
