@@ -239,7 +239,10 @@ class Box:
 
     def _ensure_provisioned(self) -> None:
         if self._taxes is None or "device_id" not in self._settings:
-            raise _refuse("BOX_NOT_PROVISIONED", "The box has no taxpayer settings yet: provision it first.")
+            raise _refuse(
+                "BOX_NOT_PROVISIONED",
+                "The box has no taxpayer settings yet: register it first (`fiscalbox-device register`).",
+            )
         if self.keys.algorithm is None:
             raise _refuse("BOX_KEY_MISSING", "The box has no device key yet: generate one first.")
 
@@ -395,8 +398,7 @@ class Box:
                 "BOX_TOO_FAST",
                 f"Receipts are coming faster than one a second: FDMS wants each one dated at least a second "
                 f"after the one before, so the last receipt is already dated {head.last_date}, {ahead - 1} s "
-                f"ahead of the clock ({now}). Wait {wait} s and send the sale again (if the clock itself is "
-                "wrong, set the time).",
+                f"ahead of the clock ({now}). Wait {wait} s and send the sale again.",
             )
         return date
 
@@ -510,15 +512,12 @@ class Box:
         end = localtime.add_hours(opened, self._max_hours())
         left = localtime.seconds(end) - localtime.seconds(now)
         if left <= self.day_warn_minutes * 60:
-            minutes = max(left, 0) // 60
-            return [
-                {
-                    "code": "BOX_DAY_ENDING",
-                    "colour": "Yellow",
-                    "field": None,
-                    "message": f"The fiscal day ends at {end} ({minutes} min left): close it soon.",
-                }
-            ]
+            message = (
+                f"The fiscal day ends at {end} ({left // 60} min left): close it soon."
+                if left > 0
+                else f"The fiscal day ended at {end}: close it now, no receipt can be issued until then."
+            )
+            return [{"code": "BOX_DAY_ENDING", "colour": "Yellow", "field": None, "message": message}]
         return []
 
     # -----------------------------------------------------------------------------------------------------
@@ -557,9 +556,8 @@ class Box:
         row = self.journal.receipt(global_no)
         if row is None:
             last = self.journal.head()["last_global_no"]
-            raise _refuse(
-                "BOX_NO_RECEIPT", f"There is no receipt {global_no}; the last one is {last}.", "global_no"
-            )
+            last_one = f"the last one is {last}" if last else "no receipt has been issued yet"
+            raise _refuse("BOX_NO_RECEIPT", f"There is no receipt {global_no}; {last_one}.", "global_no")
         previous = self.journal.receipt(global_no - 1) if row["counter"] > 1 else None
         delivery = self.journal.delivery(global_no) or {}
         started, completed = self.journal.prints(global_no)

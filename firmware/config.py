@@ -48,6 +48,19 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 
+# Settings where "" means none (no serial yet, no printer, no FDMS connection, the system's CAs); any other
+# setting left empty (an empty FISCALBOX_* variable) would name the current folder or nothing at all.
+MAY_BE_EMPTY = {"device.serial", "printer.model", "fdms.url", "fdms.ca_file"}
+# The whole numbers each numeric setting may take: beyond them a value names nothing the box can use.
+RANGES: dict[str, tuple[int, int]] = {
+    "device.id": (0, 9_999_999_999),  # FDMS device IDs have at most 10 digits (certificate name, QR code)
+    "journal.retain": (1, 100_000),
+    "box.day_warn_minutes": (0, 48 * 60),
+    "printer.baud": (1, 4_000_000),
+    "fdms.renew_days_before": (0, 3650),
+    "fdms.timeout_seconds": (1, 3600),
+}
+
 
 @dataclass(frozen=True)
 class Config:
@@ -75,7 +88,8 @@ def _coerce(value: str, like: Any, where: str) -> Any:
             raise FiscalError("BOX_CONFIG", f"{where} must be true or false.", where)
         return value.lower() in ("true", "1", "yes")
     if isinstance(like, int):
-        if not value.lstrip("-").isdigit():
+        digits = value[1:] if value.startswith("-") else value
+        if not (digits.isascii() and digits.isdigit()) or len(digits) > 30:
             raise FiscalError("BOX_CONFIG", f"{where} must be a whole number.", where)
         return int(value)
     return value
@@ -85,6 +99,10 @@ def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None 
     """Defaults, then the file (if given), then the environment; unknown keys and wrong types are refused."""
     environ = os.environ if environ is None else environ
     merged = {section: dict(values) for section, values in DEFAULTS.items()}
+    if path is not None and str(path) == "":
+        raise FiscalError(
+            "BOX_CONFIG", "The configuration path is empty: give the file with --config or FISCALBOX_CONFIG."
+        )
     if path is not None:
         try:
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
@@ -123,8 +141,24 @@ def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None 
             name = f"FISCALBOX_{section.upper()}_{key.upper()}"
             if name in environ:
                 values[key] = _coerce(environ[name], DEFAULTS[section][key], f"{section}.{key}")
+    _check_values(merged)
     _check_zone(merged["box"]["zone"])
     return Config(**merged)
+
+
+def _check_values(merged: dict[str, dict[str, Any]]) -> None:
+    """Refuse an empty text setting that must name something, and a number out of its range."""
+    for section, values in merged.items():
+        for key, value in values.items():
+            where = f"{section}.{key}"
+            if value == "" and where not in MAY_BE_EMPTY:
+                raise FiscalError("BOX_CONFIG", f"{where} is empty: give it a value or leave it out.", where)
+            if where in RANGES:
+                low, high = RANGES[where]
+                if not low <= value <= high:
+                    raise FiscalError(
+                        "BOX_CONFIG", f"{where} must be a whole number from {low} to {high:,}.", where
+                    )
 
 
 def _check_zone(zone: str) -> None:

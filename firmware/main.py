@@ -8,13 +8,14 @@ expects, and the certificate it returns.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
-from contextlib import closing
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -30,28 +31,67 @@ from firmware.core import fdms
 from firmware.core.errors import FiscalError
 from firmware.delivery import Delivery
 from firmware.fdms_client import FdmsClient
-from firmware.journal import OPENED, Journal
+from firmware.journal import CLOSED, OPENED, Journal
 from hardware import ECDSA_P256, RSA_2048, KeyStore, Printer, printers
 from hardware.keystores import FileKeyStore, Pkcs11KeyStore, PublicKeys
 from hardware.signatures import load_public_key
 
 ALGORITHM_NAMES = {"ecdsa": ECDSA_P256, "rsa": RSA_2048}
 T = TypeVar("T")
-# Receipt and day numbers as the journal stores them (SQLite integers): anything larger names nothing.
-NUMBER = click.IntRange(1, (1 << 63) - 1)
+LARGEST = (1 << 63) - 1  # receipt and day numbers as the journal stores them (SQLite integers)
+
+
+class _Whole(click.ParamType):
+    """A whole number from `low` to `high`; anything else (a fraction, a word, a number too large to name
+    anything) is refused with `rule`, a sentence saying what the command takes."""
+
+    name = "number"
+
+    def __init__(self, low: int, high: int, rule: str) -> None:
+        self.low, self.high, self.rule = low, high, rule
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        if text.isascii() and text.isdigit() and len(text) <= 19 and self.low <= int(text) <= self.high:
+            return int(text)
+        self.fail(f"{text[:30]!r}: {self.rule}", param, ctx)
+
+
+class _Seconds(click.ParamType):
+    """A number of seconds, 0 or more (not NaN, not infinity)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = math.nan
+        if not (math.isfinite(seconds) and 0 <= seconds <= 86_400):
+            self.fail(f"{str(value)[:30]!r}: give a number of seconds from 0 to 86400.", param, ctx)
+        return seconds
+
+
+RECEIPT_NO = _Whole(1, LARGEST, "receipt numbers are whole numbers from 1 (`status` shows the last one).")
+DAY_NO = _Whole(1, LARGEST, "fiscal day numbers are whole numbers from 1 (`status` shows the current day).")
+COUNT = _Whole(1, 100_000, "give a whole number from 1 to 100000.")
 
 
 def build_key_store(cfg: configuration.Config, environ: Mapping[str, str]) -> KeyStore:
     """The key store the configuration names, opened (a token store logs in once and stays open)."""
     keys = cfg.keys
     if keys["store"] == "file":
-        return FileKeyStore(keys["directory"], cfg.secret("keys", "passphrase_env", environ).encode())
+        passphrase = cfg.secret("keys", "passphrase_env", environ).encode()
+        return FileKeyStore(keys["directory"], passphrase, keys["passphrase_env"])
     if keys["store"] == "pkcs11":
         return Pkcs11KeyStore(
             keys["pkcs11_module"],
             keys["token_label"],
             cfg.secret("keys", "pin_env", environ),
             keys["key_label"],
+            keys["pin_env"],
         )
     raise FiscalError("BOX_CONFIG", "keys.store must be 'file' or 'pkcs11'.", "keys.store")
 
@@ -68,7 +108,43 @@ def _fail(error: FiscalError) -> NoReturn:
     sys.exit(2)
 
 
-@click.group()
+@contextmanager
+def _one_line_usage() -> Iterator[None]:
+    """Click's own refusals (a missing argument, a value of the wrong type) as one `error` line too."""
+    try:
+        yield
+    except click.exceptions.NoArgsIsHelpError:
+        raise  # a bare group: its help is the answer
+    except click.NoSuchOption as error:
+        if error.option_name.lstrip("-").isdigit():  # `show -1`: a negative number, not an option
+            _fail(
+                FiscalError("BOX_BAD_OPTION", f"{error.option_name}: numbers here are whole numbers from 1.")
+            )
+        _fail(FiscalError("BOX_USAGE", f"{error.format_message()} See --help."))
+    except click.MissingParameter as error:
+        _fail(FiscalError("BOX_USAGE", f"{error.format_message()} See --help."))
+    except click.BadParameter as error:
+        _fail(FiscalError("BOX_BAD_OPTION", error.format_message()))
+    except click.UsageError as error:
+        _fail(FiscalError("BOX_USAGE", f"{error.format_message()} See --help."))
+
+
+class _Command(click.Command):
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        with _one_line_usage():
+            return super().make_context(*args, **kwargs)
+
+
+class _Group(click.Group, _Command):
+    command_class = _Command
+    group_class = type  # subgroups are _Group too
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        with _one_line_usage():
+            return super().resolve_command(ctx, args)
+
+
+@click.group(cls=_Group)
 @click.option("--config", "config_path", envvar="FISCALBOX_CONFIG", help="The box's TOML configuration.")
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None) -> None:
@@ -216,7 +292,32 @@ def open_journal(cfg: configuration.Config, read_only: bool, create: bool = Fals
         refusal = missing_journal(path, Anchor(cfg.journal["anchor"]))
         if not create or refusal.code == "BOX_JOURNAL_MISSING":
             raise refusal
+    else:
+        _check_journal_file(path, create)
     return Journal(path, read_only=read_only, create=create)
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_journal_file(path: Path, create: bool = False) -> None:
+    """Refuse a file that is not an SQLite database before SQLite is given it: opened for writing, an empty
+    or foreign file would silently become a new journal. (An empty file is what a first registration cut
+    short leaves; `register` may fill it.)"""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(SQLITE_HEADER))
+    except IsADirectoryError:
+        return  # the journal refuses a folder in its own words
+    except OSError as error:
+        raise FiscalError("BOX_JOURNAL", f"The journal {path} cannot be read: {error.strerror}.") from None
+    if head != SQLITE_HEADER and not (create and head == b""):
+        raise FiscalError(
+            "BOX_JOURNAL",
+            f"{path} is {'an empty file' if head == b'' else 'not an SQLite database'}, not a journal: check "
+            "journal.path (or --journal), or restore the journal from a backup.",
+            "journal.path",
+        )
 
 
 def public_key_store(cfg: configuration.Config) -> KeyStore | PublicKeys:
@@ -238,6 +339,8 @@ def _with_box(
     exit 2. A box opened `read_only` writes nothing at all: not its boot check, not a checkpoint."""
 
     def run(store: Any) -> T:
+        # bad FDMS settings are refused before the journal is opened (or made, by `register`)
+        client = None if read_only else build_fdms_client(cfg, store)
         journal = open_journal(cfg, read_only, create)
         try:
             box = Box(
@@ -248,7 +351,7 @@ def _with_box(
                 day_warn_minutes=cfg.box["day_warn_minutes"],
                 anchor=Anchor(cfg.journal["anchor"]),
                 printer=build_printer(cfg) if printing else None,
-                fdms_client=None if read_only else build_fdms_client(cfg, store),
+                fdms_client=client,
             )
             return action(box)
         finally:
@@ -319,7 +422,7 @@ def _public_key_file(path: str) -> Any:
         return load_public_key(Path(path).read_bytes())
     except OSError as error:
         raise FiscalError("BOX_FILE", f"Cannot read {path}: {error.strerror}.", "public_key") from None
-    except ValueError:
+    except (ValueError, FiscalError):  # not PEM at all, or a PEM that is not a key
         raise FiscalError(
             "BOX_KEY_UNREADABLE", f"{path} holds no certificate or public key.", "public_key"
         ) from None
@@ -359,6 +462,7 @@ def audit_command(
             with closing(public_key_store(cfg)) as store:
                 public_key = load_public_key(store.public_key_pem())
         if journal_path is not None:
+            _check_journal_file(Path(journal_path))
             journal = Journal(journal_path, read_only=True)
         else:
             journal = open_journal(cfg, read_only=True)
@@ -403,7 +507,7 @@ def audit_command(
 @click.argument("dest", required=False)
 @click.option(
     "--retain",
-    type=click.IntRange(1, 100_000),
+    type=COUNT,
     default=None,
     help="Keep only the newest N backups (default: journal.retain).",
 )
@@ -411,6 +515,12 @@ def audit_command(
 @click.pass_obj
 def backup_command(cfg: configuration.Config, dest: str | None, retain: int | None, as_json: bool) -> None:
     """Copy the journal online into DEST (default: journal.backup_dir) with a signed manifest."""
+    if dest is not None and not dest.strip():
+        _fail(
+            FiscalError(
+                "BOX_USAGE", "DEST is empty: give the backup folder, or leave it out for journal.backup_dir."
+            )
+        )
     target = dest or cfg.journal["backup_dir"]
     keep = retain if retain is not None else cfg.journal["retain"]
     result = _with_box(cfg, lambda box: box.backup(target, keep))
@@ -440,14 +550,25 @@ def restore_command(cfg: configuration.Config, manifest: str, as_json: bool) -> 
 
 
 @main.command("export")
-@click.option("--from", "first", type=NUMBER, required=True, help="First global receipt number.")
-@click.option("--to", "last", type=NUMBER, required=True, help="Last global receipt number.")
+@click.option("--from", "first", type=RECEIPT_NO, required=True, help="First global receipt number.")
+@click.option("--to", "last", type=RECEIPT_NO, required=True, help="Last global receipt number.")
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
 @click.pass_obj
 def export_command(cfg: configuration.Config, first: int, last: int, out: str, as_json: bool) -> None:
     """Write receipts FROM..TO as a signed file that `fiscalbox journal verify` checks offline."""
-    result = _with_box(cfg, lambda box: box.export_journal(first, last, out))
+    if not out.strip():
+        _fail(FiscalError("BOX_USAGE", "OUT is empty: give the file to write the export to."))
+
+    def run(box: Box) -> dict[str, Any]:
+        try:
+            return box.export_journal(first, last, out)
+        except OSError as error:  # the file is written before the export is logged: nothing changed
+            raise FiscalError(
+                "BOX_FILE", f"Cannot write the export {out}: {error.strerror}.", "out"
+            ) from None
+
+    result = _with_box(cfg, run)
     _emit(result, as_json, lambda r: f"exported receipts {r['first']}..{r['last']} to {r['file']}")
 
 
@@ -456,7 +577,7 @@ def export_command(cfg: configuration.Config, first: int, last: int, out: str, a
 
 
 @main.command("show")
-@click.argument("global_no", type=NUMBER)
+@click.argument("global_no", type=RECEIPT_NO)
 @click.option("--width", type=click.Choice(["32", "42", "48"]), default="48", show_default=True)
 @click.pass_obj
 def show_command(cfg: configuration.Config, global_no: int, width: str) -> None:
@@ -468,7 +589,7 @@ def show_command(cfg: configuration.Config, global_no: int, width: str) -> None:
 
 
 @main.command("reprint")
-@click.argument("global_no", type=NUMBER, required=False)
+@click.argument("global_no", type=RECEIPT_NO, required=False)
 @click.option("--unprinted", is_flag=True, help="Print every receipt that has no finished print yet.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
 @click.pass_obj
@@ -501,7 +622,7 @@ def _unprinted_text(result: dict[str, Any]) -> str:
 
 
 @main.command("report")
-@click.option("--day", "day_no", type=NUMBER, help="A closed day's Z report (default: the X report).")
+@click.option("--day", "day_no", type=DAY_NO, help="A closed day's Z report (default: the X report).")
 @click.option("--print", "to_printer", is_flag=True, help="Print it on the configured printer.")
 @click.option("--json", "as_json", is_flag=True, help="The report's figures as one JSON object.")
 @click.pass_obj
@@ -524,10 +645,14 @@ def report_command(cfg: configuration.Config, day_no: int | None, to_printer: bo
     if report is None:
         click.echo(document, nl=False)
         return
-    if day_no is None and report["status"] != OPENED:
+    if day_no is None and report["status"] == CLOSED:
         report["note"] = (
-            f"No fiscal day is open: this is the Z report of the last day, day {report['day_no']} "
-            f"({report['status']})."
+            f"No fiscal day is open: this is the Z report of the last day, day {report['day_no']}."
+        )
+    elif day_no is None and report["status"] != OPENED:
+        report["note"] = (
+            f"No fiscal day is open: this is the report of the last day, day {report['day_no']}, whose close "
+            f"is not confirmed yet ({report['status']}): an X report until FDMS closes it."
         )
     if as_json:
         _emit(report, True, str)
@@ -538,7 +663,7 @@ def report_command(cfg: configuration.Config, day_no: int | None, to_printer: bo
 
 
 @main.command("receipt")
-@click.argument("global_no", type=NUMBER)
+@click.argument("global_no", type=RECEIPT_NO)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
 @click.option("--body", is_flag=True, help="Only the SubmitReceipt body sent to FDMS, byte for byte.")
 @click.pass_obj
@@ -617,7 +742,7 @@ DELIVER_MAX_WAIT = 300.0  # seconds without anything delivered before `deliver -
 @click.option("--until-idle", is_flag=True, help="Stop once everything is delivered (otherwise run on).")
 @click.option(
     "--max-wait",
-    type=click.FloatRange(min=0),
+    type=_Seconds(),
     default=None,
     help=f"With --until-idle: give up (exit 1, saying why) after this many seconds in which nothing could be "
     f"delivered [default: {DELIVER_MAX_WAIT:g}].",
@@ -674,7 +799,7 @@ def deliver(cfg: configuration.Config, until_idle: bool, max_wait: float | None,
         _fail(error)
 
     def text(r: dict[str, Any]) -> str:
-        line = f"delivered {r['sent']} receipts; outbox {r['outbox']}"
+        line = f"delivered {r['sent']} receipts; outbox: {_counts(r['outbox'])}"
         stopped = r["stopped"]
         if stopped is None:
             return line
@@ -687,16 +812,14 @@ def deliver(cfg: configuration.Config, until_idle: bool, max_wait: float | None,
 
 
 @main.command("outbox")
-@click.option(
-    "--limit", type=click.IntRange(1, 100_000), default=20, show_default=True, help="How many to list."
-)
+@click.option("--limit", type=COUNT, default=20, show_default=True, help="How many to list.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
 @click.pass_obj
 def outbox_command(cfg: configuration.Config, limit: int, as_json: bool) -> None:
     """What waits for FDMS: the outbox by state, the oldest undelivered receipts, what FDMS flagged."""
 
     def text(info: dict[str, Any]) -> str:
-        lines = [f"outbox {info['counts']}"]
+        lines = [f"outbox: {_counts(info['counts'])}"]
         lines += [
             f"  waiting: #{r['global_no']} day {r['day_no']} {r['date']} {r['type']} "
             f"{r['currency']} {r['total']}"
@@ -724,25 +847,30 @@ def outbox_command(cfg: configuration.Config, limit: int, as_json: bool) -> None
 
 
 @main.command("day-files")
-@click.argument("day_no", type=NUMBER)
+@click.argument("day_no", type=DAY_NO)
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
 @click.pass_obj
 def day_files_command(cfg: configuration.Config, day_no: int, out_dir: str, as_json: bool) -> None:
     """Write day DAY_NO's SubmitFile files (header, receipts as signed, the signed close in the last one) to
     OUT_DIR, for upload in the ZIMRA self-service portal. The day must have its close signed."""
+    if not out_dir.strip():
+        _fail(FiscalError("BOX_USAGE", "OUT_DIR is empty: give the folder to write the day's files to."))
     try:
         files = _with_box(cfg, lambda box: box.day_files(day_no), read_only=True)
     except FiscalError as error:
         _fail(error)
     where = Path(out_dir)
-    where.mkdir(parents=True, exist_ok=True)
     written = []
     for item in files:
         path = where / f"{cfg.device['id']}-day{day_no}-{item['sequence']:03d}.json"
         temporary = path.with_suffix(".part")
-        temporary.write_bytes(item["body"])
-        temporary.replace(path)
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+            temporary.write_bytes(item["body"])
+            temporary.replace(path)
+        except OSError as error:
+            _fail(FiscalError("BOX_FILE", f"Cannot write {path}: {error.strerror}.", "out_dir"))
         written.append(
             {
                 "file": str(path),

@@ -302,15 +302,22 @@ class FileKeyStore:
     POINTER_FILE = "current"
     RENEWAL_FILE = "renewal-key.pem"
 
-    def __init__(self, directory: str | os.PathLike[str], passphrase: bytes) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        passphrase: bytes,
+        passphrase_env: str = "FISCALBOX_KEY_PASSPHRASE",
+    ) -> None:
+        # `passphrase_env` only names, in messages, where the passphrase came from: it is never in a file
         if not isinstance(passphrase, bytes) or not passphrase:
             raise FiscalError(
                 "BOX_KEY_PASSPHRASE",
-                "The key passphrase is empty: set it in the environment variable [keys] passphrase_env "
-                "names (FISCALBOX_KEY_PASSPHRASE by default).",
+                f"The key passphrase is empty: set it in the environment variable {passphrase_env} "
+                "(the one [keys] passphrase_env names).",
             )
         self._directory = Path(directory)
         self._passphrase = passphrase
+        self._passphrase_env = passphrase_env
         self._lock = threading.Lock()
         self._current: _Generation | None = None
         self._pending: _SoftKey | None = None
@@ -331,7 +338,7 @@ class FileKeyStore:
                 f"The key passphrase is not set; put it in the environment variable {env_var} "
                 "and restart the box.",
             )
-        return cls(directory, passphrase.encode("utf-8"))
+        return cls(directory, passphrase.encode("utf-8"), env_var)
 
     @classmethod
     def public_only(cls, directory: str | os.PathLike[str]) -> PublicKeys:
@@ -618,7 +625,7 @@ class FileKeyStore:
                 raise FiscalError(
                     "BOX_KEY_PASSPHRASE",
                     "The key passphrase is wrong (or the key file is damaged): check the value of the "
-                    "environment variable [keys] passphrase_env names (FISCALBOX_KEY_PASSPHRASE by default).",
+                    f"environment variable {self._passphrase_env} (the one [keys] passphrase_env names).",
                 ) from exc
             raise FiscalError(
                 "BOX_KEY_UNREADABLE",
@@ -778,7 +785,12 @@ class Pkcs11KeyStore:
     """
 
     def __init__(
-        self, module_path: str, token_label: str, pin: str, key_label: str = "fiscalbox-device"
+        self,
+        module_path: str,
+        token_label: str,
+        pin: str,
+        key_label: str = "fiscalbox-device",
+        pin_env: str = "FISCALBOX_TOKEN_PIN",
     ) -> None:
         self._key_label = key_label
         self._staging_label = key_label + ".new"
@@ -810,8 +822,8 @@ class Pkcs11KeyStore:
         except (pkcs11.PinIncorrect, pkcs11.PinLenRange) as exc:
             raise FiscalError(
                 "BOX_KEY_PASSPHRASE",
-                "The key token's PIN is wrong; correct it in the configuration before trying again, "
-                "since repeated wrong PINs lock the token.",
+                f"The key token's PIN is wrong: correct the environment variable {pin_env} (the one "
+                "[keys] pin_env names) before trying again, since repeated wrong PINs lock the token.",
             ) from exc
         except pkcs11.PinLocked as exc:
             raise FiscalError(
