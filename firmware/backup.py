@@ -7,6 +7,7 @@ highest global number the box is known to have committed. A restore that would l
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -75,17 +76,31 @@ class Anchor:
         return int(self.read()["last_global_no"])
 
     def advance(self, global_no: int, device_id: int | None = None, link: bytes | None = None) -> None:
+        """Move the mark up to `global_no` (never down, never to another device). Callers advance it only
+        from a journal that passed its check against the anchor."""
         anchored = self.read()
+        if anchored["device_id"] is not None and device_id not in (None, anchored["device_id"]):
+            raise FiscalError(
+                "BOX_JOURNAL_FOREIGN",
+                f"The anchor belongs to device {anchored['device_id']}, not {device_id}; it was not moved.",
+            )
         if global_no > anchored["last_global_no"] or (device_id and anchored["device_id"] is None):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            record: dict[str, Any] = {"device_id": device_id, "last_global_no": global_no}
-            if link is not None:
+            record: dict[str, Any] = {
+                "device_id": device_id or anchored["device_id"],
+                "last_global_no": global_no,
+            }
+            if link is not None and global_no > 0:  # before the first receipt there is no link to keep
                 record["link"] = link.hex()
             write_atomically(self.path, detail_json(record).encode())
 
-    def problems(self, journal: Journal) -> list[dict[str, Any]]:
-        """What sets the journal apart from the anchor, as boot-check findings (none when it matches)."""
-        anchored = self.read()
+    def problems(self, journal: Journal, anchored: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """What sets the journal apart from the anchor, as boot-check findings (none when it matches).
+
+        Give `anchored` (this anchor's `read()`) when the journal is read in a snapshot: read before the
+        snapshot begins, so a writer that commits and then moves the anchor meanwhile is never taken for a
+        rolled-back journal."""
+        anchored = self.read() if anchored is None else anchored
         last = journal.head()["last_global_no"]
         device = journal.settings().get("device_id")
         restore = "restore the latest backup (`fiscalbox-device restore MANIFEST`)"
@@ -108,7 +123,11 @@ class Anchor:
                 }
             ]
         row = journal.receipt(anchored["last_global_no"]) if anchored["last_global_no"] else None
-        if anchored["link"] is not None and (row is None or row["link"].hex() != anchored["link"]):
+        if (
+            anchored["link"] is not None
+            and anchored["last_global_no"]
+            and (row is None or row["link"].hex() != anchored["link"])
+        ):
             return [
                 {
                     "code": "BOX_JOURNAL_FOREIGN",
@@ -241,7 +260,12 @@ def read_manifest(manifest_path: Path, public_key_pem: bytes) -> dict[str, Any]:
 
 def restore(manifest_path: Path, journal_path: Path, public_key_pem: bytes, anchor: Anchor) -> dict[str, Any]:
     """Put a verified backup in place of the journal, unless that would lose receipts or bring in another
-    device's journal. Holds the journal's writer lock throughout: a running box is never restored under."""
+    device's journal. Holds the journal's writer lock throughout: a running box is never restored under.
+
+    The journal in place is measured against the backup only when it is this box's own (it passes the
+    anchor's device and link check); another device's journal, another history or a file that no longer
+    opens says nothing about what this box committed. Whatever was there is kept beside it, renamed
+    `<journal>.replaced-<time>`, never overwritten."""
     manifest = read_manifest(manifest_path, public_key_pem)
     anchored = anchor.read()
     if anchored["device_id"] is not None and manifest.get("device_id") != anchored["device_id"]:
@@ -253,12 +277,9 @@ def restore(manifest_path: Path, journal_path: Path, public_key_pem: bytes, anch
     lock = WriterLock(journal_path)
     try:
         known = anchored["last_global_no"]
-        if journal_path.exists():
-            current = Journal(journal_path, read_only=True)
-            try:
-                known = max(known, current.head()["last_global_no"])
-            finally:
-                current.close()
+        current_head = _own_journal_head(journal_path, anchor, anchored)
+        if current_head is not None:
+            known = max(known, current_head)
         if manifest["last_global_no"] < known:
             raise FiscalError(
                 "BOX_RESTORE_BEHIND",
@@ -267,11 +288,49 @@ def restore(manifest_path: Path, journal_path: Path, public_key_pem: bytes, anch
                 "receipts. Nothing was changed.",
             )
         data = (manifest_path.parent / manifest["file"]).read_bytes()
-        for suffix in ("-wal", "-shm"):
-            Path(str(journal_path) + suffix).unlink(missing_ok=True)
+        kept = _set_aside(journal_path)
         write_atomically(journal_path, data)
+        link = bytes.fromhex(manifest["link"]) if manifest.get("link") else None
+        anchor.advance(manifest["last_global_no"], manifest.get("device_id"), link)
     finally:
         lock.release()
-    link = bytes.fromhex(manifest["link"]) if manifest.get("link") else None
-    anchor.advance(manifest["last_global_no"], manifest.get("device_id"), link)
-    return {"restored": str(journal_path), "last_global_no": manifest["last_global_no"], "anchor": known}
+    return {
+        "restored": str(journal_path),
+        "last_global_no": manifest["last_global_no"],
+        "anchor": known,
+        "kept": kept,
+    }
+
+
+def _own_journal_head(journal_path: Path, anchor: Anchor, anchored: dict[str, Any]) -> int | None:
+    """The last global number of the journal in place when it is this box's own, else None."""
+    if not journal_path.exists():
+        return None
+    try:
+        current = Journal(journal_path, read_only=True)
+    except FiscalError:
+        return None  # a file that does not open as a journal holds nothing of this box's
+    try:
+        with current.reading():
+            foreign = [p for p in anchor.problems(current, anchored) if p["code"] == "BOX_JOURNAL_FOREIGN"]
+            return None if foreign else int(current.head()["last_global_no"])
+    except FiscalError:
+        return None
+    finally:
+        current.close()
+
+
+def _set_aside(journal_path: Path) -> str | None:
+    """Rename the journal in place (and its WAL files) out of the way, so a restore loses nothing."""
+    if not journal_path.exists():
+        for suffix in ("-wal", "-shm"):
+            Path(str(journal_path) + suffix).unlink(missing_ok=True)
+        return None
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    kept = journal_path.with_name(f"{journal_path.name}.replaced-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        source = Path(str(journal_path) + suffix)
+        if source.exists():
+            os.replace(source, str(kept) + suffix)
+    _fsync_directory(journal_path.parent)
+    return str(kept)

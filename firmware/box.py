@@ -148,7 +148,17 @@ class Box:
 
     @property
     def device_id(self) -> int:
+        self._require_settings()
         return int(self._settings["device_id"])
+
+    def _require_settings(self) -> None:
+        """The settings in force must be there: when the journal could not give them, say why."""
+        if "device_id" not in self._settings:
+            if not self.boot["clean"] and self.boot["problems"][0]["code"] == "BOX_JOURNAL_CORRUPT":
+                raise _refuse("BOX_JOURNAL_CORRUPT", self.boot["problems"][0]["message"])
+            raise _refuse(
+                "BOX_NOT_PROVISIONED", "The box is not registered yet: run `fiscalbox-device register` first."
+            )
 
     def _public_key(self) -> Any:
         return load_public_key(self.keys.public_key_pem())
@@ -161,14 +171,16 @@ class Box:
         checkpoint, all in one read snapshot; on any finding the box refuses to issue. Only a writer
         records the check (a read-only box writes nothing, however often it is opened)."""
         at = self.now_local()
+        anchored = None if self.anchor is None else self.anchor.read()  # before the snapshot: see problems()
         with self.journal.reading():
-            problems = [] if self.anchor is None else self.anchor.problems(self.journal)
+            problems = [] if self.anchor is None else self.anchor.problems(self.journal, anchored)
             if self.keys.algorithm is None:
-                return {"clean": not problems, "problems": problems, "skipped": "no device key yet"}
+                skipped = "no device key is readable, so the signatures were not checked"
+                return {"clean": not problems, "problems": problems, "skipped": skipped}
             result = verify.boot_check(self.journal, self._public_key(), self._settings.get("device_id", 0))
         result = {"clean": result["clean"] and not problems, "problems": problems + result["problems"]}
-        if not self.journal.writable:
-            return result
+        if not self.journal.writable or problems:
+            return result  # a journal that is not this box's own is not written to, not even the boot entry
         with self.journal.transaction():
             self.journal.log(at, "boot", {"clean": result["clean"], "problems": len(result["problems"])})
         if result["clean"]:
@@ -184,6 +196,17 @@ class Box:
 
     def _checkpoint(self, at: str, reason: str) -> None:
         self.journal.add_checkpoint(at, self.keys.sign, reason)
+
+    def _ensure_ours(self) -> None:
+        """Refuse to act on a journal the anchor says is not this box's own (missing, behind, foreign)."""
+        if not self.boot["clean"] and self.boot["problems"][0]["code"] in ANCHOR_CODES:
+            first = self.boot["problems"][0]
+            raise _refuse(first["code"], first["message"] + " Nothing was done.")
+
+    def require_sound_journal(self) -> None:
+        """Refuse (with the start-up check's finding) unless the journal passed its check: delivery asks
+        before it sends anything, so a damaged or foreign journal never reaches FDMS."""
+        self._ensure_sound()
 
     def _ensure_sound(self) -> None:
         if not self.boot["clean"]:
@@ -377,7 +400,7 @@ class Box:
             return None
         if note.get("fiscalDayNo") is not None and note["fiscalDayNo"] != row["day_no"]:
             return None
-        original = fdms.parse_receipt(json.loads(row["body"], parse_float=str))
+        original = self._stored_receipt(row)
         return {"receipt": original, "notes_total": self.journal.notes_total(row["global_no"])}
 
     def _receipt_date(self, head: Head, now: str) -> str:
@@ -526,10 +549,11 @@ class Box:
     @_serialized
     def receipt_document(self, global_no: int, copy: bool = False, width: int = 48) -> layout.Document:
         """A committed receipt laid out for the configured printer (or `width` columns without one)."""
+        self._require_settings()
         row = self.journal.receipt(global_no)
         if row is None:
             raise _refuse("BOX_NO_RECEIPT", f"There is no receipt {global_no}.", "global_no")
-        receipt = fdms.parse_receipt(json.loads(row["body"], parse_float=str))
+        receipt = self._stored_receipt(row)
         original = None
         if row["note_of"] is not None:
             first = self.journal.receipt(row["note_of"])
@@ -586,6 +610,18 @@ class Box:
             "prints": {"started": started, "completed": completed},
         }
 
+    @staticmethod
+    def _stored_receipt(row: dict[str, Any]) -> dict[str, Any]:
+        """A committed receipt read back from its exact stored JSON; damage is BOX_JOURNAL_CORRUPT."""
+        try:
+            return dict(fdms.parse_receipt(json.loads(row["body"], parse_float=str)))
+        except (ValueError, TypeError, FiscalError):
+            raise _refuse(
+                "BOX_JOURNAL_CORRUPT",
+                f"The journal is damaged: table receipts, row global_no {row['global_no']} is not the "
+                "receipt the box wrote. Restore the latest backup.",
+            ) from None
+
     def _require_printer(self) -> Printer:
         if self.printer is None:
             raise _refuse("BOX_NO_PRINTER", "No printer is configured: set [printer] in the configuration.")
@@ -607,6 +643,7 @@ class Box:
     def reprint(self, global_no: int) -> dict[str, Any]:
         """Print a committed receipt again, marked COPY when it was printed (or began printing) before. The
         fiscal content is the stored receipt's, never re-signed."""
+        self._ensure_ours()
         if self.journal.receipt(global_no) is None:
             raise _refuse("BOX_NO_RECEIPT", f"There is no receipt {global_no}.", "global_no")
         copy = self._print_receipt(global_no)
@@ -617,6 +654,7 @@ class Box:
         """Print every receipt with no finished print, oldest first, read from the journal in batches;
         stops at the first printer fault. `progress(printed, total)` follows a long run; `remaining` counts
         the receipts still without a finished print at the end."""
+        self._ensure_ours()
         total = self.journal.unprinted_count()
         done: list[int] = []
         stopped_at, failure, after = None, None, 0
@@ -637,6 +675,7 @@ class Box:
     @_serialized
     def report_document(self, day_no: int | None = None, width: int = 48) -> layout.Document:
         """The X report of the current day, or the Z report of a closed day."""
+        self._require_settings()
         day = self.journal.current_day() if day_no is None else self._known_day(day_no)
         if day is None:
             raise _refuse("BOX_DAY_NOT_OPEN", "No fiscal day has been opened yet.", "day_no")
@@ -678,7 +717,11 @@ class Box:
             "outbox": counts,
             "unprinted": self.journal.unprinted(limit=STATUS_UNPRINTED),  # the oldest; the count is all
             "unprinted_count": self.journal.unprinted_count(),
-            "journal": {"clean": self.boot["clean"], "problems": self.boot["problems"]},
+            "journal": {
+                "clean": self.boot["clean"],
+                "problems": self.boot["problems"],
+                "skipped": self.boot.get("skipped"),
+            },
             "fdms": {
                 "mode": self.operating_mode(),
                 "certificate_valid_till": self.certificate_valid_till(),
@@ -1158,6 +1201,7 @@ class Box:
     @_serialized
     def backup(self, dest: str | os.PathLike[str], retain: int | None = None) -> dict[str, Any]:
         """An online copy of the journal and its signed manifest; keeps the newest `retain` copies."""
+        self._ensure_sound()
         self._ensure_provisioned()
         result = backups.make_backup(
             self.journal, self.keys, self.device_id, Path(dest), self.now_local(), retain
@@ -1168,6 +1212,7 @@ class Box:
     @_serialized
     def export_journal(self, first: int, last: int, dest: str | os.PathLike[str]) -> dict[str, Any]:
         """A portable, signed file of receipts first..last that the host tool checks offline."""
+        self._ensure_sound()
         self._ensure_provisioned()
         return exports.write_export(
             self.journal, self.keys, self._settings, first, last, Path(dest), self.now_local()

@@ -312,6 +312,7 @@ class Delivery:
     # The work, in FDMS's order
 
     def _work(self) -> str:
+        self.box.require_sound_journal()  # nothing goes to FDMS from a journal that failed its check
         if self._renewal_due():
             self.box.renew_certificate()
             return RENEWED

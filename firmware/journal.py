@@ -266,6 +266,17 @@ def checkpoint_text(
     ).encode()
 
 
+def stored_json(text: str, where: str) -> Any:
+    """JSON the journal stored, read back; damage is BOX_JOURNAL_CORRUPT naming `where` (table and row)."""
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError):
+        raise _error(
+            "BOX_JOURNAL_CORRUPT",
+            f"The journal is damaged: {where} is not the JSON the box wrote. Restore the latest backup.",
+        ) from None
+
+
 def counters_json(counters: dict[CounterKey, int]) -> list[list[Any]]:
     return [[*key, value] for key, value in sorted(counters.items())]
 
@@ -276,6 +287,9 @@ def counters_from_json(text: str) -> dict[CounterKey, int]:
 
 def _error(code: str, message: str) -> FiscalError:
     return FiscalError(code, message)
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def _read_only_medium(path: Path) -> bool:
@@ -295,6 +309,7 @@ class WriterLock:
     """
 
     def __init__(self, journal_path: Path) -> None:
+        journal_path = journal_path.resolve()  # one lock however the path is spelled (a link, relative)
         self.path = journal_path.with_name(journal_path.name + ".lock")
         try:
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -324,50 +339,76 @@ class WriterLock:
 
 
 class _Cursor(apsw.Cursor):
-    """A cursor whose rows never escape as a bare decoding error: stored text that is no longer UTF-8 (a
-    damaged byte) becomes BOX_JOURNAL_CORRUPT naming the table and the row."""
+    """A cursor whose damage never escapes raw: stored text that is no longer UTF-8 (a damaged byte)
+    becomes BOX_JOURNAL_CORRUPT naming the table and the row, and a page SQLite finds damaged
+    BOX_JOURNAL_CORRUPT with SQLite's own words."""
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().execute(*args, **kwargs)
+        except UnicodeDecodeError:
+            raise damage_found(self.connection) from None
+        except (apsw.CorruptError, apsw.NotADBError) as error:
+            raise _file_damaged(error) from None
 
     def __next__(self) -> Any:
         try:
             return super().__next__()
         except UnicodeDecodeError:
             raise damage_found(self.connection) from None
+        except (apsw.CorruptError, apsw.NotADBError) as error:
+            raise _file_damaged(error) from None
 
     def fetchone(self) -> Any:
         try:
             return super().fetchone()
         except UnicodeDecodeError:
             raise damage_found(self.connection) from None
+        except (apsw.CorruptError, apsw.NotADBError) as error:
+            raise _file_damaged(error) from None
+
+
+def _file_damaged(error: apsw.Error) -> FiscalError:
+    return _error(
+        "BOX_JOURNAL_CORRUPT",
+        f"SQLite reports damage in the journal file ({error}): restore the latest backup "
+        "(`fiscalbox-device audit --verbose` lists what it can still read).",
+    )
 
 
 def damage_found(db: apsw.Connection) -> FiscalError:
     """BOX_JOURNAL_CORRUPT naming the first row that cannot be read back, found by reading each table row
-    by row (only ever on the way to reporting damage, so its cost does not matter)."""
+    by row (only ever on the way to reporting damage)."""
     return _error(
         "BOX_JOURNAL_CORRUPT",
-        f"The journal is damaged: {_damaged_place(db)} cannot be read back. Run `fiscalbox-device audit "
-        "--verbose`, then restore the latest backup.",
+        f"The journal is damaged: {_damaged_place(db)} cannot be read back. Restore the latest backup "
+        "(`fiscalbox-device audit --verbose` lists what else it finds).",
     )
 
 
-def _damaged_place(db: apsw.Connection) -> str:
-    def rows(sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        return apsw.Cursor(db).execute(sql, params).fetchall()
+def _readable(cursor: apsw.Cursor) -> bool:
+    """Whether every row of `cursor` decodes, read one at a time (a table may be large)."""
+    try:
+        for _ in cursor:
+            pass
+    except UnicodeDecodeError:
+        return False
+    return True
 
-    for (table,) in rows("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"):
-        keys = [(c[1], c[2]) for c in rows(f"PRAGMA table_info({table})") if c[5]]
+
+def _damaged_place(db: apsw.Connection) -> str:
+    def query(sql: str, params: tuple[Any, ...] = ()) -> apsw.Cursor:
+        return apsw.Cursor(db).execute(sql, params)
+
+    tables = [name for (name,) in query("SELECT name FROM sqlite_schema WHERE type = 'table'")]
+    for table in (t for t in tables if not t.startswith("sqlite_")):
+        if _readable(query(f"SELECT * FROM {table}")):
+            continue
+        keys = [(c[1], c[2]) for c in query(f"PRAGMA table_info({table})") if c[5]]
         key = keys[0][0] if len(keys) == 1 and keys[0][1] == "INTEGER" else None  # the rowid's own name
         try:
-            rows(f"SELECT * FROM {table}")
-        except UnicodeDecodeError:
-            pass
-        else:
-            continue
-        try:
-            for (rowid,) in rows(f"SELECT rowid FROM {table}"):
-                try:
-                    rows(f"SELECT * FROM {table} WHERE rowid = ?", (rowid,))
-                except UnicodeDecodeError:
+            for (rowid,) in query(f"SELECT rowid FROM {table}"):
+                if not _readable(query(f"SELECT * FROM {table} WHERE rowid = ?", (rowid,))):
                     return f"table {table}, row {key or 'rowid'} {rowid}"
         except apsw.SQLError:  # a table without rowids (the counters): name the table
             pass
@@ -400,6 +441,8 @@ class Journal:
             raise _error("BOX_JOURNAL_MISSING", f"There is no journal at {self.path}.")
         if self.path.is_dir():
             raise _error("BOX_JOURNAL", f"The journal {self.path} is a folder, not a journal file.")
+        if self.path.exists():
+            self._check_file(create and not read_only)
         try:
             if read_only:
                 self.db = self._open_reader(vfs)
@@ -417,6 +460,10 @@ class Journal:
                 )
                 self.db.cursor_factory = _Cursor
                 self.db.set_busy_timeout(5000)
+                if self._scalar("PRAGMA user_version") == 0 and (
+                    not create or self._scalar("SELECT count(*) FROM sqlite_schema")
+                ):
+                    raise self._not_a_journal()  # only the box's first provisioning lays a schema down
                 self._configure(synchronous)
                 self._migrate()
         except apsw.Error as error:
@@ -425,6 +472,33 @@ class Journal:
         except BaseException:
             self._release()
             raise
+
+    def _check_file(self, create: bool) -> None:
+        """Refuse a file that is not an SQLite database before SQLite is given it: opened for writing, an
+        empty or foreign file would silently become a new journal. (An empty file is what a first
+        registration cut short leaves; `create` may fill it.)"""
+        try:
+            with open(self.path, "rb") as handle:
+                head = handle.read(len(SQLITE_HEADER))
+        except OSError as error:
+            message = f"The journal {self.path} cannot be read: {error.strerror}."
+            raise _error("BOX_JOURNAL", message) from None
+        if head != SQLITE_HEADER and not (create and head == b""):
+            what = "an empty file" if head == b"" else "not an SQLite database"
+            raise FiscalError(
+                "BOX_JOURNAL",
+                f"{self.path} is {what}, not a journal: check journal.path (or --journal), or restore the "
+                "journal from a backup.",
+                "journal.path",
+            )
+
+    def _not_a_journal(self) -> FiscalError:
+        return FiscalError(
+            "BOX_JOURNAL",
+            f"{self.path} is an SQLite database but not a journal (it has no journal schema): check "
+            "journal.path (or --journal), or restore the journal from a backup.",
+            "journal.path",
+        )
 
     def _open_reader(self, vfs: str | None) -> apsw.Connection:
         """A read-only connection. On a read-only medium SQLite cannot make the WAL's shared-memory file,
@@ -447,6 +521,9 @@ class Journal:
         db.cursor_factory = _Cursor
         db.set_busy_timeout(5000)
         version: int = db.execute("PRAGMA user_version").fetchall()[0][0]  # type: ignore[assignment]
+        if version == 0:
+            db.close()
+            raise self._not_a_journal()
         if version != SCHEMA_VERSION:
             db.close()
             raise _error(
@@ -554,7 +631,10 @@ class Journal:
     # Settings: the identity and configuration in force
 
     def settings(self) -> dict[str, Any]:
-        return {key: json.loads(value) for key, value in self.db.execute("SELECT key, value FROM settings")}
+        return {
+            key: stored_json(value, f"table settings, row key {key}")
+            for key, value in self.db.execute("SELECT key, value FROM settings")
+        }
 
     def save_settings(self, values: dict[str, Any], at: str) -> None:
         with self.transaction():
@@ -891,7 +971,8 @@ class Journal:
         row = self._named_row("SELECT * FROM outbox WHERE global_no = ?", (global_no,))
         if row is not None:
             for name in ("server_signature", "errors"):
-                row[name] = None if row[name] is None else json.loads(row[name])
+                where = f"table outbox, row global_no {global_no}"
+                row[name] = None if row[name] is None else stored_json(row[name], where)
         return row
 
     def global_no_of(self, receipt_id: int) -> int | None:
@@ -908,7 +989,9 @@ class Journal:
             f"WHERE o.errors IS NOT NULL AND o.errors != '[]' AND {which} ORDER BY o.global_no LIMIT ?",
             (value, limit),
         )
-        return [{"global_no": g, "errors": json.loads(e)} for g, e in rows]
+        return [
+            {"global_no": g, "errors": stored_json(e, f"table outbox, row global_no {g}")} for g, e in rows
+        ]
 
     def mark_open_sent(self, day_no: int, at: str) -> None:
         """FDMS accepted the day's OpenDay: its receipts may now be sent."""

@@ -292,40 +292,17 @@ def open_journal(cfg: configuration.Config, read_only: bool, create: bool = Fals
         refusal = missing_journal(path, Anchor(cfg.journal["anchor"]))
         if not create or refusal.code == "BOX_JOURNAL_MISSING":
             raise refusal
-    else:
-        _check_journal_file(path, create)
     return Journal(path, read_only=read_only, create=create)
-
-
-SQLITE_HEADER = b"SQLite format 3\x00"
-
-
-def _check_journal_file(path: Path, create: bool = False) -> None:
-    """Refuse a file that is not an SQLite database before SQLite is given it: opened for writing, an empty
-    or foreign file would silently become a new journal. (An empty file is what a first registration cut
-    short leaves; `register` may fill it.)"""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(len(SQLITE_HEADER))
-    except IsADirectoryError:
-        return  # the journal refuses a folder in its own words
-    except OSError as error:
-        raise FiscalError("BOX_JOURNAL", f"The journal {path} cannot be read: {error.strerror}.") from None
-    if head != SQLITE_HEADER and not (create and head == b""):
-        raise FiscalError(
-            "BOX_JOURNAL",
-            f"{path} is {'an empty file' if head == b'' else 'not an SQLite database'}, not a journal: check "
-            "journal.path (or --journal), or restore the journal from a backup.",
-            "journal.path",
-        )
 
 
 def public_key_store(cfg: configuration.Config) -> KeyStore | PublicKeys:
     """What a command that only reads needs of the key store: the public key, without the passphrase. A
     token still needs its PIN to be opened at all."""
     if cfg.keys["store"] == "file":
-        return FileKeyStore.public_only(cfg.keys["directory"])
-    return build_key_store(cfg, os.environ)
+        public = FileKeyStore.public_only(cfg.keys["directory"])
+        if public.algorithm is not None or not os.environ.get(cfg.keys["passphrase_env"]):
+            return public
+    return build_key_store(cfg, os.environ)  # a token, or a key store older than its public file
 
 
 def _with_box(
@@ -391,6 +368,12 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{n:,} {state}" for state, n in sorted(counts.items())) or "empty"
 
 
+def _journal_verdict(journal: dict[str, Any]) -> str:
+    if not journal["clean"]:
+        return "{code}: {message}".format(**journal["problems"][0])
+    return f"not run ({journal['skipped']})" if journal.get("skipped") else "clean"
+
+
 def _status_text(info: dict[str, Any]) -> str:
     day = info["day"]
     if info["device_id"] is None:
@@ -405,8 +388,7 @@ def _status_text(info: dict[str, Any]) -> str:
         else f"day {day['day_no']} {day['status']} since {day['opened']}, {day['receipts']} receipts, "
         f"ends {day['ends']}",
         f"outbox: {_counts(info['outbox'])}; unprinted: {info['unprinted_count']}",
-        "journal check: "
-        + ("clean" if journal["clean"] else "{code}: {message}".format(**journal["problems"][0])),
+        f"journal check: {_journal_verdict(journal)}",
     ]
     lines += [
         f"day {d['day_no']} {d['status']}" + (f" ({d['closing_error']})" if d["closing_error"] else "")
@@ -462,18 +444,19 @@ def audit_command(
             with closing(public_key_store(cfg)) as store:
                 public_key = load_public_key(store.public_key_pem())
         if journal_path is not None:
-            _check_journal_file(Path(journal_path))
             journal = Journal(journal_path, read_only=True)
         else:
             journal = open_journal(cfg, read_only=True)
     except FiscalError as error:
         _fail(error)
     try:
+        anchor = Anchor(cfg.journal["anchor"])
+        marked = anchor.read() if journal_path is None else None  # before the snapshot: see problems()
         with journal.reading():
             device_id = journal.settings().get("device_id", 0)
             report = verify.full_audit(journal, public_key, device_id, _progress_printer(as_json))
             if journal_path is None:  # the box's own journal: is it the one the box wrote?
-                anchored = Anchor(cfg.journal["anchor"]).problems(journal)
+                anchored = anchor.problems(journal, marked)
                 report["problems"][:0] = anchored
                 report["clean"] = report["clean"] and not anchored
     except FiscalError as error:
@@ -670,9 +653,11 @@ def report_command(cfg: configuration.Config, day_no: int | None, to_printer: bo
 def receipt_command(cfg: configuration.Config, global_no: int, as_json: bool, body: bool) -> None:
     """One stored receipt: the JSON sent to FDMS, its hash and signature, and its delivery and print state.
     `--body` writes the exact body, for `fiscalbox explain receipt`. Changes nothing."""
+    if body and as_json:
+        _fail(FiscalError("BOX_USAGE", "Give --json or --body, not both."))
     info = _with_box(cfg, lambda box: box.receipt(global_no), read_only=True)
     if body:
-        click.echo(info["body"])
+        click.echo(info["body"], nl=False)
         return
 
     def text(r: dict[str, Any]) -> str:

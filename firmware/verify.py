@@ -748,6 +748,13 @@ def _structure(found: Findings, journal: Journal, full: bool) -> bool:
     return True
 
 
+def _unreadable(error: Exception) -> tuple[str, str]:
+    """A failure no check foresaw, as a finding: a FiscalError keeps its own code and sentence."""
+    if isinstance(error, FiscalError):
+        return error.code, error.message
+    return "BOX_JOURNAL_CORRUPT", f"The journal could not be read: {error}."
+
+
 def boot_check(journal: Journal, public_key: Any, device_id: int) -> dict[str, Any]:
     """Quick: the file's structure, then everything written since the last signed checkpoint."""
     found = Findings()
@@ -777,7 +784,7 @@ def boot_check(journal: Journal, public_key: Any, device_id: int) -> dict[str, A
             )
             _check_head(found, journal, end, seq, link)
     except Exception as error:  # a damaged file can fail in ways no check foresaw; that is a finding too
-        found.add("BOX_JOURNAL_CORRUPT", f"The journal could not be read: {error}.", field="file")
+        found.add(*_unreadable(error), field="file")
     return {"clean": not found.items, "problems": found.items}
 
 
@@ -832,7 +839,7 @@ def full_audit(
                 _check_checkpoint(found, journal, checkpoint, keys)
                 checked["checkpoints"] += 1
     except Exception as error:  # see boot_check
-        found.add("BOX_JOURNAL_CORRUPT", f"The journal could not be read: {error}.", field="file")
+        found.add(*_unreadable(error), field="file")
     return {"clean": not found.items, "problems": found.items, "checked": checked}
 
 

@@ -536,6 +536,9 @@ class FileKeyStore:
         if key_path.exists():
             key = self._load_key(key_path)
             self._current = _Generation(folder, key, self._load_certificate(folder, key.spki))
+            if name is not None and not (folder / self.PUBLIC_FILE).exists():
+                with contextlib.suppress(OSError):  # a store made before the public file existed
+                    _write_atomically(folder / self.PUBLIC_FILE, _spki_pem(key.spki), 0o644)
         elif name is not None:
             raise FiscalError(
                 "BOX_KEY_UNREADABLE",

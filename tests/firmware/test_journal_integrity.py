@@ -473,3 +473,191 @@ def test_show_never_hands_the_terminal_a_control_character(rig: Rig) -> None:
     assert code == 0, out
     assert "\x1b" not in out and "\u202e" not in out
     assert "Main \\u001b[2J\\u001b[31mBranch\\u202e" in out
+
+
+# -------------------------------------------------------------------------------------------------------
+# What a review found: the anchor's edges, restore's dead ends, delivery and writers on a refused journal
+
+
+def test_a_provisioned_box_with_no_receipt_restarts_clean_again_and_again(rig: Rig) -> None:
+    box = rig.box(anchor=Anchor(rig.root / "anchor.json"))
+    box.provision(SETTINGS)
+    box.backup(rig.root / "backups")
+    for _ in range(3):
+        box = rig.box(anchor=Anchor(rig.root / "anchor.json"))
+        assert box.boot["clean"], box.boot
+    assert "link" not in json.loads((rig.root / "anchor.json").read_text())
+    box.open_day()
+    rig.clock.advance(60)
+    assert box.issue(sale())["global_no"] == 1
+
+
+def put_in_place(rig: Rig, journal: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(rig.journal_path) + suffix).unlink(missing_ok=True)
+    journal.rename(rig.journal_path)
+
+
+def foreign_journal(rig: Rig, where: Path, receipts: int) -> Path:
+    """Another device's journal, signed with the same key store (only the journal differs)."""
+    other = Rig(where)
+    other.keys = rig.keys
+    theirs = other.box()
+    theirs.provision({**SETTINGS, "device_id": DEVICE_ID + 1})
+    theirs.open_day()
+    for _ in range(receipts):
+        other.clock.advance(5)
+        theirs.issue(sale())
+    other.close()
+    return where / "journal.db"
+
+
+def test_writers_refuse_a_journal_that_is_not_the_boxs_own_and_leave_the_anchor(
+    rig: Rig, tmp_path: Path
+) -> None:
+    anchored_box(rig)
+    rig.close()
+    put_in_place(rig, foreign_journal(rig, tmp_path / "other", receipts=10))
+    anchor = (rig.root / "anchor.json").read_bytes()
+    before = files_digest(rig)
+    for command in (
+        ["backup"],
+        ["export", "--from", "1", "--to", "2", str(rig.root / "x.json")],
+        ["reprint", "1"],
+    ):
+        code, out = run(rig, *command)
+        assert code == 2 and out.startswith("error BOX_JOURNAL_FOREIGN"), (command, out)
+    assert (rig.root / "anchor.json").read_bytes() == anchor
+    assert files_digest(rig) == before  # not even a boot entry went into the other device's journal
+    assert not (rig.root / "x.json").exists()
+    with pytest.raises(FiscalError) as refused:
+        Anchor(rig.root / "anchor.json").advance(20, DEVICE_ID + 1)
+    assert refused.value.code == "BOX_JOURNAL_FOREIGN"
+
+
+def test_restore_mends_a_foreign_or_unreadable_journal_and_keeps_it(rig: Rig, tmp_path: Path) -> None:
+    anchored_box(rig)
+    rig.close()
+    manifest = sorted((rig.root / "backups").glob("*.manifest.json"))[-1]
+    put_in_place(rig, foreign_journal(rig, tmp_path / "other", receipts=10))  # ahead of the backup
+    code, out = run(rig, "restore", str(manifest), "--json")
+    assert code == 0, out
+    kept = Path(json.loads(out)["kept"])
+    assert kept.exists() and kept.name.startswith("journal.db.replaced-")
+    with Journal(kept, read_only=True) as theirs:
+        assert theirs.head()["last_global_no"] == 10  # nothing of it was lost
+    rig.journal_path.write_bytes(os.urandom(8192))  # then a journal that is no database at all
+    code, out = run(rig, "restore", str(manifest))
+    assert code == 0, out
+    box = rig.box(anchor=Anchor(rig.root / "anchor.json"))
+    assert box.boot["clean"], box.boot
+    assert box.issue(sale())["global_no"] == 4
+
+
+def test_delivery_sends_nothing_from_a_journal_that_failed_its_check(rig: Rig) -> None:
+    from firmware.delivery import BLOCKED, Delivery
+    from firmware.fdms_client import FdmsClient
+
+    anchored_box(rig)
+    rig.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(rig.journal_path) + suffix).unlink(missing_ok=True)
+    box = rig.box(anchor=Anchor(rig.root / "anchor.json"))  # an empty journal where the box's was
+    box.provision(SETTINGS)
+    # Nothing listens at this address: were delivery to try FDMS, its problem would be BOX_FDMS_UNAVAILABLE.
+    client = FdmsClient("https://127.0.0.1:9", DEVICE_ID, "fiscalbox", "1.0", timeout=0.5)
+    worker = Delivery(box, client, rig.clock, state_file=rig.root / "delivery.json")
+    assert worker.step() == BLOCKED
+    assert worker.problem is not None and worker.problem["code"] == "BOX_JOURNAL_BEHIND"
+
+
+def test_an_audit_racing_a_backup_is_not_taken_for_a_rollback(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from firmware import verify
+
+    box = anchored_box(rig)
+    real = verify.full_audit
+
+    def audit_while_the_box_moves_on(*args: object, **kwargs: object) -> object:
+        rig.clock.advance(5)
+        box.issue(sale())  # committed after the audit's snapshot began ...
+        box.backup(rig.root / "backups")  # ... and anchored before the audit reads the anchor
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(verify, "full_audit", audit_while_the_box_moves_on)
+    code, out = run(rig, "audit", "--json")
+    assert code == 0, out
+    assert (
+        json.loads(out)["checked"]["receipts"] == 3
+    )  # the snapshot's, consistent with the anchor read first
+
+
+def test_damage_sqlite_finds_and_damaged_stored_json_are_one_line_naming_where(rig: Rig) -> None:
+    box = anchored_box(rig)
+    box.journal.db.execute(
+        "UPDATE settings SET value = CAST(? AS TEXT) WHERE key = 'qr_url'", (b'{"https://fdms',)
+    )
+    rig.close()
+    for command in (["status"], ["receipt", "1"], ["show", "1"], ["report"], ["outbox"]):
+        code, out = run(rig, *command)
+        assert code in (0, 2) and "Traceback" not in out, (command, out)
+        if code == 2:
+            assert out.startswith("error BOX_JOURNAL_CORRUPT") and "table settings, row key qr_url" in out
+    code, out = run(rig, "status", "--json")
+    assert "table settings, row key qr_url" in json.loads(out)["journal"]["problems"][0]["message"]
+    with Journal(rig.journal_path) as journal:  # a page of the receipts table overwritten
+        root = journal.db.execute("SELECT rootpage FROM sqlite_schema WHERE name = 'receipts'").fetchone()[0]
+        size = journal.db.execute("PRAGMA page_size").fetchone()[0]
+        journal.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with open(rig.journal_path, "r+b") as handle:
+        handle.seek((root - 1) * size)
+        handle.write(b"\xff" * 64)
+    for command in (["receipt", "1"], ["outbox"], ["audit"]):
+        code, out = run(rig, *command)
+        assert code in (1, 2) and "Traceback" not in out, (command, out)
+        assert "BOX_JOURNAL_CORRUPT" in out
+
+
+def test_an_empty_or_schemaless_file_is_never_made_a_journal_by_a_writer(rig: Rig) -> None:
+    import apsw
+
+    anchored_box(rig)
+    rig.close()
+    (rig.root / "anchor.json").unlink()
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(rig.journal_path) + suffix).unlink(missing_ok=True)
+    rig.journal_path.write_bytes(b"")
+    code, out = run(rig, "backup")
+    assert code == 2 and "an empty file, not a journal" in out
+    assert rig.journal_path.read_bytes() == b""
+    rig.journal_path.unlink()
+    other = apsw.Connection(str(rig.journal_path))
+    other.execute("CREATE TABLE notes (text TEXT)")
+    other.close()
+    before = rig.journal_path.read_bytes()
+    for command in (["backup"], ["status"], ["register"]):
+        code, out = run(rig, *command)
+        assert code == 2 and "not a journal" in out, (command, out)
+    assert rig.journal_path.read_bytes() == before
+
+
+def test_one_lock_however_the_journal_path_is_spelled(rig: Rig) -> None:
+    anchored_box(rig)  # holds the journal for writing
+    link = rig.root / "link.db"
+    link.symlink_to(rig.journal_path)
+    with pytest.raises(FiscalError) as busy:
+        Journal(link)
+    assert busy.value.code == "BOX_BUSY"
+
+
+def test_status_says_the_check_did_not_run_when_no_public_key_is_readable(rig: Rig) -> None:
+    anchored_box(rig)
+    rig.close()
+    for public in (rig.root / "keys").glob("gen-*/device-key.pub"):
+        public.unlink()  # a key store made before the public file
+    code, out = run(rig, "status", env={})
+    assert code == 0 and "journal check: not run" in out, out
+    code, out = run(rig, "status")  # with the passphrase the full store is opened, and it checks
+    assert code == 0 and "journal check: clean" in out, out
+    assert list((rig.root / "keys").glob("gen-*/device-key.pub"))  # ... and the public file is back

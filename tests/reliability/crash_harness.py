@@ -47,6 +47,7 @@ if str(FIRMWARE_TESTS) not in sys.path:
 from box_rig import SETTINGS, StepClock, sale  # noqa: E402
 
 from firmware.box import Box  # noqa: E402
+from firmware.core.errors import FiscalError  # noqa: E402
 from firmware.journal import CLOSE_INITIATED, CLOSED, OPENED, Journal  # noqa: E402
 from hardware import ECDSA_P256  # noqa: E402
 from hardware.keystores import FileKeyStore  # noqa: E402
@@ -599,7 +600,16 @@ def recover(path: Path, keys: FileKeyStore, clock: StepClock, ledger: Ledger) ->
     After the checks the box must carry on: a receipt issued after recovery takes the next global number.
     """
     try:
-        journal = Journal(path)
+        # Cut before provisioning finished: the box's next step is registering again, which may lay the
+        # schema into what the cut left (an empty file, or an empty database).
+        journal = Journal(path, create=not ledger.provisioned)
+    except FiscalError as error:
+        if error.code == "BOX_JOURNAL" and ledger.provisioned and "no journal schema" in error.message:
+            # The box refuses a journal whose schema is gone; what was acknowledged in it is lost.
+            return [
+                f"receipt {a.global_no} was acknowledged; the whole journal is gone" for a in ledger.receipts
+            ] or ["provisioning was acknowledged but the journal's schema is gone"], []
+        return [], [f"the journal does not open after the cut: {error}"]
     except Exception as error:  # noqa: BLE001 - a journal that no longer opens is a finding
         return [], [f"the journal does not open after the cut: {error}"]
     problems: list[str] = []
