@@ -68,6 +68,28 @@ def files_digest(rig: Rig) -> dict[str, str]:
     return out
 
 
+def put_in_place(rig: Rig, journal: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(rig.journal_path) + suffix).unlink(missing_ok=True)
+    journal.rename(rig.journal_path)
+
+
+def foreign_journal(
+    rig: Rig, where: Path, receipts: int, device_id: int = DEVICE_ID + 1, total: str = "1.15"
+) -> Path:
+    """A journal this box did not write (another device's by default), signed with the same key store."""
+    other = Rig(where)
+    other.keys = rig.keys
+    theirs = other.box()
+    theirs.provision({**SETTINGS, "device_id": device_id})
+    theirs.open_day()
+    for _ in range(receipts):
+        other.clock.advance(7)
+        theirs.issue(sale(total=total))
+    other.close()
+    return where / "journal.db"
+
+
 # -------------------------------------------------------------------------------------------------------
 # 1. A missing or replaced journal never starts a fresh box
 
@@ -127,17 +149,7 @@ def test_a_journal_rolled_back_to_an_older_copy_is_behind(rig: Rig) -> None:
 def test_another_devices_journal_and_another_history_are_foreign(rig: Rig, tmp_path: Path) -> None:
     anchored_box(rig)
     rig.close()
-    other = Rig(tmp_path / "other")
-    other.keys = rig.keys  # same key store: only the journal differs
-    theirs = other.box()
-    theirs.provision({**SETTINGS, "device_id": DEVICE_ID + 1})
-    theirs.open_day()
-    for _ in range(4):
-        other.clock.advance(5)
-        theirs.issue(sale())
-    other.close()
-    rig.journal_path.unlink()
-    (tmp_path / "other" / "journal.db").rename(rig.journal_path)
+    put_in_place(rig, foreign_journal(rig, tmp_path / "other", receipts=4))
     box = rig.box(anchor=Anchor(rig.root / "anchor.json"))
     assert box.boot["problems"][0]["code"] == "BOX_JOURNAL_FOREIGN"
     with pytest.raises(FiscalError) as refused:
@@ -146,17 +158,7 @@ def test_another_devices_journal_and_another_history_are_foreign(rig: Rig, tmp_p
     rig.close()
 
     # The same device, as many receipts as the anchor knows, but not the receipts this box committed.
-    again = Rig(tmp_path / "again")
-    again.keys = rig.keys
-    twin = again.box()
-    twin.provision(SETTINGS)
-    twin.open_day()
-    for _ in range(3):
-        again.clock.advance(7)
-        twin.issue(sale(total="9.99"))
-    again.close()
-    rig.journal_path.unlink()
-    (tmp_path / "again" / "journal.db").rename(rig.journal_path)
+    put_in_place(rig, foreign_journal(rig, tmp_path / "again", receipts=3, device_id=DEVICE_ID, total="9.99"))
     box = rig.box(anchor=Anchor(rig.root / "anchor.json"))
     assert [p["code"] for p in box.boot["problems"]] == ["BOX_JOURNAL_FOREIGN"]
     assert box.boot["problems"][0]["field"] == "link"
@@ -490,26 +492,6 @@ def test_a_provisioned_box_with_no_receipt_restarts_clean_again_and_again(rig: R
     box.open_day()
     rig.clock.advance(60)
     assert box.issue(sale())["global_no"] == 1
-
-
-def put_in_place(rig: Rig, journal: Path) -> None:
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(rig.journal_path) + suffix).unlink(missing_ok=True)
-    journal.rename(rig.journal_path)
-
-
-def foreign_journal(rig: Rig, where: Path, receipts: int) -> Path:
-    """Another device's journal, signed with the same key store (only the journal differs)."""
-    other = Rig(where)
-    other.keys = rig.keys
-    theirs = other.box()
-    theirs.provision({**SETTINGS, "device_id": DEVICE_ID + 1})
-    theirs.open_day()
-    for _ in range(receipts):
-        other.clock.advance(5)
-        theirs.issue(sale())
-    other.close()
-    return where / "journal.db"
 
 
 def test_writers_refuse_a_journal_that_is_not_the_boxs_own_and_leave_the_anchor(
