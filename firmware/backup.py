@@ -143,10 +143,15 @@ def missing_journal(path: Path, anchor: Anchor) -> FiscalError:
     """The refusal for a journal file that is not there: a box that has issued says to restore it."""
     anchored = anchor.read()
     if anchored["last_global_no"] or anchored["device_id"]:
+        device = f"device {anchored['device_id'] or 'unknown'}"
+        done = (
+            f"has committed receipts up to {anchored['last_global_no']}"
+            if anchored["last_global_no"]
+            else "is registered"
+        )
         return FiscalError(
             "BOX_JOURNAL_MISSING",
-            f"The journal {path} is missing, but this box (device {anchored['device_id'] or 'unknown'}) has "
-            f"committed receipts up to {anchored['last_global_no']}: restore the latest backup "
+            f"The journal {path} is missing, but this box ({device}) {done}: restore the latest backup "
             "(`fiscalbox-device restore MANIFEST`). Nothing was created.",
         )
     return FiscalError(
@@ -266,8 +271,18 @@ def restore(manifest_path: Path, journal_path: Path, public_key_pem: bytes, anch
     anchor's device and link check); another device's journal, another history or a file that no longer
     opens says nothing about what this box committed. Whatever was there is kept beside it, renamed
     `<journal>.replaced-<time>`, never overwritten."""
-    manifest = read_manifest(manifest_path, public_key_pem)
     anchored = anchor.read()
+    try:  # another device's backup says so before its signature is checked (it cannot verify here)
+        claimed = json.loads(manifest_path.read_text())["manifest"].get("device_id")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        claimed = None
+    if anchored["device_id"] is not None and claimed not in (None, anchored["device_id"]):
+        raise FiscalError(
+            "BOX_RESTORE_FOREIGN",
+            f"This backup is device {claimed}'s; this box is device {anchored['device_id']}. "
+            "Nothing was changed.",
+        )
+    manifest = read_manifest(manifest_path, public_key_pem)
     if anchored["device_id"] is not None and manifest.get("device_id") != anchored["device_id"]:
         raise FiscalError(
             "BOX_RESTORE_FOREIGN",

@@ -964,8 +964,16 @@ class Box:
         VerifyTaxpayerInformation (404) registration goes on with a warning; any other failure stops it."""
         client = self._require_fdms()
         self._ensure_sound()
-        if self.journal.head()["last_global_no"] and self._settings.get("device_id") not in (None, device_id):
-            raise _refuse("BOX_SETTINGS", "This journal holds another device's receipts.", "device_id")
+        known = self._settings.get("device_id")
+        if known is None and self.anchor is not None:
+            known = self.anchor.read()["device_id"]
+        if known not in (None, device_id):
+            raise _refuse(
+                "BOX_SETTINGS",
+                f"This box is registered as device {known}; a box cannot become another device, so nothing "
+                f"was changed. Check [device] id (it says {device_id}).",
+                "device_id",
+            )
         warnings = []
         try:
             taxpayer = client.verify_taxpayer_information(activation_key, serial).body
@@ -996,6 +1004,8 @@ class Box:
         )
         if not taxpayer:
             taxpayer = {"taxPayerName": config["taxpayer_name"], "taxPayerTIN": config["taxpayer_tin"]}
+        with self.lock:
+            self._advance_anchor()  # from now on a missing journal is this device's, to be restored
         return {"taxpayer": taxpayer, "config": config, "warnings": warnings}
 
     def refresh_config(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:

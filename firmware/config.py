@@ -141,9 +141,25 @@ def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None 
             name = f"FISCALBOX_{section.upper()}_{key.upper()}"
             if name in environ:
                 values[key] = _coerce(environ[name], DEFAULTS[section][key], f"{section}.{key}")
+    _check_override_names(environ)
     _check_values(merged)
     _check_zone(merged["box"]["zone"])
     return Config(**merged)
+
+
+def _check_override_names(environ: Mapping[str, str]) -> None:
+    """An override naming a section but no key of it is a typo (FISCALBOX_JOURNAL_PTH): refused, as the same
+    typo in the file is, rather than silently ignored."""
+    for name in environ:
+        for section, keys in DEFAULTS.items():
+            prefix = f"FISCALBOX_{section.upper()}_"
+            if name.startswith(prefix) and name[len(prefix) :].lower() not in keys:
+                known = ", ".join(prefix + key.upper() for key in keys)
+                raise FiscalError(
+                    "BOX_CONFIG",
+                    f"Unknown configuration override {name}; [{section}] has {known}.",
+                    f"{section}.{name[len(prefix) :].lower()}",
+                )
 
 
 def _check_values(merged: dict[str, dict[str, Any]]) -> None:

@@ -311,6 +311,8 @@ class WriterLock:
     def __init__(self, journal_path: Path) -> None:
         journal_path = journal_path.resolve()  # one lock however the path is spelled (a link, relative)
         self.path = journal_path.with_name(journal_path.name + ".lock")
+        if not journal_path.parent.is_dir():
+            raise _error("BOX_JOURNAL", f"The journal's folder {journal_path.parent} does not exist.")
         try:
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:

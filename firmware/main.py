@@ -178,10 +178,22 @@ def _with_store(cfg: configuration.Config, action: Callable[[KeyStore], T]) -> T
 
 @key.command("generate")
 @click.option("--algorithm", type=click.Choice(sorted(ALGORITHM_NAMES)), default="ecdsa", show_default=True)
-@click.option("--replace", is_flag=True, help="Replace an existing key (its certificate goes with it).")
+@click.option(
+    "--replace", is_flag=True, help="Replace the key of a box not yet registered (its certificate goes too)."
+)
 @click.pass_obj
 def key_generate(cfg: configuration.Config, algorithm: str, replace: bool) -> None:
     """Make the device key pair inside the key store; prints its public key."""
+
+    if replace and (Path(cfg.journal["path"]).exists() or Anchor(cfg.journal["anchor"]).read()["device_id"]):
+        _fail(
+            FiscalError(
+                "BOX_KEY_IN_USE",
+                "This box's journal is signed with its key: replacing the key would leave its receipts and "
+                "checkpoints unverifiable. Nothing was changed; a registered box gets a new key by "
+                "certificate renewal (delivery renews before the certificate expires).",
+            )
+        )
 
     def generate(store: KeyStore) -> bytes:
         store.generate(ALGORITHM_NAMES[algorithm], replace=replace)
@@ -305,6 +317,25 @@ def public_key_store(cfg: configuration.Config) -> KeyStore | PublicKeys:
     return build_key_store(cfg, os.environ)  # a token, or a key store older than its public file
 
 
+def _check_identity(cfg: configuration.Config, journal: Journal) -> None:
+    """The configuration must name the device the journal is: with another [device] id, the box would talk
+    to FDMS as a device whose receipts it does not hold. (Settings the journal cannot give back are the
+    box's own finding, reported by its start-up check.)"""
+    try:
+        identity = journal.settings()
+    except FiscalError:
+        return
+    for key, name in (("id", "device_id"), ("serial", "serial")):
+        said, held = cfg.device[key], identity.get(name)
+        if said and held is not None and said != held:
+            raise FiscalError(
+                "BOX_CONFIG",
+                f"The configuration says [device] {key} = {said!r}, but this box's journal belongs to {key} "
+                f"{held!r}: fix [device] {key} (or FISCALBOX_DEVICE_{key.upper()}). Nothing was done.",
+                f"device.{key}",
+            )
+
+
 def _with_box(
     cfg: configuration.Config,
     action: Callable[[Box], T],
@@ -318,8 +349,11 @@ def _with_box(
     def run(store: Any) -> T:
         # bad FDMS settings are refused before the journal is opened (or made, by `register`)
         client = None if read_only else build_fdms_client(cfg, store)
+        made = create and not Path(cfg.journal["path"]).exists()
         journal = open_journal(cfg, read_only, create)
         try:
+            if not create:  # before the box opens on it (a writer's boot check is recorded)
+                _check_identity(cfg, journal)
             box = Box(
                 journal,
                 store,
@@ -331,6 +365,12 @@ def _with_box(
                 fdms_client=client,
             )
             return action(box)
+        except BaseException:
+            if made:  # a first registration that failed leaves no journal behind: the next one starts clean
+                journal.close()
+                for suffix in ("", "-wal", "-shm", ".lock"):
+                    Path(str(journal.path) + suffix).unlink(missing_ok=True)
+            raise
         finally:
             journal.close()
 
@@ -368,6 +408,15 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{n:,} {state}" for state, n in sorted(counts.items())) or "empty"
 
 
+def _day_line(day: dict[str, Any] | None) -> str:
+    if day is None:
+        return "no day opened yet"
+    head = f"day {day['day_no']} {day['status']}, {day['receipts']} receipts"
+    if day["status"] == OPENED:
+        return f"{head}, opened {day['opened']}, ends {day['ends']}"
+    return f"{head} (it was opened {day['opened']})"
+
+
 def _journal_verdict(journal: dict[str, Any]) -> str:
     if not journal["clean"]:
         return "{code}: {message}".format(**journal["problems"][0])
@@ -383,10 +432,7 @@ def _status_text(info: dict[str, Any]) -> str:
     journal = info["journal"]
     lines = [
         f"{identity}, last receipt {info['last_global_no']}",
-        "no day opened yet"
-        if day is None
-        else f"day {day['day_no']} {day['status']} since {day['opened']}, {day['receipts']} receipts, "
-        f"ends {day['ends']}",
+        _day_line(day),
         f"outbox: {_counts(info['outbox'])}; unprinted: {info['unprinted_count']}",
         f"journal check: {_journal_verdict(journal)}",
     ]
@@ -699,7 +745,15 @@ def register(cfg: configuration.Config, as_json: bool) -> None:
     def run(box: Box) -> dict[str, Any]:
         key = cfg.secret("fdms", "activation_key_env", os.environ)
         currencies = [c.strip() for c in cfg.fdms["currencies"].split(",") if c.strip()]
-        result = box.register(cfg.device["id"], cfg.device["serial"], key, currencies)
+        try:
+            result = box.register(cfg.device["id"], cfg.device["serial"], key, currencies)
+        except FiscalError as error:
+            if error.code in ("BOX_FDMS_UNAVAILABLE", "BOX_FDMS_BUSY"):  # registration is not retried for you
+                reason = error.message.replace("; the box will try again later.", ".")
+                raise FiscalError(
+                    error.code, f"{reason} Nothing was registered: run register again once FDMS answers."
+                ) from None
+            raise
         return {
             "taxpayer": result["taxpayer"].get("taxPayerName"),
             "settings": result["config"],

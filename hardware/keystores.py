@@ -168,7 +168,7 @@ def _key_exists() -> FiscalError:
     return FiscalError(
         "BOX_KEY_EXISTS",
         "This box already has a signing key; replacing it makes its certificate useless, "
-        "so ask for replacement explicitly.",
+        "so ask for replacement explicitly (`key generate --replace`).",
     )
 
 
@@ -694,7 +694,12 @@ class PublicKeys:
 
     def public_key_pem(self) -> bytes:
         if self._public is None or self._algorithm is None:
-            raise _key_missing()
+            raise FiscalError(
+                "BOX_KEY_MISSING",
+                "No device public key can be read without the passphrase (the key store has neither its "
+                "public key file nor a certificate): register the box, set the key passphrase, or give "
+                "--public-key.",
+            )
         return self._public
 
     def certificate_pem(self) -> bytes | None:
