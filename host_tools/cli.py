@@ -356,9 +356,14 @@ def journal() -> None:
 @click.option(
     "--cert", "cert_path", metavar="PEM", required=True, help="The device's certificate or public key PEM."
 )
+@click.option("--verbose", is_flag=True, help="List every problem (text output shows the first 10).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
-def journal_verify(file: str, cert_path: str, as_json: bool) -> None:
-    """Check a journal export (`fiscalbox-device export`): exit 0 clean, 1 problems found, 2 bad input."""
+def journal_verify(file: str, cert_path: str, verbose: bool, as_json: bool) -> None:
+    """Check a journal export (`fiscalbox-device export`): exit 0 clean, 1 problems found, 2 bad input.
+
+    --cert is the device's certificate or public key as it was when the export was made; a file signed by
+    another key is reported once as BOX_EXPORT_KEY, its signatures left unchecked.
+    """
     try:
         report = journal_file.verify_export(_read(file), _read_key(cert_path, False))
     except FiscalError as error:
@@ -369,12 +374,16 @@ def journal_verify(file: str, cert_path: str, as_json: bool) -> None:
         click.echo(json.dumps(report, indent=2))
     else:
         verdict = "clean" if report["clean"] else "PROBLEMS FOUND"
+        days = ", ".join(str(day) for day in report["days"]) or "none"
         click.echo(
             f"{verdict}: device {report['device_id']}, receipts {report['first']}..{report['last']} "
-            f"({report['receipts']}), days {report['days']}"
+            f"({report['receipts']}), days {days}"
         )
-        for item in report["problems"]:
+        shown = report["problems"] if verbose else report["problems"][:10]
+        for item in shown:
             click.echo(f"  {item['code']}: {item['message']}")
+        if len(shown) < len(report["problems"]):
+            click.echo(f"  ... and {len(report['problems']) - len(shown)} more (--verbose lists them)")
     sys.exit(0 if report["clean"] else 1)
 
 
