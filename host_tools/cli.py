@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from firmware.core import fdms
+from firmware.core import fdms, localtime
 from firmware.core.errors import FiscalError
 from hardware import signatures
 from host_tools import explain as explaining
@@ -123,6 +123,20 @@ DAY_NO = _Choice("number", "the fiscal day number is a positive whole number.", 
 HASH = _Choice("base64", "a hash is 44 characters of base64 (SHA-256), as FDMS gives it.", _base64(32, True))
 SIGNATURE = _Choice("base64", "a signature is base64, as FDMS gives it.", _base64(None))
 URL = _Choice("url", "give the qrUrl from GetConfig, starting https://.", _url)
+
+
+def _receipt_date(text: str) -> str | None:
+    try:
+        localtime.parse(text, "receiptDate")
+    except FiscalError:
+        return None
+    return text
+
+
+NUMBER = _Choice("number", "a receipt number is a positive whole number.", _positive(18))
+RECEIPT_DATE = _Choice(
+    "date", "give the receipt's local date and time, YYYY-MM-DDTHH:MM:SS.", _receipt_date, "BOX_BAD_DATE"
+)
 DAY_DATE = _Choice(
     "date",
     "give the date the day was OPENED, a real date written YYYY-MM-DD (e.g. 2026-12-04), without a time.",
@@ -184,7 +198,12 @@ def _print_report(report: dict[str, Any]) -> None:
     if not console.is_terminal:
         console.width = 160  # piped into a file or a ticket: keep tokens whole
     if report["kind"] == "receipt":
-        first = " (first receipt of the day: no previous hash)" if report["first_in_day"] else ""
+        if report["first_in_day"]:
+            first = " (receiptCounter 1, the day's first receipt: no previous hash)"
+        elif report["previous_hash"] is None:
+            first = f" (receiptCounter {report['receiptCounter']}, NO previous hash given: see the findings)"
+        else:
+            first = f" (receiptCounter {report['receiptCounter']}, after the previous hash given)"
         console.print(f"[bold]Receipt signature string[/bold]{first}")
         table = Table(
             "taxID", "code", "percent", "tax", "with tax", "token", title="Tax lines, in signing order"
@@ -254,7 +273,14 @@ def explain() -> None:
 @click.option(
     "--previous-hash",
     type=HASH,
-    help="Base64 hash of the previous receipt of the same day (omit, or give '', for the first).",
+    help="Base64 hash of the previous receipt of the same day (omit, or give '', for receiptCounter 1).",
+)
+@click.option("--counter", type=NUMBER, help="For a sale: the receiptCounter the box would give it.")
+@click.option("--global-no", type=NUMBER, help="For a sale: the receiptGlobalNo the box would give it.")
+@click.option(
+    "--date",
+    type=RECEIPT_DATE,
+    help="For a sale: the receiptDate the box would give it, YYYY-MM-DDTHH:MM:SS.",
 )
 @click.option(
     "--key",
@@ -287,6 +313,9 @@ def explain_receipt(
     file: str,
     device_id: int,
     previous_hash: str | None,
+    counter: int | None,
+    global_no: int | None,
+    date: str | None,
     key_path: str | None,
     cert_path: str | None,
     signature: str | None,
@@ -294,7 +323,16 @@ def explain_receipt(
     qr_url: str | None,
     as_json: bool,
 ) -> None:
-    """FILE (or - for standard input): a SubmitReceipt body or a bare receipt."""
+    """FILE (or - for standard input): a receipt the box stored, bare or as a SubmitReceipt body, or a sale.
+
+    \b
+    A receipt the box stored carries the fields the box sets; explain it with
+      fiscalbox-device receipt N --body | fiscalbox explain receipt - --device-id ID --previous-hash HASH
+    (--previous-hash: the hash of the day's receipt before it; none for receiptCounter 1).
+    A sale as the POS sends it (docs/sale.md) lacks them: give the values the box would set with
+    --counter N --global-no N --date YYYY-MM-DDTHH:MM:SS (these replace the file's own, if any).
+    receiptDeviceSignature is not needed: --key signs the string; --cert verifies the one FILE carries.
+    """
     try:
         config = None if config_path is None else explaining.load_config(_read(config_path))
         report = explaining.explain_receipt(
@@ -306,6 +344,7 @@ def explain_receipt(
             signature,
             qr_url or (config and config["qr_url"]) or explaining.DEFAULT_QR_URL,
             config,
+            {"receiptCounter": counter, "receiptGlobalNo": global_no, "receiptDate": date},
         )
     except FiscalError as error:
         _fail(error)
@@ -356,9 +395,14 @@ def journal() -> None:
 @click.option(
     "--cert", "cert_path", metavar="PEM", required=True, help="The device's certificate or public key PEM."
 )
+@click.option("--verbose", is_flag=True, help="List every problem (text output shows the first 10).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
-def journal_verify(file: str, cert_path: str, as_json: bool) -> None:
-    """Check a journal export (`fiscalbox-device export`): exit 0 clean, 1 problems found, 2 bad input."""
+def journal_verify(file: str, cert_path: str, verbose: bool, as_json: bool) -> None:
+    """Check a journal export (`fiscalbox-device export`): exit 0 clean, 1 problems found, 2 bad input.
+
+    --cert is the device's certificate or public key as it was when the export was made; a file signed by
+    another key is reported once as BOX_EXPORT_KEY, its signatures left unchecked.
+    """
     try:
         report = journal_file.verify_export(_read(file), _read_key(cert_path, False))
     except FiscalError as error:
@@ -369,12 +413,16 @@ def journal_verify(file: str, cert_path: str, as_json: bool) -> None:
         click.echo(json.dumps(report, indent=2))
     else:
         verdict = "clean" if report["clean"] else "PROBLEMS FOUND"
+        days = ", ".join(str(day) for day in report["days"]) or "none"
         click.echo(
             f"{verdict}: device {report['device_id']}, receipts {report['first']}..{report['last']} "
-            f"({report['receipts']}), days {report['days']}"
+            f"({report['receipts']}), days {days}"
         )
-        for item in report["problems"]:
+        shown = report["problems"] if verbose else report["problems"][:10]
+        for item in shown:
             click.echo(f"  {item['code']}: {item['message']}")
+        if len(shown) < len(report["problems"]):
+            click.echo(f"  ... and {len(report['problems']) - len(shown)} more (--verbose lists them)")
     sys.exit(0 if report["clean"] else 1)
 
 

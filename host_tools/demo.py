@@ -212,6 +212,28 @@ class Demo:
         return result
 
 
+def counted(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def outbox_words(counts: dict[str, int]) -> str:
+    """The outbox as a person says it, "19 delivered, 15 pending", not a Python dict."""
+    order = ["delivered", "pending"] + sorted(set(counts) - {"delivered", "pending"})
+    return ", ".join(f"{counts[state]} {state}" for state in order if state in counts) or "empty"
+
+
+def checked_words(checked: dict[str, Any]) -> str:
+    """What the audit covered, "34 receipts, 1 day, ... checked", as `fiscalbox-device audit` says it."""
+    parts = [
+        counted(checked["receipts"], "receipt"),
+        counted(checked["days"], "day"),
+        counted(checked["audit_entries"], "audit entry").replace("entrys", "entries"),
+        counted(checked["checkpoints"], "checkpoint"),
+    ]
+    signatures = "" if checked.get("signatures", True) else " (signatures not checked)"
+    return ", ".join(parts) + " checked" + signatures
+
+
 def main() -> None:
     shutil.rmtree(OUT, ignore_errors=True)  # a fresh box and a fresh FDMS each time
     shutil.rmtree(PRINTED, ignore_errors=True)
@@ -281,7 +303,8 @@ def story(demo: Demo) -> None:
     problem = demo.delivery.state()["problem"] or {}
     print(
         f"  the shop goes on: {SHOP_SALES - half} more receipts issued and printed, outbox "
-        f"{box.journal.outbox_counts()}; delivery backs off ({problem.get('code')}: {problem.get('message')})"
+        f"{outbox_words(box.journal.outbox_counts())}; "
+        f"delivery backs off ({problem.get('code')}: {problem.get('message')})"
     )
     sim.clear_faults()
     steps = demo.deliver()
@@ -347,7 +370,8 @@ def story(demo: Demo) -> None:
     )
 
     audit = box.audit()
-    print(f"\nAudit: {'clean' if audit['clean'] else audit['problems']}, {audit['checked']}")
+    verdict = "clean" if audit["clean"] else f"{len(audit['problems'])} problem(s)"
+    print(f"\nAudit: {verdict}, {checked_words(audit['checked'])}")
     backup = box.backup(OUT / "backups", retain=3)
     anchor = box.anchor.value() if box.anchor is not None else None
     print(f"Backup: {backup['file']} with signed manifest; anchor at receipt {anchor}")

@@ -149,6 +149,37 @@ def _signature_checks(
         )
 
 
+# What the box sets on a sale, and the `fiscalbox explain receipt` option that gives each for a sale.
+BOX_SET = (
+    ("receiptCounter", "--counter N"),
+    ("receiptGlobalNo", "--global-no N"),
+    ("receiptDate", "--date D"),
+)
+
+
+def with_box_fields(receipt: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """The receipt with the numbers and date the box would set, from `given` (None: keep the receipt's).
+
+    A sale as the POS sends it has none of them; all that are still missing are named in one refusal.
+    """
+    for key, _ in BOX_SET:
+        if given.get(key) is not None:
+            receipt[key] = given[key]
+    missing = [(key, option) for key, option in BOX_SET if receipt[key] is None]
+    if missing:
+        raise FiscalError(
+            "RCPT02",
+            "A sale lacks what the box sets: "
+            + ", ".join(key for key, _ in missing)
+            + ". Give "
+            + " ".join(option for _, option in missing).replace("--date D", "--date YYYY-MM-DDTHH:MM:SS")
+            + " (the values the box would give it), or explain the receipt the box stored: "
+            "`fiscalbox-device receipt N --body | fiscalbox explain receipt - ...`.",
+            missing[0][0],
+        )
+    return receipt
+
+
 def explain_receipt(
     body: Any,
     device_id: int,
@@ -158,24 +189,31 @@ def explain_receipt(
     signature_b64: str | None = None,
     qr_base: str = DEFAULT_QR_URL,
     config: dict[str, Any] | None = None,
+    box_fields: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What the box signs for this receipt, what is wrong with it, and its QR when a signature is known.
 
     `private_key` signs the string (and its public half verifies a signature already in the receipt);
-    `public_key` only verifies. Without `previous_hash` the receipt is taken as the first of its day.
-    `config` (see `load_config`) switches on the rules that need FDMS's tax table and the VAT status.
+    `public_key` only verifies. `previous_hash` is the day's previous receipt's: none for receiptCounter 1,
+    and its absence above 1 is a finding (the string is then not FDMS's). `config` (see `load_config`)
+    switches on the rules that need FDMS's tax table and the VAT status. `box_fields` gives a sale the
+    receiptCounter, receiptGlobalNo and receiptDate the box would set (see `with_box_fields`).
     """
-    receipt = fdms.complete(fdms.parse_receipt(receipt_of(body)))
+    receipt = with_box_fields(fdms.parse_receipt(receipt_of(body)), box_fields or {})
+    receipt = fdms.complete(receipt)
     context = None if config is None else fdms.Context(taxes=config["taxes"], vat_payer=config["vat_payer"])
     text = fdms.receipt_string(device_id, receipt, previous_hash)
     digest = fdms.hash_b64(text)
+    counter = receipt["receiptCounter"]
     report: dict[str, Any] = {
         "kind": "receipt",
         "device_id": device_id,
-        "first_in_day": previous_hash is None,
+        "receiptCounter": counter,
+        "first_in_day": counter == 1,
+        "previous_hash": previous_hash,
         "string": text,
         "hash": digest,
-        "findings": fdms.validate(receipt, context),
+        "findings": fdms.validate(receipt, context) + _chain_findings(counter, previous_hash),
         "receiptTaxes": [_tax_view(t) for t in receipt["receiptTaxes"]],
         "receiptTotal": money.format_fixed(receipt["receiptTotal"], 2),
     }
@@ -214,6 +252,32 @@ def explain_receipt(
         )
         report["verification_code"] = fdms.verification_code(data)
     return report
+
+
+def _chain_findings(counter: int, previous_hash: str | None) -> list[dict[str, Any]]:
+    """Only a day's first receipt (receiptCounter 1) leaves the previous hash out of its string."""
+    if counter > 1 and previous_hash is None:
+        return [
+            _finding(
+                "BOX_NO_PREVIOUS_HASH",
+                fdms.YELLOW,
+                f"receiptCounter is {counter}, so the string ends with the hash of the day's receipt "
+                f"{counter - 1}; without --previous-hash this string, its hash and a signature made here "
+                "are not what FDMS checks. Give --previous-hash.",
+                "receiptCounter",
+            )
+        ]
+    if counter == 1 and previous_hash is not None:
+        return [
+            _finding(
+                "BOX_PREVIOUS_HASH_ON_FIRST",
+                fdms.YELLOW,
+                "receiptCounter is 1, the day's first receipt: FDMS leaves the previous hash out of its "
+                "string, so this string is not what FDMS checks. Leave --previous-hash out.",
+                "receiptCounter",
+            )
+        ]
+    return []
 
 
 def _tax_view(tax: dict[str, Any]) -> dict[str, Any]:

@@ -46,24 +46,29 @@ def verify_export(document: Any, public_key: Any) -> dict[str, Any]:
         problems.append({"code": code, "message": message, **where})
 
     try:
+        other_key = not _same_key(load_public_key(document["public_key"].encode()), public_key)
+    except (KeyError, ValueError, AttributeError, FiscalError):
+        other_key = False  # nothing to compare with: every signature is checked with the given key
+        problem("BOX_EXPORT_KEY", "The file's public key is unreadable.", field="public_key")
+    if other_key:
+        # Every signature would fail for this one cause; reporting each as tampering would hide it.
+        problem(
+            "BOX_EXPORT_KEY",
+            "The file was signed by another device key than the certificate given, so no signature in it "
+            "was checked. Give the device's certificate (or public key) as it was when the export was made: "
+            "`fiscalbox-device key show` on the box, or the certificate FDMS issued it then.",
+            field="public_key",
+        )
+    try:
         signature = binascii.a2b_base64(document.get("signature", ""))
     except (binascii.Error, ValueError):
         signature = b""
-    if not verify(public_key, _signed_bytes(document), signature):
+    if not other_key and not verify(public_key, _signed_bytes(document), signature):
         problem(
             "BOX_EXPORT_SIGNATURE",
             "The file's signature does not verify with the given key.",
             field="signature",
         )
-    try:
-        if not _same_key(load_public_key(document["public_key"].encode()), public_key):
-            problem(
-                "BOX_EXPORT_KEY",
-                "The file names a different device key than the one given.",
-                field="public_key",
-            )
-    except (KeyError, ValueError, AttributeError):
-        problem("BOX_EXPORT_KEY", "The file's public key is unreadable.", field="public_key")
 
     device_id = document["device_id"]
     start = document["start"]
@@ -113,7 +118,7 @@ def verify_export(document: Any, public_key: Any) -> dict[str, Any]:
                     global_no=n,
                     field="hash",
                 )
-            if not verify(public_key, text.encode(), fdms.unb64(row["signature"])):
+            if not other_key and not verify(public_key, text.encode(), fdms.unb64(row["signature"])):
                 problem(
                     "BOX_TAMPER_SIGNATURE",
                     f"Receipt {n}'s signature does not verify.",
@@ -139,9 +144,10 @@ def verify_export(document: Any, public_key: Any) -> dict[str, Any]:
             field="last",
         )
     for day in document["days"]:
-        _check_day(day, device_id, counters, first_in_file, seen, public_key, problem)
+        _check_day(day, device_id, counters, first_in_file, seen, None if other_key else public_key, problem)
     return {
         "clean": not problems,
+        "signatures_checked": not other_key,
         "problems": problems,
         "device_id": device_id,
         "first": document["first"],
@@ -160,7 +166,8 @@ def _check_day(
     public_key: Any,
     problem: Any,
 ) -> None:
-    """A day's signed close request must verify; when the file holds the whole day, its counters too."""
+    """A day's signed close request must verify (unless `public_key` is None: not the file's key); when the
+    file holds the whole day, its counters too."""
     if not day.get("close_request"):
         return
     n = day["day_no"]
@@ -176,7 +183,8 @@ def _check_day(
         return
     ordered = fdms.day_counters(fdms.parse_counters(request["fiscalDayCounters"]))
     text = fdms.day_string(device_id, n, day["opened"][:10], ordered)
-    if not verify(public_key, text.encode(), fdms.unb64(request["fiscalDayDeviceSignature"]["signature"])):
+    signature = fdms.unb64(request["fiscalDayDeviceSignature"]["signature"])
+    if public_key is not None and not verify(public_key, text.encode(), signature):
         problem(
             "BOX_TAMPER_SIGNATURE",
             f"Day {n}'s close signature does not verify.",

@@ -18,6 +18,7 @@ any case, enums by index, numbers as strings).
 
 Admin (plain HTTP, 127.0.0.1 only):
 - GET /faults; PUT or POST /faults/{Endpoint} {rate, kinds, latency_ms, seed}; DELETE /faults[/{Endpoint}]
+  (Endpoint: one the simulator serves, e.g. SubmitReceipt, or "*"; a misspelt one is refused with the list)
 - POST /devices/{id}/mode {"mode": "Offline"}; GET /devices/{id} (summary); GET /devices/{id}/receipts;
   GET /devices/{id}/days/{no}; GET /devices/{id}/files
 - GET /clock; POST /clock {"offset_seconds": N}: simulated time = the clock + N (it replaces the offset)
@@ -350,9 +351,7 @@ class _AdminHandler(_Dispatching):
         raw = self.rfile.read(length) if length else b""
         parts = [urllib.parse.unquote(p) for p in urllib.parse.urlsplit(self.path).path.strip("/").split("/")]
         try:
-            body = json.loads(raw) if raw.strip() else {}
-            if not isinstance(body, dict):
-                raise ValueError("the body must be a JSON object")
+            body = _admin_body(raw)
             status, answer = 200, self._route(sim, method, parts, body)
         except LookupError as error:
             status, answer = 404, {"error": str(error)}
@@ -374,11 +373,11 @@ class _AdminHandler(_Dispatching):
                 return sim.faults_snapshot()
             if method in ("PUT", "POST") and len(parts) == 2:
                 sim.set_faults(
-                    parts[1],
-                    rate=float(body.get("rate", 1.0)),
-                    kinds=list(body.get("kinds", ["500"])),
-                    latency_ms=int(body.get("latency_ms", 0)),
-                    seed=body.get("seed"),
+                    _known_endpoint(parts[1]),
+                    rate=_number(body, "rate", 1.0),
+                    kinds=_kinds(body),
+                    latency_ms=_whole(body, "latency_ms", 0),
+                    seed=_whole(body, "seed", None),
                 )
                 return sim.faults_snapshot()
             if method == "DELETE":
@@ -402,10 +401,56 @@ class _AdminHandler(_Dispatching):
                 return day
         if parts == ["clock"]:
             if method == "POST":
-                sim.set_clock_offset(float(body.get("offset_seconds", 0)))
+                sim.set_clock_offset(_number(body, "offset_seconds", 0))
             if method in ("GET", "POST"):
                 return {"offset_seconds": sim.clock_offset, "now": sim.now(), "local": sim.local_now()}
         raise LookupError(f"no admin route {method} /{'/'.join(parts)}")
+
+
+def _admin_body(raw: bytes) -> dict[str, Any]:
+    """An admin request's JSON object; anything else is refused in a sentence, not Python's own words."""
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError('The body is not JSON; send a JSON object, e.g. {"rate": 1}.') from None
+    if not isinstance(body, dict):
+        raise ValueError('The body must be a JSON object, e.g. {"rate": 1}.')
+    return body
+
+
+def _known_endpoint(name: str) -> str:
+    """A fault for a misspelt endpoint would never fire: only the simulator's endpoint names, or "*"."""
+    if name == "*":
+        return name
+    for known in HANDLERS:
+        if known.lower() == name.lower():
+            return known
+    raise ValueError(f"No endpoint {name!r}; faults take one of: *, {', '.join(HANDLERS)}.")
+
+
+def _number(body: dict[str, Any], key: str, default: Any) -> Any:
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f'{key} must be a JSON number, e.g. {{"{key}": 1}}; got {json.dumps(value)[:40]}.')
+    return value
+
+
+def _whole(body: dict[str, Any], key: str, default: Any) -> Any:
+    value = body.get(key, default)
+    if value is not default and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f'{key} must be a whole number, e.g. {{"{key}": 7}}; got {json.dumps(value)[:40]}.')
+    return value
+
+
+def _kinds(body: dict[str, Any]) -> list[str]:
+    kinds = body.get("kinds", ["500"])
+    if not isinstance(kinds, list) or not all(isinstance(kind, str) for kind in kinds):
+        raise ValueError(
+            f'kinds must be a list of fault kinds, e.g. {{"kinds": ["500"]}}; got {json.dumps(kinds)[:40]}.'
+        )
+    return kinds
 
 
 class _AdminServer(ThreadingHTTPServer):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -32,5 +33,9 @@ def test_the_demo_runs_from_registration_to_fdms_close(
     assert "day 1 FiscalDayClosed" in said and "signature verified by the box" in said
     assert "BOX_FDMS_UNAVAILABLE" in said  # the outage really happened
     assert f"clean: device {demo.DEVICE_ID}, receipts 1..{last}" in said
+    # Counts read as words, never a Python dict's repr.
+    assert re.search(r"outbox \d+ delivered, \d+ pending;", said) or re.search(r"outbox \d+ pending;", said)
+    assert f"Audit: clean, {last} receipts, 1 day, " in said and " checked" in said
+    assert "{'" not in said
     close = json.loads((tmp_path / "out" / "demo" / "close-day.json").read_text())
     assert close["receiptCounter"] == last

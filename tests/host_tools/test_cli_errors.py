@@ -168,12 +168,15 @@ def test_bad_day_options_are_one_line(tmp_path, options, code, words):
     assert words in refused(["explain", "day", str(path), *options], code)
 
 
-def test_an_empty_previous_hash_means_the_first_receipt_of_the_day(receipt):
+def test_an_empty_previous_hash_means_none_as_for_the_first_receipt_of_the_day(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(dict(RECEIPT, receiptCounter=1)))
     result = CliRunner().invoke(
-        main, ["explain", "receipt", receipt, "--device-id", "321", "--previous-hash", "", "--json"]
+        main, ["explain", "receipt", str(path), "--device-id", "321", "--previous-hash", "", "--json"]
     )
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["first_in_day"] is True
+    report = json.loads(result.stdout)
+    assert report["first_in_day"] is True and report["previous_hash"] is None and report["findings"] == []
 
 
 def test_a_day_date_in_another_format_is_told_the_format_the_option_takes(tmp_path):

@@ -379,7 +379,7 @@ def config_receipt(date, standard_id, standard_percent):
 def explain_with_config(tmp_path, receipt, *more):
     config = write(tmp_path, "config.json", GETCONFIG)
     args = ["explain", "receipt", write(tmp_path, "r.json", {"receipt": receipt}), "--device-id", "321"]
-    result = run([*args, "--config", config, "--json", *more])
+    result = run([*args, "--previous-hash", SPEC["previous_hash"], "--config", config, "--json", *more])
     return result, json.loads(result.stdout) if result.exit_code != 2 else result.stderr
 
 
@@ -476,3 +476,65 @@ def test_the_senders_text_is_shown_as_sent_never_read_as_markup(tmp_path):
     result = run(["explain", "day", day, "--device-id", "1", "--day-no", "1", "--day-date", "2026-01-01"])
     assert result.exit_code == 0, result.output
     assert "SALEBYTAX[/]100" in result.stdout
+
+
+SALES = [
+    json.loads(block)
+    for block in re.findall(
+        r"```json\n(.*?)\n```", (Path(__file__).resolve().parents[2] / "docs" / "sale.md").read_text(), re.S
+    )
+]
+
+
+def test_docs_sales_are_explained_given_what_the_box_sets(tmp_path):
+    """A sale as the POS sends it, numbered, dated and chained by options as docs/sale.md says."""
+    assert len(SALES) == 5
+    previous = []
+    for n, sale in enumerate(SALES, 1):
+        path = write(tmp_path, f"sale{n}.json", sale)
+        box_set = ["--counter", str(n), "--global-no", str(n), "--date", f"2026-12-04T10:0{n}:00"]
+        result = run(["explain", "receipt", path, "--device-id", "4321", *box_set, *previous, "--json"])
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert report["findings"] == [] and report["first_in_day"] is (n == 1)
+        assert (
+            f"4321{sale['receiptType'].upper()}{sale['receiptCurrency']}{n}2026-12-04T10:0{n}:00"
+            in (report["string"])
+        )
+        previous = ["--previous-hash", report["hash"]]
+
+
+def test_a_sale_without_what_the_box_sets_is_refused_naming_all_of_it_and_the_options(tmp_path):
+    result = run(["explain", "receipt", write(tmp_path, "s.json", SALES[0]), "--device-id", "4321"])
+    assert result.exit_code == 2 and result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error RCPT02: receiptCounter: A sale lacks what the box sets: receiptCounter, ")
+    assert "receiptGlobalNo, receiptDate." in line
+    assert "--counter N --global-no N --date YYYY-MM-DDTHH:MM:SS" in line and "--body" in line
+    partly = ["--global-no", "3", "--date", "2026-12-04T10:00:00"]
+    result = run(["explain", "receipt", write(tmp_path, "s.json", SALES[0]), "--device-id", "4321", *partly])
+    assert result.exit_code == 2 and "what the box sets: receiptCounter. Give --counter N (" in result.stderr
+    result = run(["explain", "receipt", "-", "--device-id", "1", "--counter", "1", "--date", "4/12/2026"])
+    assert result.exit_code == 2 and "error BOX_BAD_DATE: " in result.stderr
+
+
+def test_a_later_receipt_without_the_previous_hash_is_a_finding_not_the_days_first(tmp_path):
+    receipt = write(tmp_path, "r.json", SPEC["receipt"])  # receiptCounter 7
+    result = run(["explain", "receipt", receipt, "--device-id", "321", "--json"])
+    report = json.loads(result.stdout)
+    assert report["first_in_day"] is False
+    [finding] = report["findings"]
+    assert finding["code"] == "BOX_NO_PREVIOUS_HASH" and finding["colour"] == "Yellow"
+    assert "--previous-hash" in finding["message"] and "receiptCounter is 7" in finding["message"]
+    result = run(["explain", "receipt", receipt, "--device-id", "321"])
+    assert "first receipt" not in result.stdout and "NO previous hash given" in result.stdout
+    assert "BOX_NO_PREVIOUS_HASH" in result.stdout
+    result = run(
+        ["explain", "receipt", receipt, "--device-id", "321", "--previous-hash", SPEC["previous_hash"]]
+    )
+    assert result.exit_code == 0 and "No findings" in result.stdout
+    first = write(tmp_path, "first.json", VECTORS["receipts"][2]["receipt"])  # receiptCounter 1
+    result = run(
+        ["explain", "receipt", first, "--device-id", "321", "--previous-hash", SPEC["previous_hash"]]
+    )
+    assert "BOX_PREVIOUS_HASH_ON_FIRST" in result.stdout

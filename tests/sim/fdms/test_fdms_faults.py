@@ -163,3 +163,31 @@ def test_the_admin_port_controls_faults_mode_and_clock(sim: FdmsSimulator, devic
     assert status == 200 and clock["offset_seconds"] == 3600
     assert clock["local"] == "2026-03-10T09:00:00" and before == "2026-03-10T08:00:00"
     assert admin(sim, "GET", "/nothing")[0] == 404
+
+
+def admin_raw(sim: FdmsSimulator, method: str, path: str, data: bytes) -> tuple[int, Any]:
+    req = urllib.request.Request(sim.admin_url + path, data=data, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_the_admin_port_refuses_bad_input_in_a_sentence_naming_the_field(sim: FdmsSimulator) -> None:
+    status, answer = admin_raw(sim, "PUT", "/faults/SubmitReceipt", b"notjson")
+    assert status == 400 and answer["error"].startswith("The body is not JSON")
+    status, answer = admin(sim, "POST", "/clock", {"offset_seconds": "x"})
+    assert status == 400 and answer["error"].startswith("offset_seconds must be a JSON number")
+    assert sim.clock_offset == 0
+    status, answer = admin(sim, "PUT", "/faults/SubmitReceipt", {"rate": "1"})
+    assert status == 400 and answer["error"].startswith("rate must be a JSON number")
+    status, answer = admin(sim, "PUT", "/faults/SubmitReceipt", {"kinds": "500"})
+    assert status == 400 and answer["error"].startswith("kinds must be a list")
+    status, answer = admin(sim, "PUT", "/faults/NoSuch", {"rate": 1})
+    assert status == 400 and "No endpoint 'NoSuch'" in answer["error"] and "SubmitReceipt" in answer["error"]
+    assert admin(sim, "GET", "/faults") == (200, {})
+    # A name in another case is the endpoint's, kept in its own spelling so the snapshot reads as the docs.
+    assert admin(sim, "PUT", "/faults/submitreceipt", {"rate": 1})[1] == {
+        "SubmitReceipt": {"rate": 1, "kinds": ["500"], "latency_ms": 0, "seed": None}
+    }
