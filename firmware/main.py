@@ -240,12 +240,19 @@ def _describe(store: KeyStore, kind: str) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
 @click.pass_obj
 def key_show(cfg: configuration.Config, as_json: bool) -> None:
-    """The key's algorithm and public key, and the certificate's subject and validity when there is one."""
-    info = _with_store(cfg, lambda store: _describe(store, cfg.keys["store"]))
+    """The key's algorithm and public key, and the certificate's subject and validity when there is one.
+    Reads only the public half: no passphrase needed."""
+    try:
+        with closing(public_key_store(cfg)) as store:
+            info = _describe(store, cfg.keys["store"])
+    except FiscalError as error:
+        _fail(error)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
     click.echo(f"key store: {info['store']}\nalgorithm: {info['algorithm'] or 'no key yet'}")
+    if info.get("public_key"):
+        click.echo(info["public_key"], nl=False)
     cert = info.get("certificate")
     if cert:
         click.echo(f"certificate: {cert['subject']}, valid till {cert['valid_till']}")
