@@ -206,6 +206,9 @@ class Delivery:
             if done == IDLE:
                 self.stopped = self._failed_close()
                 return steps
+            if done == WAITING and self.box.next_pending() is None and not self.box.unfinished_days():
+                self.stopped = self.problem  # only a Ping failed: nothing waits, so nothing to wait for
+                return steps
             if done not in (WAITING, CLOSE_PENDING):
                 moved = now
                 continue

@@ -128,3 +128,16 @@ def test_fdms_signatures_the_box_cannot_verify_are_its_finding_and_the_day_still
     assert "flagged" not in outbox
     assert "finding BOX_SERVER_SIGNATURE: The box's own check: FDMS's signature on receipt 1 " in outbox
     assert "... and on 50 more" in outbox
+
+
+def test_deliver_until_idle_with_nothing_waiting_stops_at_once_when_fdms_is_down(
+    tmp_path: Path, sim: FdmsSimulator
+) -> None:
+    path = box_config(tmp_path, sim, 10003)
+    assert run(path, "register", activation_key=sim.activation_keys[10003]).exit_code == 0
+    sim.set_faults("*", rate=1.0, kinds=["reset"])  # FDMS is down, and nothing waits but a Ping
+    stopped = run(path, "deliver", "--until-idle", "--max-wait", "120", "--json")
+    assert stopped.exit_code == 1, stopped.output
+    reason = json.loads(stopped.stdout)["stopped"]
+    assert reason["code"] == "BOX_FDMS_UNAVAILABLE"
+    assert "Nothing was delivered for" not in reason["message"]  # it did not sit out the 120 s
