@@ -168,11 +168,8 @@ class Box:
 
     def _boot_check(self) -> dict[str, Any]:
         """Compare the journal with the anchor kept outside it, and verify what changed since the last
-        checkpoint, all in one read snapshot; on any finding the box refuses to issue.
-
-        Only a writer records the check, and a clean one only once it writes something else (its boot
-        entry, a signed checkpoint, the anchor moved up): a box opened only to read, or refused before it
-        wrote, leaves the journal as it found it. A finding is recorded at once, in the box's own journal."""
+        checkpoint, all in one read snapshot; on any finding the box refuses to issue. Only a writer
+        records the check (a read-only box writes nothing, however often it is opened)."""
         at = self.now_local()
         anchored = None if self.anchor is None else self.anchor.read()  # before the snapshot: see problems()
         with self.journal.reading():
@@ -184,20 +181,12 @@ class Box:
         result = {"clean": result["clean"] and not problems, "problems": problems + result["problems"]}
         if not self.journal.writable or problems:
             return result  # a journal that is not this box's own is not written to, not even the boot entry
-        if result["clean"]:
-            self.journal.before_first_write = functools.partial(self._record_boot, at)
-        else:
-            with self.journal.transaction():
-                self.journal.log(at, "boot", {"clean": False, "problems": len(result["problems"])})
-        return result
-
-    def _record_boot(self, at: str) -> None:
-        """The clean start-up check, recorded before the box's first write: its entry, a signed checkpoint
-        (the next start walks only what comes after it), and the anchor moved up to the head."""
         with self.journal.transaction():
-            self.journal.log(at, "boot", {"clean": True, "problems": 0})
-        self._checkpoint(at, "boot")
-        self._advance_anchor()
+            self.journal.log(at, "boot", {"clean": result["clean"], "problems": len(result["problems"])})
+        if result["clean"]:
+            self._checkpoint(at, "boot")
+            self._advance_anchor()
+        return result
 
     def _advance_anchor(self) -> None:
         """Move the anchor up to the journal's head: the device, the last receipt and its chain link."""

@@ -438,7 +438,6 @@ class Journal:
     ) -> None:
         self.path = Path(path)
         self.writable = not read_only
-        self.before_first_write: Callable[[], None] | None = None
         self._lock: WriterLock | None = None
         if not self.path.exists() and (read_only or not create):
             raise _error("BOX_JOURNAL_MISSING", f"There is no journal at {self.path}.")
@@ -611,13 +610,7 @@ class Journal:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """BEGIN IMMEDIATE ... COMMIT: the write lock is taken at once, so no transaction has to retry.
-
-        `before_first_write`, when set, runs (once) before the first transaction: what opening the box
-        records (its start-up check) is written only by a process that goes on to write something."""
-        hook, self.before_first_write = self.before_first_write, None
-        if hook is not None:
-            hook()
+        """BEGIN IMMEDIATE ... COMMIT: the write lock is taken at once, so no transaction has to retry."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield

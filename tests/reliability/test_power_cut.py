@@ -75,9 +75,7 @@ def test_full_loses_nothing_acknowledged_wherever_the_power_goes(tmp_path: Path,
     bad = [r for r in results if r.lost or r.problems or r.unsynced_acks]
     assert not bad, describe(bad)
     stages = Counter(r.stage.split(" (")[0] for r in results)
-    # A clean boot writes nothing until the box's first write (then its entry and checkpoint go first), so
-    # cuts in the boot's writes land in the "provision" and "issue" stages.
-    assert {"open journal", "provision", "issue"} <= set(stages), stages
+    assert {"open journal", "boot", "provision", "issue"} <= set(stages), stages
     assert stages["close day"] + stages["record close"] + stages["open day"] > 0, stages
     assert sum(r.acked for r in results) > 500
     assert sum(r.torn for r in results) > 0 and sum(r.dropped for r in results) > 100
