@@ -85,14 +85,19 @@ class Anchor:
                 f"The anchor belongs to device {anchored['device_id']}, not {device_id}; it was not moved.",
             )
         if global_no > anchored["last_global_no"] or (device_id and anchored["device_id"] is None):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             record: dict[str, Any] = {
                 "device_id": device_id or anchored["device_id"],
                 "last_global_no": global_no,
             }
             if link is not None and global_no > 0:  # before the first receipt there is no link to keep
                 record["link"] = link.hex()
-            write_atomically(self.path, detail_json(record).encode())
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomically(self.path, detail_json(record).encode())
+            except OSError as error:
+                raise FiscalError(
+                    "BOX_ANCHOR", f"The anchor {self.path} cannot be written: {error.strerror or error}."
+                ) from None
 
     def problems(self, journal: Journal, anchored: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """What sets the journal apart from the anchor, as boot-check findings (none when it matches).
@@ -341,8 +346,12 @@ def _set_aside(journal_path: Path) -> str | None:
         for suffix in ("-wal", "-shm"):
             Path(str(journal_path) + suffix).unlink(missing_ok=True)
         return None
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     kept = journal_path.with_name(f"{journal_path.name}.replaced-{stamp}")
+    n = 1
+    while any(Path(str(kept) + suffix).exists() for suffix in ("", "-wal", "-shm")):
+        n += 1  # never over a journal set aside before: it may be the only copy of some receipts
+        kept = journal_path.with_name(f"{journal_path.name}.replaced-{stamp}-{n}")
     for suffix in ("", "-wal", "-shm"):
         source = Path(str(journal_path) + suffix)
         if source.exists():

@@ -974,6 +974,13 @@ class Box:
                 f"was changed. Check [device] id (it says {device_id}).",
                 "device_id",
             )
+        if self._settings.get("serial") not in (None, serial):
+            raise _refuse(
+                "BOX_SETTINGS",
+                f"This box is registered with serial {self._settings['serial']}, not {serial}: check "
+                "[device] serial; nothing was changed.",
+                "serial",
+            )
         warnings = []
         try:
             taxpayer = client.verify_taxpayer_information(activation_key, serial).body
@@ -1194,7 +1201,9 @@ class Box:
 
     @_serialized
     def audit(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-        """Verify everything; name the receipt and field of any tampering. A clean audit is a checkpoint."""
+        """Verify everything; name the receipt and field of any tampering. A clean audit is a checkpoint
+        (never signed onto a journal that is not the box's own: that is refused first)."""
+        self._ensure_ours()
         if self.keys.algorithm is None:
             raise _refuse(
                 "BOX_KEY_MISSING", "The box has no device key, so there is nothing signed to audit."

@@ -185,7 +185,13 @@ def _with_store(cfg: configuration.Config, action: Callable[[KeyStore], T]) -> T
 def key_generate(cfg: configuration.Config, algorithm: str, replace: bool) -> None:
     """Make the device key pair inside the key store; prints its public key."""
 
-    if replace and (Path(cfg.journal["path"]).exists() or Anchor(cfg.journal["anchor"]).read()["device_id"]):
+    try:
+        registered = replace and (
+            Path(cfg.journal["path"]).exists() or Anchor(cfg.journal["anchor"]).read()["device_id"]
+        )
+    except FiscalError:
+        registered = True  # an anchor that cannot be read may well name a device: keep its key
+    if registered:
         _fail(
             FiscalError(
                 "BOX_KEY_IN_USE",
@@ -324,14 +330,18 @@ def public_key_store(cfg: configuration.Config) -> KeyStore | PublicKeys:
     return build_key_store(cfg, os.environ)  # a token, or a key store older than its public file
 
 
+def _readable_settings(journal: Journal) -> dict[str, Any]:
+    try:
+        return journal.settings()
+    except FiscalError:
+        return {}
+
+
 def _check_identity(cfg: configuration.Config, journal: Journal) -> None:
     """The configuration must name the device the journal is: with another [device] id, the box would talk
     to FDMS as a device whose receipts it does not hold. (Settings the journal cannot give back are the
     box's own finding, reported by its start-up check.)"""
-    try:
-        identity = journal.settings()
-    except FiscalError:
-        return
+    identity = _readable_settings(journal)
     for key, name in (("id", "device_id"), ("serial", "serial")):
         said, held = cfg.device[key], identity.get(name)
         if said and held is not None and said != held:
@@ -373,9 +383,11 @@ def _with_box(
             )
             return action(box)
         except BaseException:
-            if made:  # a first registration that failed leaves no journal behind: the next one starts clean
+            if made and "device_id" not in _readable_settings(journal):
+                # a first registration that failed before FDMS gave the box its settings leaves no journal
+                # behind (the lock file stays: removing it could let two writers hold different ones)
                 journal.close()
-                for suffix in ("", "-wal", "-shm", ".lock"):
+                for suffix in ("", "-wal", "-shm"):
                     Path(str(journal.path) + suffix).unlink(missing_ok=True)
             raise
         finally:
@@ -757,8 +769,14 @@ def register(cfg: configuration.Config, as_json: bool) -> None:
         except FiscalError as error:
             if error.code in ("BOX_FDMS_UNAVAILABLE", "BOX_FDMS_BUSY"):  # registration is not retried for you
                 reason = error.message.replace("; the box will try again later.", ".")
+                done = (
+                    "FDMS registered the device and its certificate is installed, but the box has not yet "
+                    "got its configuration"
+                    if box.keys.certificate_pem() is not None
+                    else "Nothing was registered"
+                )
                 raise FiscalError(
-                    error.code, f"{reason} Nothing was registered: run register again once FDMS answers."
+                    error.code, f"{reason} {done}: run register again once FDMS answers."
                 ) from None
             raise
         return {

@@ -74,7 +74,8 @@ def test_a_failed_first_registration_leaves_no_journal(rig: Rig) -> None:
     )
     assert code == 2 and out.startswith("error BOX_FDMS_UNAVAILABLE") and "run register again" in out, out
     assert "will try again" not in out
-    assert not [p.name for p in rig.root.iterdir() if p.name.startswith("journal.db")]
+    left = [p.name for p in rig.root.iterdir() if p.name.startswith("journal.db")]
+    assert left == ["journal.db.lock"]  # only the (empty) lock file, which is never removed under a writer
 
 
 def test_an_override_that_names_no_key_is_refused() -> None:
@@ -128,3 +129,52 @@ def test_a_registered_box_without_receipts_whose_journal_vanished_is_missing_not
     assert code == 2 and out.startswith("error BOX_JOURNAL_MISSING") and "is registered" in out
     assert "up to 0" not in out
     assert sale()  # the rig's sale maker is shared; nothing issued here
+
+
+def test_two_restores_in_one_second_keep_both_journals_they_replace(rig: Rig) -> None:
+    anchored_box(rig)
+    rig.close()
+    manifest = sorted((rig.root / "backups").glob("*.manifest.json"))[-1]
+    kept = []
+    for _ in range(2):
+        code, out = run(rig, "restore", str(manifest), "--json")
+        assert code == 0, out
+        kept.append(json.loads(out)["kept"])
+    assert len(set(kept)) == 2 and all(Path(k).exists() for k in kept)
+
+
+def test_an_anchor_that_cannot_be_written_is_a_box_error_not_a_traceback(rig: Rig) -> None:
+    anchor = Anchor(rig.root / "anchor.json")
+    (rig.root / "anchor.json.tmp").mkdir()  # where its atomic write would go
+    with pytest.raises(FiscalError) as refused:
+        anchor.advance(5, DEVICE_ID)
+    assert refused.value.code == "BOX_ANCHOR"
+
+
+def test_key_replace_with_an_unreadable_anchor_keeps_the_key(rig: Rig) -> None:
+    (rig.root / "anchor.json").write_text("garbage")
+    code, out = run(rig, "key", "generate", "--replace")
+    assert code == 2 and out.startswith("error BOX_KEY_IN_USE")
+
+
+def test_an_audit_by_the_box_signs_nothing_onto_a_journal_not_its_own(rig: Rig, tmp_path: Path) -> None:
+    anchored_box(rig)
+    rig.close()
+    (tmp_path / "other").mkdir()
+    theirs = foreign_journal(rig, tmp_path / "other", receipts=2)
+    rig.journal_path.unlink()
+    theirs.rename(rig.journal_path)
+    box = rig.box(anchor=Anchor(rig.root / "anchor.json"))
+    checkpoints = len(box.journal.checkpoints())
+    with pytest.raises(FiscalError) as refused:
+        box.audit()
+    assert refused.value.code == "BOX_JOURNAL_FOREIGN"
+    assert len(box.journal.checkpoints()) == checkpoints
+
+
+def test_register_with_another_serial_is_refused(rig: Rig) -> None:
+    box = anchored_box(rig)
+    box.fdms = FdmsClient(NOWHERE, DEVICE_ID, "fiscalbox", "1.0", timeout=0.5)
+    with pytest.raises(FiscalError) as refused:
+        box.register(DEVICE_ID, "FB-ELSE-0001", "ACTIVATE", ["USD"])
+    assert refused.value.code == "BOX_SETTINGS" and refused.value.field == "serial"
