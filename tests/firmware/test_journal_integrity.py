@@ -68,9 +68,14 @@ def files_digest(rig: Rig) -> dict[str, str]:
     return out
 
 
-def put_in_place(rig: Rig, journal: Path) -> None:
+def remove_journal(rig: Rig) -> None:
+    """The journal file and its WAL companions, gone (as a person deleting `journal.db` leaves it)."""
     for suffix in ("", "-wal", "-shm"):
         Path(str(rig.journal_path) + suffix).unlink(missing_ok=True)
+
+
+def put_in_place(rig: Rig, journal: Path) -> None:
+    remove_journal(rig)
     journal.rename(rig.journal_path)
 
 
@@ -97,8 +102,7 @@ def foreign_journal(
 def test_a_deleted_journal_is_missing_not_a_new_box(rig: Rig) -> None:
     anchored_box(rig)
     rig.close()
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(rig.journal_path) + suffix).unlink(missing_ok=True)
+    remove_journal(rig)
     commands = (["status"], ["audit"], ["show", "1"], ["backup"], ["reprint", "--unprinted"], ["register"])
     for command in commands:
         code, out = run(rig, *command)
@@ -116,8 +120,7 @@ def test_a_box_never_provisioned_says_to_register_and_creates_nothing(rig: Rig) 
 def test_a_journal_replaced_by_an_empty_one_is_behind_and_issues_nothing(rig: Rig) -> None:
     anchored_box(rig)
     rig.close()
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(rig.journal_path) + suffix).unlink(missing_ok=True)
+    remove_journal(rig)
     fresh = rig.box(anchor=Anchor(rig.root / "anchor.json"))  # a new journal where the old one was
     assert fresh.boot["problems"][0]["code"] == "BOX_JOURNAL_BEHIND"
     fresh.provision(SETTINGS)
@@ -167,8 +170,7 @@ def test_another_devices_journal_and_another_history_are_foreign(rig: Rig, tmp_p
 def test_restoring_the_latest_backup_mends_a_missing_journal(rig: Rig) -> None:
     anchored_box(rig)
     rig.close()
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(rig.journal_path) + suffix).unlink(missing_ok=True)
+    remove_journal(rig)
     manifest = sorted((rig.root / "backups").glob("*.manifest.json"))[-1]
     code, out = run(rig, "restore", str(manifest), env={})  # the public key is enough: no passphrase
     assert code == 0, out
@@ -542,8 +544,7 @@ def test_delivery_sends_nothing_from_a_journal_that_failed_its_check(rig: Rig) -
 
     anchored_box(rig)
     rig.close()
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(rig.journal_path) + suffix).unlink(missing_ok=True)
+    remove_journal(rig)
     box = rig.box(anchor=Anchor(rig.root / "anchor.json"))  # an empty journal where the box's was
     box.provision(SETTINGS)
     # Nothing listens at this address: were delivery to try FDMS, its problem would be BOX_FDMS_UNAVAILABLE.
@@ -607,8 +608,7 @@ def test_an_empty_or_schemaless_file_is_never_made_a_journal_by_a_writer(rig: Ri
     anchored_box(rig)
     rig.close()
     (rig.root / "anchor.json").unlink()
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(rig.journal_path) + suffix).unlink(missing_ok=True)
+    remove_journal(rig)
     rig.journal_path.write_bytes(b"")
     code, out = run(rig, "backup")
     assert code == 2 and "an empty file, not a journal" in out
