@@ -167,10 +167,11 @@ class SystemClock:
         return time.time()
 
 
-def _with_store(cfg: configuration.Config, action: Callable[[KeyStore], T]) -> T:
-    """Open the configured key store, run `action`, close it; a refusal becomes one line and exit 2."""
+def _with_store(cfg: configuration.Config, action: Callable[[Any], T], public_only: bool = False) -> T:
+    """Open the configured key store (`public_only`: its public half, no passphrase), run `action`, close
+    it; a refusal becomes one line and exit 2."""
     try:
-        with closing(build_key_store(cfg, os.environ)) as store:
+        with closing(public_key_store(cfg) if public_only else build_key_store(cfg, os.environ)) as store:
             return action(store)
     except FiscalError as error:
         _fail(error)
@@ -248,11 +249,7 @@ def _describe(store: KeyStore, kind: str) -> dict[str, Any]:
 def key_show(cfg: configuration.Config, as_json: bool) -> None:
     """The key's algorithm and public key, and the certificate's subject and validity when there is one.
     Reads only the public half: no passphrase needed."""
-    try:
-        with closing(public_key_store(cfg)) as store:
-            info = _describe(store, cfg.keys["store"])
-    except FiscalError as error:
-        _fail(error)
+    info = _with_store(cfg, lambda store: _describe(store, cfg.keys["store"]), public_only=True)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -393,13 +390,7 @@ def _with_box(
         finally:
             journal.close()
 
-    if not read_only:
-        return _with_store(cfg, run)
-    try:
-        with closing(public_key_store(cfg)) as store:
-            return run(store)
-    except FiscalError as error:
-        _fail(error)
+    return _with_store(cfg, run, public_only=read_only)
 
 
 def _progress_printer(as_json: bool, verb: str = "checked") -> Callable[[int, int], None] | None:
@@ -506,8 +497,7 @@ def audit_command(
         if public_key_path is not None:
             public_key = _public_key_file(public_key_path)
         else:
-            with closing(public_key_store(cfg)) as store:
-                public_key = load_public_key(store.public_key_pem())
+            public_key = load_public_key(_with_store(cfg, lambda s: s.public_key_pem(), public_only=True))
         if journal_path is not None:
             journal = Journal(journal_path, read_only=True)
         else:
@@ -589,8 +579,7 @@ def backup_command(cfg: configuration.Config, dest: str | None, retain: int | No
 def restore_command(cfg: configuration.Config, manifest: str, as_json: bool) -> None:
     """Put a backup in place of the journal; refused when it is older than what the box has committed."""
     try:
-        with closing(public_key_store(cfg)) as store:
-            pem = store.public_key_pem()
+        pem = _with_store(cfg, lambda store: store.public_key_pem(), public_only=True)
         result = restore(Path(manifest), Path(cfg.journal["path"]), pem, Anchor(cfg.journal["anchor"]))
     except FiscalError as error:
         _fail(error)
