@@ -343,7 +343,8 @@ class WriterLock:
 class _Cursor(apsw.Cursor):
     """A cursor whose damage never escapes raw: stored text that is no longer UTF-8 (a damaged byte)
     becomes BOX_JOURNAL_CORRUPT naming the table and the row, and a page SQLite finds damaged
-    BOX_JOURNAL_CORRUPT with SQLite's own words."""
+    BOX_JOURNAL_CORRUPT with SQLite's own words. (Each method has its own try: a context manager around
+    `__next__` costs about 0.8 us a row, four times the plain try, on every row an audit reads.)"""
 
     def execute(self, *args: Any, **kwargs: Any) -> Any:
         try:
