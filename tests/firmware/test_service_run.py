@@ -16,10 +16,14 @@ from click.testing import CliRunner
 from service_rig import ENV, Service, make_box, poll, write_config
 
 from firmware import config as configuration
-from firmware.main import main
+from firmware.box import Box
+from firmware.main import _with_box, main
 from firmware.service import BackupSchedule, Device, backup_loop
+from sim.fdms.scenario import Scenario
+from sim.fdms.server import FdmsSimulator
 from sim.printer import VirtualPrinter
 from sim.pty_port import PtyPort, serve_on_pty
+from sim.shop import Shop
 
 
 @pytest.fixture
@@ -114,3 +118,49 @@ def test_the_daily_backup_keeps_the_newest_copies_on_the_box_clock(tmp_path: Pat
         stop.set()
         worker.join()
         device.close()
+
+
+def test_the_service_delivers_what_waits_and_a_restart_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FISCALBOX_KEY_PASSPHRASE", ENV["FISCALBOX_KEY_PASSPHRASE"])  # for the sales below
+    with FdmsSimulator(Scenario.default(), state_dir=tmp_path / "fdms") as sim:
+        device = sim.scenario.device(10001)
+        assert device is not None
+        config = write_config(
+            tmp_path,
+            f'[device]\nid = 10001\nserial = "{device.serial}"\n\n'
+            f'[fdms]\nurl = "{sim.url}"\nca_file = "{sim.ca_cert_path}"\n',
+        )
+        registered = CliRunner().invoke(
+            main,
+            ["--config", config, "register"],
+            env={**ENV, "FISCALBOX_ACTIVATION_KEY": sim.activation_keys[10001]},
+        )
+        assert registered.exit_code == 0, registered.output
+        shop = Shop(seed=3, device_id=10001)
+
+        def sell(count: int) -> None:
+            def work(box: Box) -> None:
+                if box.journal.current_day() is None:
+                    box.open_day()
+                for _ in range(count):
+                    sale = shop.next_sale()
+                    shop.issued(sale, box.issue(sale))
+
+            _with_box(configuration.load(config, ENV), work)
+
+        sell(3)
+        for expected in (3, 5):
+            service = Service(config)
+            try:
+                service.wait_for("service started")
+                poll(lambda n=expected: len(sim.held_receipts(10001)) == n, f"{expected} receipts delivered")
+                assert service.stop() == 0
+            finally:
+                service.kill()
+            if expected == 3:
+                sell(2)  # while the service is stopped: the next start delivers them
+        assert [h["receiptGlobalNo"] for h in sim.held_receipts(10001)] == [1, 2, 3, 4, 5]
+        code, output = one_shot(config, "outbox", "--json")
+        assert code == 0 and json.loads(output)["counts"] == {"delivered": 5}
