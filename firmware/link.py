@@ -232,9 +232,7 @@ class Link:
                 body = cbor2.dumps(answer)
                 if len(body) > smp.MAX_FRAME - smp.HEADER_SIZE:
                     raise refuse("BOX_INTERNAL", "The answer is larger than a frame; ask for less at a time.")
-            except (
-                Exception
-            ) as error:  # the last guard: whatever happened, the host gets a frame, no traceback
+            except Exception as error:  # the last guard: whatever happened, a frame goes back, no traceback
                 if not isinstance(error, FiscalError):
                     self.log.exception(
                         "link.internal", extra={"fields": {"group": group, "command": command_id}}
@@ -345,12 +343,12 @@ class Link:
             if command.name != "enroll":
                 raise refuse(
                     "BOX_LINK_UNKNOWN_KEY",
-                    f"No host key {kid.hex() or '(none)'} is enrolled on this box: an operator enrolls it "
-                    "first.",
+                    f"No host key {kid[:16].hex() or '(none)'} is enrolled on this box: an operator "
+                    "enrolls it first.",
                     "kid",
                 )
             key = self._first_operator(kid, payload["body"])
-            role, label = "operator", str(payload["body"].get("label", ""))
+            role, label = "operator", str(payload["body"].get("label", ""))[:64]
         else:
             if entry["revoked_at"] is not None:
                 raise refuse(
