@@ -26,8 +26,7 @@ AT = "2026-11-22T08:00:00"
 
 @pytest.fixture
 def link(box: Box, tmp_path: Path) -> Iterator[Link]:
-    made = Link(StandIn(box, tmp_path), HostKeys(tmp_path / "hosts.json"), work_dir=tmp_path / "work")
-    (tmp_path / "work").mkdir()
+    made = Link(StandIn(box, tmp_path), HostKeys(tmp_path / "hosts.json"))
     yield made
     made.join_jobs()
     made.close()
@@ -446,3 +445,22 @@ def test_a_restart_forgets_its_jobs_and_their_files(link: Link, operator: Host, 
     restarted = Link(link.device, link.hosts, work_dir=link.work_dir)
     assert not list(link.work_dir.glob("export-*.json"))
     refused(Host(restarted, operator.key), "BOX_LINK_NO_JOB", "job", {"job": job})
+
+
+def test_exports_are_kept_beside_the_host_keys_and_removed_on_close(
+    link: Link, operator: Host, box: Box
+) -> None:
+    assert link.work_dir == link.hosts.path.parent / "link-exports"
+    box.issue(sale())
+    operator.result("export_journal", {"first": 1, "last": 1})
+    link.join_jobs()
+    assert len(list(link.work_dir.glob("export-*.json"))) == 1
+    link.close()
+    assert not list(link.work_dir.glob("export-*.json"))
+
+
+def test_without_a_folder_for_exports_a_temporary_one_is_used(box: Box, tmp_path: Path) -> None:
+    made = Link(StandIn(box, tmp_path), HostKeys(tmp_path / "not-made" / "hosts.json"))
+    assert made.work_dir.is_dir() and not made.work_dir.is_relative_to(tmp_path)
+    made.close()
+    assert not made.work_dir.exists()
