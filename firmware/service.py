@@ -737,6 +737,8 @@ class Device:
             return {"csr": self.keys.certificate_request(common_name(self.cfg)).decode()}
 
     def install_certificate(self, certificate: str) -> dict[str, Any]:
+        if not isinstance(certificate, str):
+            raise FiscalError("BOX_USAGE", "The certificate is PEM text.", "certificate")
         with self.lock:
             pem = certificate.encode()
             self.keys.install_certificate(pem)
