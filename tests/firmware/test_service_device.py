@@ -146,6 +146,9 @@ def test_a_device_is_provisioned_keyed_and_registered_then_sells(
         with pytest.raises(FiscalError) as refused:
             device.provision({"serial": "SOMEONE-ELSE"})
         assert refused.value.field == "serial"
+        with pytest.raises(FiscalError) as refused:
+            device.provision({"fdms_url": ""})
+        assert refused.value.field == "fdms_url"
         assert device.provision({"model_version": "1.1"})["model_version"] == "1.1"
 
         device.open_day()
@@ -205,6 +208,7 @@ def test_a_device_without_a_journal_but_registered_says_restore(tmp_path: Path, 
         device.close()
     for suffix in ("", "-wal", "-shm"):
         Path(str(tmp_path / "journal.db") + suffix).unlink(missing_ok=True)
+    (tmp_path / "provisioned.json").unlink()  # the identity too: the anchor still names the device
     device = Device(configuration.load(path, ENV), ENV, SystemClock())
     try:
         status = device.status()
@@ -216,6 +220,7 @@ def test_a_device_without_a_journal_but_registered_says_restore(tmp_path: Path, 
         with pytest.raises(FiscalError) as refused:
             device.provision({"device_id": DEVICE_ID + 5})
         assert refused.value.field == "device_id"  # the anchor still names the device
+        assert device.provision({"device_id": DEVICE_ID})["device_id"] == DEVICE_ID
     finally:
         device.close()
     assert not (tmp_path / "journal.db").exists()
