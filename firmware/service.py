@@ -590,8 +590,9 @@ class Device:
         self.log.warning("printer gone: its port is opened afresh at the next print")
         self._printer_missing = True
         port = getattr(printer, "port", None) or getattr(getattr(printer, "device", None), "port", None)
-        with contextlib.suppress(Exception):  # a port already gone may refuse even to close
-            port.close()
+        if port is not None:
+            with contextlib.suppress(Exception):  # a port already gone may refuse even to close
+                port.close()
 
     # -- the service's life --------------------------------------------------------------------------------
 
