@@ -35,6 +35,7 @@ from firmware.delivery import Delivery
 from firmware.fdms_client import FdmsClient
 from firmware.hosts import HostKeys
 from firmware.journal import CLOSED, OPENED, Journal
+from firmware.link import Link, open_port
 from hardware import ECDSA_P256, RSA_2048, KeyStore, Printer, printers
 from hardware.keystores import FileKeyStore, Pkcs11KeyStore, PublicKeys
 from hardware.signatures import load_public_key
@@ -382,9 +383,16 @@ class ServiceLock:
                 break
             except BlockingIOError:
                 holder = _holder(self._handle)
-                if (holder and _alive(int(holder.rpartition(" ")[2]))) or time.monotonic() > deadline:
+                if holder and _alive(int(holder.rpartition(" ")[2])):
                     self._handle.close()
                     raise _busy(holder) from None
+                if time.monotonic() > deadline:
+                    self._handle.close()
+                    raise FiscalError(
+                        "BOX_BUSY",
+                        "A one-shot fiscalbox-device command is using the box: let it finish (or stop it), "
+                        "then start the service.",
+                    ) from None
                 time.sleep(0.1)
         self._handle.truncate(0)
         self._handle.write(str(os.getpid()))
@@ -476,20 +484,6 @@ def identity_in_force(cfg: configuration.Config) -> dict[str, Any]:
     }
 
 
-def _overlay(cfg: configuration.Config, identity: dict[str, Any], ca_path: str) -> configuration.Config:
-    """cfg with a newly provisioned identity in force (as config.load would give it at the next start)."""
-    device, fdms_settings = dict(cfg.device), dict(cfg.fdms)
-    for name, value in identity.items():
-        section, key = configuration.IDENTITY[name]
-        target = device if section == "device" else fdms_settings
-        if name == "currencies":
-            value = ",".join(value)
-        elif name == "fdms_ca":
-            value = ca_path if value else ""
-        target[key] = value
-    return configuration.Config(**{**cfg.__dict__, "device": device, "fdms": fdms_settings})
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The device
 
@@ -523,6 +517,7 @@ class Device:
         self.delivery: Delivery | None = None
         self._stop: threading.Event | None = None  # set by start(): the service's life
         self._threads: list[threading.Thread] = []
+        self._printer_missing = False
         self.missing: FiscalError | None = None  # why there is no box (not registered, journal missing)
         try:
             if Path(cfg.journal["path"]).exists():
@@ -557,17 +552,47 @@ class Device:
         try:
             self.box.printer = build_printer(self.cfg)
         except FiscalError as error:
-            self.log.warning("printer not connected", extra={"fields": error.as_dict()})
+            if not self._printer_missing:  # said once, not at every sale
+                self.log.warning("printer not connected", extra={"fields": error.as_dict()})
+            self._printer_missing = True
+        else:
+            if self._printer_missing:
+                self.log.info("printer connected")
+            self._printer_missing = False
 
     def _require_box(self) -> Box:
         if self.box is None:
             raise self.missing or _not_registered()
         return self.box
 
-    def _printing_box(self) -> Box:
+    def _printing(self, work: Callable[[Box], dict[str, Any]]) -> dict[str, Any]:
+        """A printing operation: the printer connected first if it is not; after a print that found it
+        gone (unplugged, switched off), its port is let go, so the next print opens it afresh."""
         box = self._require_box()
         self._connect_printer()
-        return box
+        try:
+            result = work(box)
+        except FiscalError as error:
+            if error.code == "BOX_PRINTER_OFFLINE":
+                self._let_printer_go()
+            raise
+        faults = [w.get("code") for w in result.get("warnings") or []] + [
+            (result.get("error") or {}).get("code")
+        ]
+        if "BOX_PRINTER_OFFLINE" in faults:
+            self._let_printer_go()
+        return result
+
+    def _let_printer_go(self) -> None:
+        assert self.box is not None
+        with self.box.lock:
+            printer, self.box.printer = self.box.printer, None
+        self.log.warning("printer gone: its port is opened afresh at the next print")
+        self._printer_missing = True
+        port = getattr(printer, "port", None) or getattr(getattr(printer, "device", None), "port", None)
+        if port is not None:
+            with contextlib.suppress(Exception):  # a port already gone may refuse even to close
+                port.close()
 
     # -- the service's life --------------------------------------------------------------------------------
 
@@ -587,9 +612,17 @@ class Device:
     def _start_delivery(self) -> None:
         if self.delivery is None or self._stop is None:
             return
-        thread = threading.Thread(target=self.delivery.run, args=(self._stop,), name="delivery", daemon=True)
+        thread = threading.Thread(
+            target=self._deliver, args=(self.delivery, self._stop), name="delivery", daemon=True
+        )
         thread.start()
         self._threads.append(thread)
+
+    def _deliver(self, worker: Delivery, stop: threading.Event) -> None:
+        try:
+            worker.run(stop)
+        except Exception:  # a fault of the worker itself (FDMS's and the network's never end it)
+            self.log.exception("delivery stopped by a fault: restart the service")
 
     def close(self) -> None:
         """Stop: the operation in flight finishes first (it holds the box's lock), then the journal closes."""
@@ -660,16 +693,16 @@ class Device:
     # -- the fiscal day --------------------------------------------------------------------------------------
 
     def issue(self, sale: dict[str, Any], request_id: str | None = None) -> dict[str, Any]:
-        return self._printing_box().issue(sale, request_id=request_id)
+        return self._printing(lambda box: box.issue(sale, request_id=request_id))
 
     def reprint(self, global_no: int) -> dict[str, Any]:
-        return self._printing_box().reprint(global_no)
+        return self._printing(lambda box: box.reprint(global_no))
 
     def print_unprinted(self) -> dict[str, Any]:
-        return self._printing_box().print_unprinted()
+        return self._printing(lambda box: box.print_unprinted())
 
     def print_report(self, day: int | None = None) -> dict[str, Any]:
-        return self._printing_box().print_report(day)
+        return self._printing(lambda box: box.print_report(day))
 
     def open_day(self) -> dict[str, Any]:
         return self._require_box().open_day()
@@ -685,16 +718,23 @@ class Device:
         with self.lock:
             checked = _check_identity_values(values)
             if self.box is not None or is_registered(self.cfg):
-                held = readable_settings(self.box.journal) if self.box is not None else {}
+                held = readable_settings(self.box.journal) if self.box is not None else self._anchored()
                 for name, key in (("device_id", "id"), ("serial", "serial")):
-                    was = held.get(name, self.cfg.device[key])
-                    if name in checked and checked[name] != was:
+                    was = held.get(name) or self.cfg.device[key]  # 0 or "": not known, nothing to keep
+                    if name in checked and was and checked[name] != was:
                         raise FiscalError(
                             "BOX_SETTINGS",
                             f"This box is registered as {name} {was!r}: a registered box cannot change it. "
                             "Nothing was changed.",
                             name,
                         )
+                if checked.get("fdms_url") == "":
+                    raise FiscalError(
+                        "BOX_SETTINGS",
+                        "A registered box delivers to FDMS: give its address, not an empty one. Nothing was "
+                        "changed.",
+                        "fdms_url",
+                    )
             path = Path(self.cfg.box["provisioned"])
             ca_path = configuration.provisioned_ca_path(path)
             stored = configuration.read_identity(path)
@@ -708,7 +748,7 @@ class Device:
                 raise FiscalError(
                     "BOX_FILE", f"Cannot write the identity to {path}: {error.strerror}.", "values"
                 ) from None
-            self.cfg = _overlay(self.cfg, checked, str(ca_path))
+            self.cfg = configuration.with_identity(self.cfg, stored, str(path), self.environ)
             if self.box is not None and {"fdms_url", "fdms_ca", "model_name", "model_version"} & set(checked):
                 self._reconnect_fdms()
             identity = identity_in_force(self.cfg)
@@ -716,6 +756,14 @@ class Device:
                 "provisioned", extra={"fields": {k: v for k, v in identity.items() if k != "fdms_ca"}}
             )
             return identity
+
+    def _anchored(self) -> dict[str, Any]:
+        """The device the anchor names, for a registered box whose journal is not open."""
+        try:
+            device_id = Anchor(self.cfg.journal["anchor"]).read()["device_id"]
+        except FiscalError:
+            return {}
+        return {"device_id": device_id} if device_id else {}
 
     def _reconnect_fdms(self) -> None:
         """A registered box's new FDMS address or CA: its client replaced, the delivery worker told."""
@@ -736,6 +784,8 @@ class Device:
             return {"csr": self.keys.certificate_request(common_name(self.cfg)).decode()}
 
     def install_certificate(self, certificate: str) -> dict[str, Any]:
+        if not isinstance(certificate, str):
+            raise FiscalError("BOX_USAGE", "The certificate is PEM text.", "certificate")
         with self.lock:
             pem = certificate.encode()
             self.keys.install_certificate(pem)
@@ -903,12 +953,15 @@ def backup_loop(
 def serve_link(device: Device, cfg: configuration.Config, stop: threading.Event, log: logging.Logger) -> None:
     """The link on [link] port until `stop`; a port not there yet (the USB gadget still coming up) is
     tried again every few seconds."""
-    try:
-        from firmware.link import Link, open_port  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        log.warning("this build has no link: the service runs without one")
-        return
     link = Link(device, HostKeys(cfg.link["hosts"]), log)
+    try:
+        _listen(link, cfg, stop, log)
+    finally:
+        link.join_jobs(timeout=60)  # a backup or export under way finishes before the journal closes
+        link.close()
+
+
+def _listen(link: Link, cfg: configuration.Config, stop: threading.Event, log: logging.Logger) -> None:
     said = False
     while not stop.is_set():
         try:

@@ -5,20 +5,22 @@ on SIGTERM and SIGINT."""
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from box_rig import StepClock
+from box_rig import StepClock, sale
 from click.testing import CliRunner
 from service_rig import ENV, Service, make_box, poll, write_config
 
 from firmware import config as configuration
 from firmware.box import Box
 from firmware.main import _with_box, main
-from firmware.service import BackupSchedule, Device, backup_loop
+from firmware.service import BackupSchedule, Device, SystemClock, backup_loop
 from sim.fdms.scenario import Scenario
 from sim.fdms.server import FdmsSimulator
 from sim.printer import VirtualPrinter
@@ -76,7 +78,11 @@ def test_the_service_prints_what_was_left_refuses_one_shots_and_stops_on_sigterm
 
 def test_the_service_makes_its_daily_backup_and_stops_on_sigint(tmp_path: Path) -> None:
     make_box(tmp_path)
-    config = write_config(tmp_path, backup_at="00:00")  # passed today, and no backup of today yet
+    # a zone where it is around noon now, so both starts below fall on the same local day
+    offset = 12 - time.gmtime().tm_hour
+    zone = "Etc/GMT" if offset == 0 else f"Etc/GMT{-offset:+d}"  # Etc/GMT-3 is three hours ahead of UTC
+    # 00:00 has passed today, and there is no backup of today yet
+    config = write_config(tmp_path, backup_at="00:00", zone=zone)
     service = Service(config)
     try:
         made = service.wait_for("backup made")
@@ -164,3 +170,37 @@ def test_the_service_delivers_what_waits_and_a_restart_resumes(
         assert [h["receiptGlobalNo"] for h in sim.held_receipts(10001)] == [1, 2, 3, 4, 5]
         code, output = one_shot(config, "outbox", "--json")
         assert code == 0 and json.loads(output)["counts"] == {"delivered": 5}
+
+
+def test_a_printer_plugged_in_late_or_again_is_connected_at_the_next_print_its_absence_said_once(
+    tmp_path: Path, paper: tuple[VirtualPrinter, PtyPort], caplog: pytest.LogCaptureFixture
+) -> None:
+    printer, port = paper
+    make_box(tmp_path, totals=(), clock=SystemClock())
+    plug = tmp_path / "printer"  # the udev name, not there until the printer is plugged in
+    config = write_config(tmp_path, f'[printer]\nmodel = "epson-tm-t20ii"\nport = "{plug}"\n')
+    with caplog.at_level(logging.INFO, logger="fiscalbox.device"):
+        device = Device(configuration.load(config, ENV), ENV, SystemClock())
+        try:
+            assert device.box is not None and device.box.printer is None
+            device.issue(sale("2.00"))
+            device.issue(sale("3.00"))
+            assert device.status()["unprinted_count"] == 2 and printer.pages == []
+            plug.symlink_to(port.path)
+            device.issue(sale("4.00"))
+            assert len(printer.pages) == 1 and device.print_unprinted()["printed"] == [1, 2]
+            port.unplug_after(0)  # pulled out; then another printer is plugged in under the same name
+            codes = [w["code"] for w in device.issue(sale("5.00"))["warnings"]]
+            assert "BOX_PRINTER_OFFLINE" in codes
+            another = VirtualPrinter(dots=576)
+            with serve_on_pty(another) as other:
+                plug.unlink()
+                plug.symlink_to(other.path)
+                device.issue(sale("6.00"))
+                assert device.print_unprinted()["printed"] == [4]
+                assert len(another.pages) == 2 and device.status()["unprinted_count"] == 0
+        finally:
+            device.close()
+    said = [r.getMessage() for r in caplog.records]
+    assert said.count("printer not connected") == 1 and said.count("printer connected") == 2
+    assert said.count("printer gone: its port is opened afresh at the next print") == 1
