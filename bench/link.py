@@ -259,9 +259,9 @@ class Served:
         found = []
         while not self.service.lines.empty():
             line = self.service.lines.get()
-            message = json.loads(line)["message"] if line else ""
-            if message.startswith("{") and '"name": "issue"' in message:
-                found.append(float(json.loads(message)["ms"]))
+            record = json.loads(line) if line else {}
+            if record.get("message") == "link.request" and record.get("name") == "issue":
+                found.append(float(record["ms"]))
         return found
 
     def close(self) -> None:
