@@ -225,7 +225,8 @@ def test_a_shops_first_day_over_the_link(rig: Rig, tmp_path: Path) -> None:
     exported = rig.ok("journal", "export", "1", "3", str(out))
     assert exported["size"] == out.stat().st_size > 2 * 2048
     assert asked[:3] == [0, 2048, 2048]  # the lost chunk asked again, nothing before it
-    (tmp_path / "device.pem").write_bytes(rig.device.keys.public_key_pem())
+    rig.ok("keys", "device", "--out", str(tmp_path / "device.pem"))  # learnt over the link
+    assert (tmp_path / "device.pem").read_bytes() == rig.device.keys.public_key_pem()
     verified = rig.run("journal", "verify", str(out), "--cert", str(tmp_path / "device.pem"))
     assert verified.exit_code == 0 and verified.stdout.startswith("clean: device 10001, receipts 1..3")
 
