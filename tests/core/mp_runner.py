@@ -8,7 +8,7 @@ every `test_*` function of every tests/core/test_*.py. Prints 'N passed, N faile
 import os
 import sys
 
-CORE_MODULES = ("errors", "money", "wire", "localtime", "fdms", "chain", "layout")
+CORE_MODULES = ("errors", "money", "wire", "localtime", "fdms", "chain", "layout", "smp")
 
 
 def main():
