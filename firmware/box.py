@@ -71,6 +71,23 @@ def _serialized(method: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def _sale_digest(request_id: str, sale: Any) -> str:
+    """SHA-256 of the sale as the POS gave it (bare or wrapped alike), as compact sorted JSON: a retry is
+    recognised by what it asks for, whatever order its keys came in."""
+    if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
+        raise _refuse(
+            "BOX_LINK_SCHEMA", "A request ID is 1 to 64 characters from A-Z a-z 0-9 . _ : -.", "rid"
+        )
+    try:
+        text = json.dumps(fdms.unwrap_receipt(sale), sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        raise _refuse("RCPT02", "A sale must be JSON: text, numbers, lists and objects.", "receipt") from None
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def settings_from_config(config: dict[str, Any]) -> dict[str, Any]:
     """The box's settings from a GetConfig answer: taxpayer, branch, taxes, limits, QR URL."""
     address = config.get("deviceBranchAddress") or {}
@@ -426,9 +443,18 @@ class Box:
         return date
 
     @_serialized
-    def issue(self, sale: dict[str, Any]) -> dict[str, Any]:
-        """Validate, number, chain, sign and commit one sale. Returns only after the commit is durable."""
+    def issue(self, sale: dict[str, Any], request_id: str | None = None) -> dict[str, Any]:
+        """Validate, number, chain, sign and commit one sale. Returns only after the commit is durable.
+
+        `request_id` is the POS's own ID for the sale (docs/link.md section 6): the same ID with the same sale
+        again returns the receipt already issued, marked repeated; with another sale it is refused."""
         self._ensure_provisioned()
+        request = None
+        if request_id is not None:
+            request = (request_id, _sale_digest(request_id, sale))
+            done = self.journal.request(request_id)
+            if done is not None:
+                return self._repeated(request, *done)
         self._ensure_sound()
         if not isinstance(sale, dict):
             raise _refuse("RCPT02", "A sale must be a JSON object.", "receipt")
@@ -476,6 +502,7 @@ class Box:
                 signature=signature,
                 qr_data=fdms.qr_data(signature_bytes),
                 counters=fdms.update_counters(fdms.new_counters(), receipt),
+                request=request,
             )
 
         head, new = self.journal.commit_receipt(make, now)
@@ -529,7 +556,23 @@ class Box:
             "verification_code": fdms.verification_code(new.qr_data),
             "printed": printed,
             "warnings": warnings,
+            "repeated": False,
         }
+
+    def _repeated(self, request: tuple[str, str], stored_digest: str, global_no: int) -> dict[str, Any]:
+        """The answer `issue` gave for a request ID already used, built from the stored receipt."""
+        if stored_digest != request[1]:
+            raise _refuse(
+                "BOX_LINK_REQUEST_REUSED",
+                f"Request ID {request[0]} was already used for another sale (receipt {global_no}): give this "
+                "sale a new request ID; nothing was issued.",
+                "rid",
+            )
+        stored = self.receipt(global_no)
+        names = ("global_no", "counter", "day_no", "date", "type", "currency", "total", "hash", "signature")
+        answer = {name: stored[name] for name in (*names, "qr_url", "verification_code")}
+        answer.update(printed=stored["prints"]["completed"] > 0, warnings=[], repeated=True)
+        return answer
 
     def _day_warnings(self, opened: str, now: str) -> list[dict[str, Any]]:
         end = localtime.add_hours(opened, self._max_hours())

@@ -29,7 +29,7 @@ import apsw
 from firmware.core import chain
 from firmware.core.errors import FiscalError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Each entry upgrades a journal from the version before it; a journal is never downgraded.
 MIGRATIONS: dict[int, list[str]] = {
@@ -151,6 +151,14 @@ MIGRATIONS: dict[int, list[str]] = {
             close_requested_at TEXT,
             PRIMARY KEY (day_no, sequence))""",
     ],
+    # Exactly once from the POS: the request ID of each sale that came with one, written in the receipt's
+    # own transaction, so a retry after a lost answer finds its receipt across power cuts (docs/link.md 6).
+    4: [
+        """CREATE TABLE requests (
+            request_id TEXT PRIMARY KEY,
+            sale_sha256 TEXT NOT NULL,
+            global_no INTEGER NOT NULL)""",
+    ],
 }
 
 DAY_COLUMNS = (
@@ -211,6 +219,7 @@ class NewReceipt:
     signature: str
     qr_data: str
     counters: dict[CounterKey, int] = field(default_factory=dict)
+    request: tuple[str, str] | None = None  # (request ID, SHA-256 of the sale) when the POS sent an ID
 
 
 @dataclass(frozen=True)
@@ -797,8 +806,17 @@ class Journal:
                 "INSERT INTO outbox (global_no, state, updated) VALUES (?, 'pending', ?)",
                 (head.global_no, at),
             )
+            if new.request is not None:
+                self.db.execute("INSERT INTO requests VALUES (?, ?, ?)", (*new.request, head.global_no))
             self.log(at, "receipt.issued", {"global_no": head.global_no, "hash": new.hash})
         return head, new
+
+    def request(self, request_id: str) -> tuple[str, int] | None:
+        """(SHA-256 of the sale, global number) issued under a POS's request ID, if any."""
+        row = self.db.execute(
+            "SELECT sale_sha256, global_no FROM requests WHERE request_id = ?", (request_id,)
+        ).fetchone()
+        return None if row is None else (str(row[0]), int(row[1]))
 
     def receipt(self, global_no: int) -> dict[str, Any] | None:
         return self._named_row("SELECT * FROM receipts WHERE global_no = ?", (global_no,))
