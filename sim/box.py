@@ -32,9 +32,6 @@ import tty
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from firmware.core.errors import FiscalError
 from hardware import printers
 from sim.printer import VirtualPrinter
@@ -68,7 +65,8 @@ class NullModem:
         self._peer = {box_master: host_master, host_master: box_master}
         self._box_master = box_master
         self._lose = 0  # answers (box to host packets) still to drop
-        self._losing: Any = None  # the decoder watching the answer being dropped
+        self._lose_what: tuple[int | None, int | None] = (None, None)
+        self._losing: Any = None  # the decoder reading the box's packets while answers are lost
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._pump, name="null-modem", daemon=True)
@@ -81,11 +79,12 @@ class NullModem:
         self._fds += [master, slave]
         return master, slave
 
-    def lose_answers(self, count: int = 1) -> None:
-        """Drop the box's next `count` packets to the host, as a cable glitch would: the box did the work,
-        the host never hears about it."""
+    def lose_answers(self, count: int = 1, group: int | None = None, command: int | None = None) -> None:
+        """Lose the box's next `count` answers to the host (only those to `group`/`command` when given), as a
+        cable glitch would: the box did the work, the host never hears of it."""
         with self._lock:
             self._lose += count
+            self._lose_what = (group, command)
 
     def _pump(self) -> None:
         masters = list(self._peer)
@@ -107,18 +106,26 @@ class NullModem:
                     self._send(self._peer[source], data)
 
     def _censor(self, data: bytes) -> bytes:
-        """What of the box's bytes reaches the host while answers are being lost."""
+        """What of the box's bytes reaches the host while answers are being lost: whole packets only, each
+        passed on again unless it is one to lose."""
+        from firmware.core import smp
+
         with self._lock:
             if not self._lose:
                 return data
             if self._losing is None:
-                from firmware.core.smp import Decoder
-
-                self._losing = Decoder()
-            if self._losing.feed(data):
-                self._lose -= 1
+                self._losing = smp.Decoder()
+            passed = b""
+            for frame in self._losing.feed(data):
+                _, _, _, _, group, _, command = smp.parse_header(frame)
+                wanted = self._lose_what
+                if self._lose and wanted[0] in (None, group) and wanted[1] in (None, command):
+                    self._lose -= 1
+                else:
+                    passed += smp.encode(frame)
+            if not self._lose:
                 self._losing = None
-            return b""
+            return passed
 
     @staticmethod
     def _send(fd: int, data: bytes) -> None:
@@ -155,22 +162,12 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def host_key(path: Path) -> bytes:
-    """The ECDSA P-256 host key at `path` (PEM), made there first if it does not exist yet."""
+    """The ECDSA P-256 host key at `path` (PEM, 0600), made there first if it does not exist yet."""
+    from host_tools.link import new_key
+
     if not path.exists():
-        key = ec.generate_private_key(ec.SECP256R1())
-        pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        _write_private(path, pem)
+        new_key(path)
     return path.read_bytes()
-
-
-def public_der(pem: bytes) -> bytes:
-    """The SubjectPublicKeyInfo (DER) of a private key PEM: what `enroll` carries."""
-    key = serialization.load_pem_private_key(pem, password=None)
-    return key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 def _toml(value: Any) -> str:
@@ -286,14 +283,18 @@ class VirtualBox:
     def _make_state_dir(self) -> None:
         existing = next(p for p in (self.state_dir, *self.state_dir.parents) if p.exists())
         if not existing.is_dir():
-            raise FiscalError("SIM_STATE_DIR", f"Cannot keep the virtual box in {self.state_dir}: "
-                              f"{existing} is a file.", "state_dir")
+            raise FiscalError(
+                "SIM_STATE_DIR",
+                f"Cannot keep the virtual box in {self.state_dir}: {existing} is a file.",
+                "state_dir",
+            )
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             self.pages_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise FiscalError(
-                "SIM_STATE_DIR", f"Cannot keep the virtual box in {self.state_dir}: {error.strerror}.",
+                "SIM_STATE_DIR",
+                f"Cannot keep the virtual box in {self.state_dir}: {error.strerror}.",
                 "state_dir",
             ) from None
         if not os.access(self.state_dir, os.W_OK | os.X_OK):
@@ -325,14 +326,11 @@ class VirtualBox:
         sections: dict[str, dict[str, Any]] = {
             "device": {"model_name": "fiscalbox", "model_version": "1.0"},
             "keys": {"store": "file", "directory": where / "keys"},
-            "journal": {
-                "path": where / "journal.db",
-                "anchor": where / "anchor.json",
-                "backup_dir": where / "backups",
-                "retain": 3,
-            },
+            "journal": {"path": where / "journal.db", "anchor": where / "anchor.json"},
+            "box": {"provisioned": where / "provisioned.json"},
             "printer": {"model": self.model.name, "port": self.printer_port.path, "baud": 19200},
-            "link": {"port": self.modem.box_path},
+            "link": {"port": self.modem.box_path, "hosts": where / "hosts.json"},
+            "backup": {"at": "", "dir": where / "backups", "retain": 3},
         }
         text = "# The virtual box's configuration, written by fiscalbox-sim box at each start.\n"
         for name, values in sections.items():
@@ -352,10 +350,13 @@ class VirtualBox:
             return None
         said = [line for line in self.log_path.read_text(errors="replace").splitlines() if line.strip()]
         last = said[-1] if said else "nothing"
-        return FiscalError("SIM_BOX_SERVICE", f"The box's service stopped (exit {code}); it said: {last[:300]}")
+        return FiscalError(
+            "SIM_BOX_SERVICE", f"The box's service stopped (exit {code}); it said: {last[:300]}"
+        )
 
     def _wait_ready(self) -> None:
-        """Until the service answers a nonce request on its link (it does once its boot check is done)."""
+        """Until the service answers on its link (it does once its boot check is done). Any answer will do,
+        a refusal of a key not enrolled yet too: only silence means it is not there yet."""
         from host_tools.link import BoxClient
 
         deadline = time.monotonic() + READY_SECONDS
@@ -365,14 +366,18 @@ class VirtualBox:
             if stopped is not None:
                 raise stopped
             try:
-                with contextlib.closing(BoxClient(self.port, self.key_pem("operator"), timeout=0.5)) as probe:
-                    probe.call(64, 0, {})
+                with BoxClient(self.port, self.key_pem("operator"), timeout=0.5, retries=0) as probe:
+                    probe.status()
                 return
             except FiscalError as error:
+                if error.code not in ("BOX_LINK_TIMEOUT", "BOX_LINK_PORT"):
+                    return
                 last = error
-                time.sleep(0.1)
-        raise FiscalError("SIM_BOX_SERVICE", f"The box's service did not answer on its link in "
-                          f"{READY_SECONDS:.0f} s ({last}); see {self.log_path}.")
+        raise FiscalError(
+            "SIM_BOX_SERVICE",
+            f"The box's service did not answer on its link in "
+            f"{READY_SECONDS:.0f} s ({last}); see {self.log_path}.",
+        )
 
     def _set_up(self) -> None:
         """The operator's first steps, each once (recorded in vbox.json)."""
@@ -383,27 +388,26 @@ class VirtualBox:
         serial = self.serial or (known.serial if known is not None else None)
         if not serial:
             raise FiscalError("SIM_ARGUMENT", f"Give --serial: the scenario has no device {self.device_id}.")
-        with contextlib.closing(self.client("operator")) as operator:
+        with self.client("operator") as operator:
             if not self.progress.get("operator_enrolled"):
-                operator.call(65, 0, {"public_key": public_der(self.key_pem("operator")), "role": "operator",
-                                      "label": "virtual box operator"})
+                operator.enroll_self("operator", "virtual box operator")  # the first operator key
                 self._record(operator_enrolled=True)
             if not self.progress.get("pos_enrolled"):
-                operator.call(65, 0, {"public_key": public_der(self.key_pem("pos")), "role": "pos",
-                                      "label": "virtual box POS"})
+                operator.enroll(self.key_pem("pos"), "pos", "virtual box POS")
                 self._record(pos_enrolled=True)
             if not self.progress.get("provisioned"):
                 assert self.fdms_url is not None
-                values = {
-                    "device_id": self.device_id,
-                    "serial": serial,
-                    "model_name": "fiscalbox",
-                    "model_version": "1.0",
-                    "fdms_url": self.fdms_url,
-                    "fdms_ca": self.fdms_ca.read_text() if self.fdms_ca else "",
-                    "currencies": ["USD", "ZWG"],
-                }
-                operator.call(64, 12, {"values": values})
+                operator.provision(
+                    {
+                        "device_id": self.device_id,
+                        "serial": serial,
+                        "model_name": "fiscalbox",
+                        "model_version": "1.0",
+                        "fdms_url": self.fdms_url,
+                        "fdms_ca": self.fdms_ca.read_text() if self.fdms_ca else "",
+                        "currencies": ["USD", "ZWG"],
+                    }
+                )
                 self._record(provisioned=True, device_id=self.device_id, serial=serial)
             if not self.progress.get("registered"):
                 key = self.activation_key or self.environ.get("FISCALBOX_ACTIVATION_KEY")
@@ -411,13 +415,14 @@ class VirtualBox:
                     key = known.activation_key
                 if not key:
                     raise FiscalError(
-                        "SIM_ARGUMENT", "Set FISCALBOX_ACTIVATION_KEY to the activation key FDMS gave.")
-                operator.call(64, 16, {"activation_key": key}, request_id=f"vbox-register-{self.device_id}")
+                        "SIM_ARGUMENT", "Set FISCALBOX_ACTIVATION_KEY to the activation key FDMS gave."
+                    )
+                operator.register(key)
                 self._record(registered=True)
 
     def status(self) -> Any:
-        with contextlib.closing(self.client("operator")) as operator:
-            return operator.call(64, 1, {})
+        with self.client("operator") as operator:
+            return operator.status()
 
     def facts(self) -> dict[str, Any]:
         """What `fiscalbox-sim box` prints on start: where everything is."""
@@ -425,8 +430,11 @@ class VirtualBox:
         facts: dict[str, Any] = {
             "port": self.port,
             "keys": {role: str(path) for role, path in self.keys.items()},
-            "fdms": {"url": self.fdms_url, "ca": str(self.fdms_ca) if self.fdms_ca else None,
-                     "simulator": self.sim is not None},
+            "fdms": {
+                "url": self.fdms_url,
+                "ca": str(self.fdms_ca) if self.fdms_ca else None,
+                "simulator": self.sim is not None,
+            },
             "state_dir": str(self.state_dir),
             "printer": {"model": self.model.name, "port": self.printer_port.path, "out": str(self.pages_dir)},
             "log": str(self.log_path),

@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from sim.box import VirtualBox, host_key, public_der
+from host_tools.link import new_key
+from sim.box import VirtualBox
 
 
 @dataclass
@@ -42,8 +43,10 @@ class Target:
             self.clients[role] = BoxClient(self.port, self.keys[role].read_bytes(), timeout=30)
         return self.clients[role]
 
-    def fiscalbox(self, *args: str, role: str = "operator", check: bool = True) -> subprocess.CompletedProcess[str]:
-        """The host tool as a person runs it (`fiscalbox --port P --key K ARGS`); the line is free meanwhile."""
+    def fiscalbox(
+        self, *args: str, role: str = "operator", check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """The host tool as a person runs it (`fiscalbox --port P --key K ARGS`); the line is its own."""
         self.close_clients()
         command = [sys.executable, "-m", "host_tools.cli", "--port", self.port, "--key", str(self.keys[role])]
         result = subprocess.run([*command, *args], capture_output=True, text=True, timeout=120, check=False)
@@ -67,7 +70,10 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     operator = os.environ.get("FISCALBOX_HIL_KEY")
     if port or operator or os.environ.get("FISCALBOX_HIL_REAL"):
         if not (port and operator):
-            pytest.exit("the HIL lane needs FISCALBOX_HIL_PORT and FISCALBOX_HIL_KEY both (see tests/hil/README.md)", 2)
+            pytest.exit(
+                "the HIL lane needs FISCALBOX_HIL_PORT and FISCALBOX_HIL_KEY both (see tests/hil/README.md)",
+                2,
+            )
         yield from _real_box(port, Path(operator), tmp_path_factory.mktemp("hil"))
         return
     with VirtualBox(tmp_path_factory.mktemp("vbox")) as virtual:
@@ -77,7 +83,7 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
 
 
 def _labgrid_port(env_file: str | None) -> str | None:
-    """The RawSerialPort (or NetworkSerialPort, as an RFC 2217 URL) of a labgrid environment's first target."""
+    """The RawSerialPort (or NetworkSerialPort, as an RFC 2217 URL) of a labgrid environment's target."""
     if not env_file:
         return None
     import yaml
@@ -98,14 +104,11 @@ def _real_box(port: str, operator: Path, scratch: Path) -> Iterator[Target]:
         keys["pos"] = Path(given)
     else:  # a POS key for this session only
         keys["pos"] = scratch / "pos.pem"
-        host_key(keys["pos"])
+        new_key(keys["pos"])
     target = Target(port, keys)
     if not given:
-        made = target.client("operator").call(
-            65, 0, {"public_key": public_der(keys["pos"].read_bytes()), "role": "pos", "label": "HIL session"}
-        )
+        made = target.client("operator").enroll(keys["pos"].read_bytes(), "pos", "HIL session")
     yield target
     if made is not None:
-        target.client("operator").call(65, 2, {"kid": made["kid"] if isinstance(made["kid"], bytes)
-                                                else bytes.fromhex(made["kid"])})
+        target.client("operator").revoke(made["kid"])
     target.close_clients()

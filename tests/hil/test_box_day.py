@@ -37,7 +37,10 @@ def invoice(no: str, currency: str = "USD", **extra: Any) -> dict[str, Any]:
         "receiptCurrency": currency,
         "invoiceNo": no,
         "receiptLinesTaxInclusive": True,
-        "receiptLines": [line("Bread 700g", "1.15", "2", 517, "19059000"), line("Milk 1l", "1.20", "1", 2, "04011000")],
+        "receiptLines": [
+            line("Bread 700g", "1.15", "2", 517, "19059000"),
+            line("Milk 1l", "1.20", "1", 2, "04011000"),
+        ],
         "receiptPayments": [{"moneyTypeCode": "Cash", "paymentAmount": "3.50"}],
     }
     sale.update(extra)
@@ -109,7 +112,10 @@ def test_sales_of_several_kinds_are_issued_in_sequence_and_printed(box: Target, 
             "ZWG",
             receiptLinesTaxInclusive=False,
             buyerData={"buyerRegisterName": "Kopje Hardware (Pvt) Ltd", "buyerTIN": "2000123456"},
-            receiptLines=[line("Cement 50kg", "245.00", "1", 517, "25232900"), line("Books", "6.00", "1", 1, "48202000")],
+            receiptLines=[
+                line("Cement 50kg", "245.00", "1", 517, "25232900"),
+                line("Books", "6.00", "1", 1, "48202000"),
+            ],
             receiptPayments=[{"moneyTypeCode": "Card", "paymentAmount": "288.98"}],
         )
     )
@@ -158,7 +164,9 @@ def test_a_pos_key_may_not_ask_an_operator_command(box: Target, day: dict[str, A
         pos.close_day()
     assert refused.value.code == "BOX_LINK_ROLE"
     assert pos.status()["day"]["status"] == OPENED
-    result = box.fiscalbox("day", "close", role="pos", check=False)  # the host tool says the same, in one line
+    result = box.fiscalbox(
+        "day", "close", role="pos", check=False
+    )  # the host tool says the same, in one line
     assert result.returncode != 0 and "BOX_LINK_ROLE" in result.stderr
     assert "Traceback" not in result.stderr
 
