@@ -155,7 +155,7 @@ def serve_box(args: argparse.Namespace) -> int:
     from sim.box import VirtualBox
 
     if args.fdms_ca and not args.fdms_url:
-        return fail(FiscalError("SIM_ARGUMENT", "--fdms-ca goes with --fdms-url (the simulator has its own)."))
+        return fail(FiscalError("SIM_ARGUMENT", "--fdms-ca goes with --fdms-url."))
     if args.fdms_url and not args.fdms_url.startswith("https://"):
         return fail(FiscalError("SIM_ARGUMENT", f"--fdms-url must be an https:// URL, not {args.fdms_url}."))
     stop = threading.Event()
