@@ -7,6 +7,7 @@ environment variables that hold them (the key passphrase, the token PIN).
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -31,10 +32,14 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "journal": {
         "path": "/var/lib/fiscalbox/journal.db",
         "anchor": "/var/lib/fiscalbox/anchor.json",
-        "backup_dir": "/var/lib/fiscalbox/backups",
-        "retain": 7,
     },
-    "box": {"zone": "Africa/Harare", "day_warn_minutes": 60},
+    # provisioned: the identity an operator sent over the link (docs/link.md section 6), overlaid on
+    # [device] and [fdms]; the CA PEM it carries lives beside it (provisioned_ca_path)
+    "box": {
+        "zone": "Africa/Harare",
+        "day_warn_minutes": 60,
+        "provisioned": "/var/lib/fiscalbox/provisioned.json",
+    },
     # model "" means no printer; models are hardware.printers.PROFILES (serial or USB-serial ports)
     "printer": {"model": "", "port": "/dev/ttyUSB0", "baud": 19200, "adafruit_firmware": "2.68"},
     # url "" means no FDMS connection (the box issues and queues; delivery waits)
@@ -46,15 +51,32 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "renew_days_before": 30,
         "timeout_seconds": 30,
     },
+    # the service's USB link (docs/link.md); port "" means none (the service runs without a link)
+    "link": {"port": "/dev/ttyGS0", "baud": 115200, "hosts": "/var/lib/fiscalbox/hosts.json"},
+    # the service's daily backup at local time `at` ("HH:MM"; "" means none), into `dir`, keeping `retain`
+    "backup": {"at": "03:00", "dir": "/var/lib/fiscalbox/backups", "retain": 7},
+}
+# Keys that moved: an old configuration naming them is told where they went.
+MOVED = {"journal.backup_dir": ("backup", "dir"), "journal.retain": ("backup", "retain")}
+# The identity `provision` writes: each field and the setting it stands for.
+IDENTITY = {
+    "device_id": ("device", "id"),
+    "serial": ("device", "serial"),
+    "model_name": ("device", "model_name"),
+    "model_version": ("device", "model_version"),
+    "fdms_url": ("fdms", "url"),
+    "fdms_ca": ("fdms", "ca_file"),
+    "currencies": ("fdms", "currencies"),
 }
 
 # Settings where "" means none (no serial yet, no printer, no FDMS connection, the system's CAs); any other
 # setting left empty (an empty FISCALBOX_* variable) would name the current folder or nothing at all.
-MAY_BE_EMPTY = {"device.serial", "printer.model", "fdms.url", "fdms.ca_file"}
+MAY_BE_EMPTY = {"device.serial", "printer.model", "fdms.url", "fdms.ca_file", "link.port", "backup.at"}
 # The whole numbers each numeric setting may take: beyond them a value names nothing the box can use.
 RANGES: dict[str, tuple[int, int]] = {
     "device.id": (0, 9_999_999_999),  # FDMS device IDs have at most 10 digits (certificate name, QR code)
-    "journal.retain": (1, 100_000),
+    "backup.retain": (1, 100_000),
+    "link.baud": (1, 4_000_000),
     "box.day_warn_minutes": (0, 48 * 60),
     "printer.baud": (1, 4_000_000),
     "fdms.renew_days_before": (0, 3650),
@@ -72,6 +94,8 @@ class Config:
     box: dict[str, Any]
     printer: dict[str, Any]
     fdms: dict[str, Any]
+    link: dict[str, Any]
+    backup: dict[str, Any]
 
     def secret(self, section: str, env_key: str, environ: Mapping[str, str]) -> str:
         """The secret held in the environment variable the config names; refused clearly when absent."""
@@ -130,12 +154,21 @@ def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None 
                 )
             for key, value in values.items():
                 where = f"{section}.{key}"
+                if where in MOVED:
+                    raise FiscalError(
+                        "BOX_CONFIG",
+                        "{} has moved: write it as [{}] {} instead.".format(where, *MOVED[where]),
+                        where,
+                    )
                 if key not in merged[section]:
                     raise FiscalError("BOX_CONFIG", f"Unknown configuration key {where}.", where)
                 if type(value) is not type(DEFAULTS[section][key]):
                     kind = type(DEFAULTS[section][key]).__name__
                     raise FiscalError("BOX_CONFIG", f"{where} must be of type {kind}.", where)
                 merged[section][key] = value
+    provisioned = environ.get("FISCALBOX_BOX_PROVISIONED", merged["box"]["provisioned"])
+    for (section, key), value in _identity_settings(read_identity(provisioned), provisioned).items():
+        merged[section][key] = value
     for section, values in merged.items():
         for key in values:
             name = f"FISCALBOX_{section.upper()}_{key.upper()}"
@@ -144,7 +177,70 @@ def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None 
     _check_override_names(environ)
     _check_values(merged)
     _check_zone(merged["box"]["zone"])
+    _check_time(merged["backup"]["at"])
     return Config(**merged)
+
+
+def provisioned_ca_path(provisioned: str | os.PathLike[str]) -> Path:
+    """Where the FDMS CA certificates a provisioning sent are kept: beside the identity file."""
+    path = Path(provisioned)
+    return path.with_name(path.stem + "-fdms-ca.pem")
+
+
+def read_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The provisioned identity ({} when the box was never provisioned over the link)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as error:
+        raise FiscalError(
+            "BOX_CONFIG", f"Cannot read the provisioned identity {path}: {error.strerror}.", "box.provisioned"
+        ) from None
+    try:
+        identity = json.loads(text)
+    except ValueError:
+        identity = None
+    if not isinstance(identity, dict) or not set(identity) <= set(IDENTITY):
+        raise FiscalError(
+            "BOX_CONFIG",
+            f"The provisioned identity {path} is damaged: provision the box again.",
+            "box.provisioned",
+        )
+    return identity
+
+
+def _identity_settings(identity: dict[str, Any], path: str) -> dict[tuple[str, str], Any]:
+    """The settings a provisioned identity stands for (the CA as the file holding it, or "")."""
+    settings: dict[tuple[str, str], Any] = {}
+    for name, value in identity.items():
+        if name == "currencies" and isinstance(value, list) and all(isinstance(c, str) for c in value):
+            value = ",".join(value)
+        section, key = IDENTITY[name]
+        if type(value) is not type(DEFAULTS[section][key]):
+            raise FiscalError(
+                "BOX_CONFIG",
+                f"The provisioned identity {path} is damaged ({name}): provision the box again.",
+                "box.provisioned",
+            )
+        settings[section, key] = value
+    return settings
+
+
+def _check_time(at: str) -> None:
+    """A daily local time HH:MM, or "" for none."""
+    hours, _, minutes = at.partition(":")
+    if at and not (
+        len(hours) == 2 == len(minutes)
+        and (hours + minutes).isdigit()
+        and int(hours) < 24
+        and int(minutes) < 60
+    ):
+        raise FiscalError(
+            "BOX_CONFIG",
+            f"backup.at {at!r} must be a local time HH:MM (such as 03:00), or empty.",
+            "backup.at",
+        )
 
 
 def _check_override_names(environ: Mapping[str, str]) -> None:
@@ -153,6 +249,15 @@ def _check_override_names(environ: Mapping[str, str]) -> None:
     for name in environ:
         for section, keys in DEFAULTS.items():
             prefix = f"FISCALBOX_{section.upper()}_"
+            where = f"{section}.{name[len(prefix) :].lower()}"
+            if name.startswith(prefix) and where in MOVED:
+                raise FiscalError(
+                    "BOX_CONFIG",
+                    "{} has moved: set FISCALBOX_{}_{} instead.".format(
+                        name, *(n.upper() for n in MOVED[where])
+                    ),
+                    where,
+                )
             if name.startswith(prefix) and name[len(prefix) :].lower() not in keys:
                 known = ", ".join(prefix + key.upper() for key in keys)
                 raise FiscalError(

@@ -13,30 +13,29 @@ import os
 import signal
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
-import serial
-from cryptography import x509
 
 from firmware import config as configuration
-from firmware import verify
-from firmware.backup import Anchor, missing_journal, restore
+from firmware import service
+from firmware.backup import Anchor, restore
 from firmware.box import Box
 from firmware.core import fdms
 from firmware.core.errors import FiscalError
 from firmware.delivery import Delivery
-from firmware.fdms_client import FdmsClient
-from firmware.journal import CLOSED, OPENED, Journal
-from hardware import ECDSA_P256, RSA_2048, KeyStore, Printer, printers
-from hardware.keystores import FileKeyStore, Pkcs11KeyStore, PublicKeys
+from firmware.journal import OPENED, Journal
+from firmware.service import (  # the box's parts, built once for the service and the one-shot commands
+    SystemClock,
+    build_key_store,
+    open_journal,
+    public_key_store,
+)
 from hardware.signatures import load_public_key
 
-ALGORITHM_NAMES = {"ecdsa": ECDSA_P256, "rsa": RSA_2048}
 T = TypeVar("T")
 LARGEST = (1 << 63) - 1  # receipt and day numbers as the journal stores them (SQLite integers)
 
@@ -77,30 +76,6 @@ class _Seconds(click.ParamType):
 RECEIPT_NO = _Whole(1, LARGEST, "receipt numbers are whole numbers from 1 (`status` shows the last one).")
 DAY_NO = _Whole(1, LARGEST, "fiscal day numbers are whole numbers from 1 (`status` shows the current day).")
 COUNT = _Whole(1, 100_000, "give a whole number from 1 to 100000.")
-
-
-def build_key_store(cfg: configuration.Config, environ: Mapping[str, str]) -> KeyStore:
-    """The key store the configuration names, opened (a token store logs in once and stays open)."""
-    keys = cfg.keys
-    if keys["store"] == "file":
-        passphrase = cfg.secret("keys", "passphrase_env", environ).encode()
-        return FileKeyStore(keys["directory"], passphrase, keys["passphrase_env"])
-    if keys["store"] == "pkcs11":
-        return Pkcs11KeyStore(
-            keys["pkcs11_module"],
-            keys["token_label"],
-            cfg.secret("keys", "pin_env", environ),
-            keys["key_label"],
-            keys["pin_env"],
-        )
-    raise FiscalError("BOX_CONFIG", "keys.store must be 'file' or 'pkcs11'.", "keys.store")
-
-
-def _common_name(cfg: configuration.Config) -> str:
-    device = cfg.device
-    if not device["serial"] or device["id"] <= 0:
-        raise FiscalError("BOX_CONFIG", "Set device.id and device.serial before asking for a certificate.")
-    return fdms.csr_common_name(device["serial"], device["id"])
 
 
 def _fail(error: FiscalError) -> NoReturn:
@@ -160,25 +135,22 @@ def key() -> None:
     """The device key: made in the key store, never leaves it."""
 
 
-class SystemClock:
-    """The box's real-time clock."""
-
-    def now(self) -> float:
-        return time.time()
-
-
 def _with_store(cfg: configuration.Config, action: Callable[[Any], T], public_only: bool = False) -> T:
     """Open the configured key store (`public_only`: its public half, no passphrase), run `action`, close
     it; a refusal becomes one line and exit 2."""
     try:
-        with closing(public_key_store(cfg) if public_only else build_key_store(cfg, os.environ)) as store:
-            return action(store)
+        with service.one_shot(cfg):
+            opened = public_key_store(cfg, os.environ) if public_only else build_key_store(cfg, os.environ)
+            with closing(opened) as store:
+                return action(store)
     except FiscalError as error:
         _fail(error)
 
 
 @key.command("generate")
-@click.option("--algorithm", type=click.Choice(sorted(ALGORITHM_NAMES)), default="ecdsa", show_default=True)
+@click.option(
+    "--algorithm", type=click.Choice(sorted(service.ALGORITHM_NAMES)), default="ecdsa", show_default=True
+)
 @click.option(
     "--replace", is_flag=True, help="Replace the key of a box not yet registered (its certificate goes too)."
 )
@@ -187,26 +159,11 @@ def key_generate(cfg: configuration.Config, algorithm: str, replace: bool) -> No
     """Make the device key pair inside the key store; prints its public key."""
 
     try:
-        registered = replace and (
-            Path(cfg.journal["path"]).exists() or Anchor(cfg.journal["anchor"]).read()["device_id"]
-        )
-    except FiscalError:
-        registered = True  # an anchor that cannot be read may well name a device: keep its key
-    if registered:
-        _fail(
-            FiscalError(
-                "BOX_KEY_IN_USE",
-                "This box's journal is signed with its key: replacing the key would leave its receipts and "
-                "checkpoints unverifiable. Nothing was changed; a registered box gets a new key by "
-                "certificate renewal (delivery renews before the certificate expires).",
-            )
-        )
-
-    def generate(store: KeyStore) -> bytes:
-        store.generate(ALGORITHM_NAMES[algorithm], replace=replace)
-        return store.public_key_pem()
-
-    click.echo(_with_store(cfg, generate).decode(), nl=False)
+        service.check_key_replacement(cfg, replace)
+    except FiscalError as error:
+        _fail(error)
+    pem = _with_store(cfg, lambda store: service.generate_key(cfg, store, algorithm, replace))
+    click.echo(pem.decode(), nl=False)
 
 
 @key.command("csr")
@@ -214,7 +171,7 @@ def key_generate(cfg: configuration.Config, algorithm: str, replace: bool) -> No
 def key_csr(cfg: configuration.Config) -> None:
     """Print the certificate request FDMS expects: CN=ZIMRA-<serial>-<device ID, 10 digits>, nothing else."""
     try:
-        name = _common_name(cfg)
+        name = service.common_name(cfg)
     except FiscalError as error:
         _fail(error)
     click.echo(_with_store(cfg, lambda store: store.certificate_request(name)).decode(), nl=False)
@@ -229,27 +186,13 @@ def key_install_cert(cfg: configuration.Config, file: str) -> None:
     click.echo("certificate installed")
 
 
-def _describe(store: KeyStore, kind: str) -> dict[str, Any]:
-    info: dict[str, Any] = {"store": kind, "algorithm": store.algorithm}
-    if store.algorithm is not None:
-        info["public_key"] = store.public_key_pem().decode()
-    pem = store.certificate_pem()
-    if pem:
-        cert = x509.load_pem_x509_certificate(pem)
-        info["certificate"] = {
-            "subject": cert.subject.rfc4514_string(),
-            "valid_till": cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
-    return info
-
-
 @key.command("show")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
 @click.pass_obj
 def key_show(cfg: configuration.Config, as_json: bool) -> None:
     """The key's algorithm and public key, and the certificate's subject and validity when there is one.
     Reads only the public half: no passphrase needed."""
-    info = _with_store(cfg, lambda store: _describe(store, cfg.keys["store"]), public_only=True)
+    info = _with_store(cfg, lambda store: service.describe_keys(store, cfg.keys["store"]), public_only=True)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -271,85 +214,6 @@ def _emit(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
     click.echo(json.dumps(data, indent=2) if as_json else text(data))
 
 
-def build_printer(cfg: configuration.Config) -> Printer | None:
-    """The configured printer on its serial port, or None when the box has none."""
-    settings = cfg.printer
-    if not settings["model"]:
-        return None
-    model = printers.profile(settings["model"])  # refuses an unknown model before the port is opened
-    try:
-        port = serial.Serial(settings["port"], settings["baud"], timeout=1, write_timeout=10)
-    except serial.SerialException as error:
-        raise FiscalError(
-            "BOX_PRINTER_OFFLINE", f"Cannot open the printer port {settings['port']}: {error}."
-        ) from None
-    options = {"firmware": settings["adafruit_firmware"]} if model.escpos_profile is None else {}
-    return printers.open_printer(model.name, port, **options)
-
-
-def build_fdms_client(cfg: configuration.Config, store: KeyStore) -> FdmsClient | None:
-    """The FDMS client for the configured URL, with the key store's certificate once there is one."""
-    settings = cfg.fdms
-    if not settings["url"]:
-        return None
-    client = FdmsClient(
-        settings["url"],
-        cfg.device["id"],
-        cfg.device["model_name"],
-        cfg.device["model_version"],
-        ca_file=settings["ca_file"] or None,
-        timeout=float(settings["timeout_seconds"]),
-    )
-    material = getattr(store, "tls_key_material", None)
-    if material is not None and store.algorithm is not None and store.certificate_pem() is not None:
-        client.use_certificate(material())
-    return client
-
-
-def open_journal(cfg: configuration.Config, read_only: bool, create: bool = False) -> Journal:
-    """The configured journal. A missing one is created only by the box's first provisioning (`create`),
-    and never where the anchor shows that this box has issued receipts before: then it must be restored."""
-    path = Path(cfg.journal["path"])
-    if not path.exists():
-        refusal = missing_journal(path, Anchor(cfg.journal["anchor"]))
-        if not create or refusal.code == "BOX_JOURNAL_MISSING":
-            raise refusal
-    return Journal(path, read_only=read_only, create=create)
-
-
-def public_key_store(cfg: configuration.Config) -> KeyStore | PublicKeys:
-    """What a command that only reads needs of the key store: the public key, without the passphrase. A
-    token still needs its PIN to be opened at all."""
-    if cfg.keys["store"] == "file":
-        public = FileKeyStore.public_only(cfg.keys["directory"])
-        if public.algorithm is not None or not os.environ.get(cfg.keys["passphrase_env"]):
-            return public
-    return build_key_store(cfg, os.environ)  # a token, or a key store older than its public file
-
-
-def _readable_settings(journal: Journal) -> dict[str, Any]:
-    try:
-        return journal.settings()
-    except FiscalError:
-        return {}
-
-
-def _check_identity(cfg: configuration.Config, journal: Journal) -> None:
-    """The configuration must name the device the journal is: with another [device] id, the box would talk
-    to FDMS as a device whose receipts it does not hold. (Settings the journal cannot give back are the
-    box's own finding, reported by its start-up check.)"""
-    identity = _readable_settings(journal)
-    for key, name in (("id", "device_id"), ("serial", "serial")):
-        said, held = cfg.device[key], identity.get(name)
-        if said and held is not None and said != held:
-            raise FiscalError(
-                "BOX_CONFIG",
-                f"The configuration says [device] {key} = {said!r}, but this box's journal belongs to {key} "
-                f"{held!r}: fix [device] {key} (or FISCALBOX_DEVICE_{key.upper()}). Nothing was done.",
-                f"device.{key}",
-            )
-
-
 def _with_box(
     cfg: configuration.Config,
     action: Callable[[Box], T],
@@ -361,34 +225,15 @@ def _with_box(
     exit 2. A box opened `read_only` writes nothing at all: not its boot check, not a checkpoint."""
 
     def run(store: Any) -> T:
-        # bad FDMS settings are refused before the journal is opened (or made, by `register`)
-        client = None if read_only else build_fdms_client(cfg, store)
         made = create and not Path(cfg.journal["path"]).exists()
-        journal = open_journal(cfg, read_only, create)
+        box = service.open_box(cfg, store, read_only=read_only, create=create, printing=printing)
         try:
-            if not create:  # before the box opens on it (a writer's boot check is recorded)
-                _check_identity(cfg, journal)
-            box = Box(
-                journal,
-                store,
-                SystemClock(),
-                zone=cfg.box["zone"],
-                day_warn_minutes=cfg.box["day_warn_minutes"],
-                anchor=Anchor(cfg.journal["anchor"]),
-                printer=build_printer(cfg) if printing else None,
-                fdms_client=client,
-            )
             return action(box)
         except BaseException:
-            if made and "device_id" not in _readable_settings(journal):
-                # a first registration that failed before FDMS gave the box its settings leaves no journal
-                # behind (the lock file stays: removing it could let two writers hold different ones)
-                journal.close()
-                for suffix in ("", "-wal", "-shm"):
-                    Path(str(journal.path) + suffix).unlink(missing_ok=True)
+            service.close_journal(box.journal, made)
             raise
         finally:
-            journal.close()
+            box.journal.close()
 
     return _with_store(cfg, run, public_only=read_only)
 
@@ -505,15 +350,9 @@ def audit_command(
     except FiscalError as error:
         _fail(error)
     try:
-        anchor = Anchor(cfg.journal["anchor"])
-        marked = anchor.read() if journal_path is None else None  # before the snapshot: see problems()
-        with journal.reading():
-            device_id = journal.settings().get("device_id", 0)
-            report = verify.full_audit(journal, public_key, device_id, _progress_printer(as_json))
-            if journal_path is None:  # the box's own journal: is it the one the box wrote?
-                anchored = anchor.problems(journal, marked)
-                report["problems"][:0] = anchored
-                report["clean"] = report["clean"] and not anchored
+        anchor = Anchor(cfg.journal["anchor"]) if journal_path is None else None
+        with service.one_shot(cfg):
+            report = service.audit_report(journal, public_key, anchor, _progress_printer(as_json))
     except FiscalError as error:
         _fail(error)
     finally:
@@ -547,20 +386,18 @@ def audit_command(
     "--retain",
     type=COUNT,
     default=None,
-    help="Keep only the newest N backups (default: journal.retain).",
+    help="Keep only the newest N backups (default: backup.retain).",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
 @click.pass_obj
 def backup_command(cfg: configuration.Config, dest: str | None, retain: int | None, as_json: bool) -> None:
-    """Copy the journal online into DEST (default: journal.backup_dir) with a signed manifest."""
+    """Copy the journal online into DEST (default: backup.dir) with a signed manifest."""
     if dest is not None and not dest.strip():
         _fail(
-            FiscalError(
-                "BOX_USAGE", "DEST is empty: give the backup folder, or leave it out for journal.backup_dir."
-            )
+            FiscalError("BOX_USAGE", "DEST is empty: give the backup folder, or leave it out for backup.dir.")
         )
-    target = dest or cfg.journal["backup_dir"]
-    keep = retain if retain is not None else cfg.journal["retain"]
+    target = dest or cfg.backup["dir"]
+    keep = retain if retain is not None else cfg.backup["retain"]
     result = _with_box(cfg, lambda box: box.backup(target, keep))
     _emit(
         result,
@@ -597,15 +434,7 @@ def export_command(cfg: configuration.Config, first: int, last: int, out: str, a
     if not out.strip():
         _fail(FiscalError("BOX_USAGE", "OUT is empty: give the file to write the export to."))
 
-    def run(box: Box) -> dict[str, Any]:
-        try:
-            return box.export_journal(first, last, out)
-        except OSError as error:  # the file is written before the export is logged: nothing changed
-            raise FiscalError(
-                "BOX_FILE", f"Cannot write the export {out}: {error.strerror}.", "out"
-            ) from None
-
-    result = _with_box(cfg, run)
+    result = _with_box(cfg, lambda box: service.export_to(box, first, last, out))
     _emit(result, as_json, lambda r: f"exported receipts {r['first']}..{r['last']} to {r['file']}")
 
 
@@ -673,7 +502,7 @@ def report_command(cfg: configuration.Config, day_no: int | None, to_printer: bo
 
     def figures(box: Box) -> tuple[dict[str, Any] | None, str]:
         if day_no is None:
-            report: dict[str, Any] | None = box.x_report()
+            report: dict[str, Any] | None = service.x_report(box)
         else:
             report = box.z_report(day_no) if as_json else None
         return report, box.report_document(day_no).plain()
@@ -682,15 +511,6 @@ def report_command(cfg: configuration.Config, day_no: int | None, to_printer: bo
     if report is None:
         click.echo(document, nl=False)
         return
-    if day_no is None and report["status"] == CLOSED:
-        report["note"] = (
-            f"No fiscal day is open: this is the Z report of the last day, day {report['day_no']}."
-        )
-    elif day_no is None and report["status"] != OPENED:
-        report["note"] = (
-            f"No fiscal day is open: this is the report of the last day, day {report['day_no']}, whose close "
-            f"is not confirmed yet ({report['status']}): an X report until FDMS closes it."
-        )
     if as_json:
         _emit(report, True, str)
         return
@@ -751,28 +571,7 @@ def register(cfg: configuration.Config, as_json: bool) -> None:
     The activation key comes from the environment variable [fdms] activation_key_env names."""
 
     def run(box: Box) -> dict[str, Any]:
-        key = cfg.secret("fdms", "activation_key_env", os.environ)
-        currencies = [c.strip() for c in cfg.fdms["currencies"].split(",") if c.strip()]
-        try:
-            result = box.register(cfg.device["id"], cfg.device["serial"], key, currencies)
-        except FiscalError as error:
-            if error.code in ("BOX_FDMS_UNAVAILABLE", "BOX_FDMS_BUSY"):  # registration is not retried for you
-                reason = error.message.replace("; the box will try again later.", ".")
-                done = (
-                    "FDMS registered the device and its certificate is installed, but the box has not yet "
-                    "got its configuration"
-                    if box.keys.certificate_pem() is not None
-                    else "Nothing was registered"
-                )
-                raise FiscalError(
-                    error.code, f"{reason} {done}: run register again once FDMS answers."
-                ) from None
-            raise
-        return {
-            "taxpayer": result["taxpayer"].get("taxPayerName"),
-            "settings": result["config"],
-            "warnings": result["warnings"],
-        }
+        return service.register_box(box, cfg, cfg.secret("fdms", "activation_key_env", os.environ))
 
     try:
         result = _with_box(cfg, run, create=True)

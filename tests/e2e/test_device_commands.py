@@ -36,8 +36,8 @@ def box_config(tmp_path: Path, sim: FdmsSimulator, device_id: int) -> str:
     path.write_text(
         f'[device]\nid = {device_id}\nserial = "{device.serial}"\n\n'
         f'[keys]\ndirectory = "{where / "keys"}"\n\n'
-        f'[journal]\npath = "{where / "journal.db"}"\nanchor = "{where / "anchor.json"}"\n'
-        f'backup_dir = "{where / "backups"}"\n\n'
+        f'[journal]\npath = "{where / "journal.db"}"\nanchor = "{where / "anchor.json"}"\n\n'
+        f'[backup]\ndir = "{where / "backups"}"\n\n'
         f'[fdms]\nurl = "{sim.url}"\nca_file = "{sim.ca_cert_path}"\n'
     )
     return str(path)

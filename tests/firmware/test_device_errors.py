@@ -35,8 +35,8 @@ def config(root: Path, extra: str = "", keys: Path | None = None, journal: Path 
     path.write_text(
         f'[device]\nid = 4321\nserial = "FB-TEST-0001"\n\n'
         f'[keys]\nstore = "file"\ndirectory = "{keys or root / "keys"}"\n\n'
-        f'[journal]\npath = "{journal}"\nanchor = "{root / "anchor.json"}"\n'
-        f'backup_dir = "{root / "backups"}"\nretain = 2\n' + extra
+        f'[backup]\ndir = "{root / "backups"}"\nretain = 2\n\n'
+        f'[journal]\npath = "{journal}"\nanchor = "{root / "anchor.json"}"\n' + extra
     )
     return str(path)
 
@@ -376,7 +376,7 @@ def test_an_empty_configuration_path_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["FISCALBOX_JOURNAL_PATH", "FISCALBOX_KEYS_DIRECTORY", "FISCALBOX_JOURNAL_BACKUP_DIR"]
+    "name", ["FISCALBOX_JOURNAL_PATH", "FISCALBOX_KEYS_DIRECTORY", "FISCALBOX_BACKUP_DIR"]
 )
 def test_an_empty_environment_setting_is_refused_and_nothing_lands_in_the_working_folder(
     tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch
@@ -399,7 +399,7 @@ def test_an_empty_environment_setting_is_refused_and_nothing_lands_in_the_workin
         ("FISCALBOX_DEVICE_ID", "--5", "device.id must be a whole number"),
         ("FISCALBOX_DEVICE_ID", "9" * 5000, "device.id must be a whole number"),
         ("FISCALBOX_DEVICE_ID", HUGE, "device.id must be a whole number from 0 to 9,999,999,999"),
-        ("FISCALBOX_JOURNAL_RETAIN", "0", "journal.retain must be a whole number from 1"),
+        ("FISCALBOX_BACKUP_RETAIN", "0", "backup.retain must be a whole number from 1"),
         ("FISCALBOX_BOX_DAY_WARN_MINUTES", "-3", "box.day_warn_minutes must be a whole number from 0"),
         ("FISCALBOX_PRINTER_BAUD", "0", "printer.baud must be a whole number from 1"),
     ],

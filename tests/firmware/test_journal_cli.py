@@ -18,8 +18,8 @@ def config(rig: Rig) -> str:
     path = rig.root / "box.toml"
     path.write_text(
         f'[keys]\nstore = "file"\ndirectory = "{rig.root / "keys"}"\n\n'
+        f'[backup]\ndir = "{rig.root / "backups"}"\nretain = 2\n\n'
         f'[journal]\npath = "{rig.journal_path}"\nanchor = "{rig.root / "anchor.json"}"\n'
-        f'backup_dir = "{rig.root / "backups"}"\nretain = 2\n'
     )
     return str(path)
 

@@ -1,0 +1,820 @@
+"""The box as a device: what the USB link (and later the local page) operates, and the service that runs it.
+
+`Device` holds everything one running box has: its configuration, the key store, the journal's Box once
+there is a journal (the first `register` makes it), the printer and the delivery worker. Each method is one
+command of docs/link.md section 3 and answers the JSON the matching one-shot `fiscalbox-device ... --json`
+command prints: both are built by the helpers here, so the two never drift apart. `run` is
+`fiscalbox-device run`: the link, delivery, printing and the daily backup in one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import serial
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+from firmware import config as configuration
+from firmware import verify
+from firmware.backup import Anchor, missing_journal
+from firmware.box import Box
+from firmware.core import fdms
+from firmware.core.errors import FiscalError
+from firmware.delivery import Delivery
+from firmware.fdms_client import FdmsClient
+from firmware.journal import CLOSED, OPENED, Journal
+from hardware import ECDSA_P256, RSA_2048, KeyStore, Printer, printers
+from hardware.keystores import FileKeyStore, Pkcs11KeyStore, PublicKeys
+from hardware.signatures import load_public_key
+
+ALGORITHM_NAMES = {"ecdsa": ECDSA_P256, "rsa": RSA_2048}
+COSE_ALGORITHMS = {ECDSA_P256: -7, RSA_2048: -257}  # ES256, RS256 (docs/link.md section 4)
+IDENTITY_FIELDS = tuple(configuration.IDENTITY)
+
+
+class SystemClock:
+    """The box's real-time clock."""
+
+    def now(self) -> float:
+        return time.time()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Building the box's parts from its configuration (main.py's one-shot commands use these too)
+
+
+def build_key_store(cfg: configuration.Config, environ: Mapping[str, str]) -> KeyStore:
+    """The key store the configuration names, opened (a token store logs in once and stays open)."""
+    keys = cfg.keys
+    if keys["store"] == "file":
+        passphrase = cfg.secret("keys", "passphrase_env", environ).encode()
+        return FileKeyStore(keys["directory"], passphrase, keys["passphrase_env"])
+    if keys["store"] == "pkcs11":
+        return Pkcs11KeyStore(
+            keys["pkcs11_module"],
+            keys["token_label"],
+            cfg.secret("keys", "pin_env", environ),
+            keys["key_label"],
+            keys["pin_env"],
+        )
+    raise FiscalError("BOX_CONFIG", "keys.store must be 'file' or 'pkcs11'.", "keys.store")
+
+
+def public_key_store(cfg: configuration.Config, environ: Mapping[str, str]) -> KeyStore | PublicKeys:
+    """What a command that only reads needs of the key store: the public key, without the passphrase. A
+    token still needs its PIN to be opened at all."""
+    if cfg.keys["store"] == "file":
+        public = FileKeyStore.public_only(cfg.keys["directory"])
+        if public.algorithm is not None or not environ.get(cfg.keys["passphrase_env"]):
+            return public
+    return build_key_store(cfg, environ)  # a token, or a key store older than its public file
+
+
+def build_printer(cfg: configuration.Config) -> Printer | None:
+    """The configured printer on its serial port, or None when the box has none."""
+    settings = cfg.printer
+    if not settings["model"]:
+        return None
+    model = printers.profile(settings["model"])  # refuses an unknown model before the port is opened
+    try:
+        port = serial.Serial(settings["port"], settings["baud"], timeout=1, write_timeout=10)
+    except serial.SerialException as error:
+        raise FiscalError(
+            "BOX_PRINTER_OFFLINE", f"Cannot open the printer port {settings['port']}: {error}."
+        ) from None
+    options = {"firmware": settings["adafruit_firmware"]} if model.escpos_profile is None else {}
+    return printers.open_printer(model.name, port, **options)
+
+
+def build_fdms_client(cfg: configuration.Config, store: Any) -> FdmsClient | None:
+    """The FDMS client for the configured URL, with the key store's certificate once there is one."""
+    settings = cfg.fdms
+    if not settings["url"]:
+        return None
+    client = FdmsClient(
+        settings["url"],
+        cfg.device["id"],
+        cfg.device["model_name"],
+        cfg.device["model_version"],
+        ca_file=settings["ca_file"] or None,
+        timeout=float(settings["timeout_seconds"]),
+    )
+    material = getattr(store, "tls_key_material", None)
+    if material is not None and store.algorithm is not None and store.certificate_pem() is not None:
+        client.use_certificate(material())
+    return client
+
+
+def open_journal(cfg: configuration.Config, read_only: bool, create: bool = False) -> Journal:
+    """The configured journal. A missing one is created only by the box's first provisioning (`create`),
+    and never where the anchor shows that this box has issued receipts before: then it must be restored."""
+    path = Path(cfg.journal["path"])
+    if not path.exists():
+        refusal = missing_journal(path, Anchor(cfg.journal["anchor"]))
+        if not create or refusal.code == "BOX_JOURNAL_MISSING":
+            raise refusal
+    return Journal(path, read_only=read_only, create=create)
+
+
+def readable_settings(journal: Journal) -> dict[str, Any]:
+    try:
+        return journal.settings()
+    except FiscalError:
+        return {}
+
+
+def check_identity(cfg: configuration.Config, journal: Journal) -> None:
+    """The configuration must name the device the journal is: with another [device] id, the box would talk
+    to FDMS as a device whose receipts it does not hold. (Settings the journal cannot give back are the
+    box's own finding, reported by its start-up check.)"""
+    identity = readable_settings(journal)
+    for key, name in (("id", "device_id"), ("serial", "serial")):
+        said, held = cfg.device[key], identity.get(name)
+        if said and held is not None and said != held:
+            raise FiscalError(
+                "BOX_CONFIG",
+                f"The configuration says [device] {key} = {said!r}, but this box's journal belongs to {key} "
+                f"{held!r}: fix [device] {key} (or FISCALBOX_DEVICE_{key.upper()}). Nothing was done.",
+                f"device.{key}",
+            )
+
+
+def open_box(
+    cfg: configuration.Config,
+    store: Any,
+    read_only: bool = False,
+    create: bool = False,
+    printing: bool = False,
+    clock: Any = None,
+) -> Box:
+    """The box over the configured journal (a writer runs its boot check; `read_only` writes nothing)."""
+    # bad FDMS settings are refused before the journal is opened (or made, by `register`)
+    client = None if read_only else build_fdms_client(cfg, store)
+    made = create and not Path(cfg.journal["path"]).exists()
+    journal = open_journal(cfg, read_only, create)
+    try:
+        if not create:  # before the box opens on it (a writer's boot check is recorded)
+            check_identity(cfg, journal)
+        return Box(
+            journal,
+            store,
+            clock or SystemClock(),
+            zone=cfg.box["zone"],
+            day_warn_minutes=cfg.box["day_warn_minutes"],
+            anchor=Anchor(cfg.journal["anchor"]),
+            printer=build_printer(cfg) if printing else None,
+            fdms_client=client,
+        )
+    except BaseException:
+        close_journal(journal, made)
+        raise
+
+
+def close_journal(journal: Journal, made: bool) -> None:
+    """Close the journal. One that a first registration `made` and that failed before FDMS gave the box its
+    settings is removed (the lock file stays: removing it could let two writers hold different ones)."""
+    unregistered = made and "device_id" not in readable_settings(journal)
+    journal.close()
+    if unregistered:
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(journal.path) + suffix).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The answers shared by the one-shot commands and the Device
+
+
+def common_name(cfg: configuration.Config) -> str:
+    device = cfg.device
+    if not device["serial"] or device["id"] <= 0:
+        raise FiscalError("BOX_CONFIG", "Set device.id and device.serial before asking for a certificate.")
+    return fdms.csr_common_name(device["serial"], device["id"])
+
+
+def describe_keys(store: Any, kind: str) -> dict[str, Any]:
+    """`key show --json`: the key's algorithm and public key, the certificate's subject and validity."""
+    info: dict[str, Any] = {"store": kind, "algorithm": store.algorithm}
+    if store.algorithm is not None:
+        info["public_key"] = store.public_key_pem().decode()
+    pem = store.certificate_pem()
+    if pem:
+        info["certificate"] = certificate_facts(pem)
+    return info
+
+
+def certificate_facts(pem: bytes) -> dict[str, str]:
+    cert = x509.load_pem_x509_certificate(pem)
+    return {
+        "subject": cert.subject.rfc4514_string(),
+        "valid_till": cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def is_registered(cfg: configuration.Config) -> bool:
+    """Whether the box has a journal or its anchor names a device: its key then signs what it holds."""
+    try:
+        return bool(Path(cfg.journal["path"]).exists() or Anchor(cfg.journal["anchor"]).read()["device_id"])
+    except FiscalError:
+        return True  # an anchor that cannot be read may well name a device
+
+
+def check_key_replacement(cfg: configuration.Config, replace: bool) -> None:
+    """A registered box's key is never replaced: its journal is signed with it."""
+    if replace and is_registered(cfg):
+        raise FiscalError(
+            "BOX_KEY_IN_USE",
+            "This box's journal is signed with its key: replacing the key would leave its receipts and "
+            "checkpoints unverifiable. Nothing was changed; a registered box gets a new key by "
+            "certificate renewal (delivery renews before the certificate expires).",
+        )
+
+
+def generate_key(cfg: configuration.Config, store: KeyStore, algorithm: str, replace: bool) -> bytes:
+    """`key generate`: the device key made in the key store; its public key PEM."""
+    if algorithm not in ALGORITHM_NAMES:
+        raise FiscalError("BOX_USAGE", "The algorithm is 'ecdsa' or 'rsa'.", "algorithm")
+    check_key_replacement(cfg, replace)
+    store.generate(ALGORITHM_NAMES[algorithm], replace=replace)
+    return store.public_key_pem()
+
+
+def register_box(box: Box, cfg: configuration.Config, activation_key: str) -> dict[str, Any]:
+    """`register --json`: register with FDMS and store its configuration."""
+    currencies = [c.strip() for c in cfg.fdms["currencies"].split(",") if c.strip()]
+    try:
+        result = box.register(cfg.device["id"], cfg.device["serial"], activation_key, currencies)
+    except FiscalError as error:
+        if error.code in ("BOX_FDMS_UNAVAILABLE", "BOX_FDMS_BUSY"):  # registration is not retried for you
+            reason = error.message.replace("; the box will try again later.", ".")
+            done = (
+                "FDMS registered the device and its certificate is installed, but the box has not yet "
+                "got its configuration"
+                if box.keys.certificate_pem() is not None
+                else "Nothing was registered"
+            )
+            raise FiscalError(error.code, f"{reason} {done}: run register again once FDMS answers.") from None
+        raise
+    return {
+        "taxpayer": result["taxpayer"].get("taxPayerName"),
+        "settings": result["config"],
+        "warnings": result["warnings"],
+    }
+
+
+def x_report(box: Box) -> dict[str, Any]:
+    """`report --json`: the X report, saying so when no day is open (it is then the last day's)."""
+    report = box.x_report()
+    if report["status"] == CLOSED:
+        report["note"] = (
+            f"No fiscal day is open: this is the Z report of the last day, day {report['day_no']}."
+        )
+    elif report["status"] != OPENED:
+        report["note"] = (
+            f"No fiscal day is open: this is the report of the last day, day {report['day_no']}, whose close "
+            f"is not confirmed yet ({report['status']}): an X report until FDMS closes it."
+        )
+    return report
+
+
+def audit_report(
+    journal: Journal, public_key: Any, anchor: Anchor | None, progress: Callable[[int, int], None] | None
+) -> dict[str, Any]:
+    """`audit --json`: the full audit of a journal read as one snapshot; with the box's `anchor`, whether
+    it is the journal the box wrote. Writes nothing."""
+    marked = anchor.read() if anchor is not None else None  # before the snapshot: see problems()
+    with journal.reading():
+        device_id = journal.settings().get("device_id", 0)
+        report = verify.full_audit(journal, public_key, device_id, progress)
+        if anchor is not None:
+            anchored = anchor.problems(journal, marked)
+            report["problems"][:0] = anchored
+            report["clean"] = report["clean"] and not anchored
+    return report
+
+
+def export_to(box: Box, first: int, last: int, out: str | os.PathLike[str]) -> dict[str, Any]:
+    """`export --json`: receipts first..last as a signed file at `out`."""
+    try:
+        return box.export_journal(first, last, out)
+    except OSError as error:  # the file is written before the export is logged: nothing changed
+        raise FiscalError("BOX_FILE", f"Cannot write the export {out}: {error.strerror}.", "out") from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The service lock: one-shot commands never open the journal beside a running service
+
+
+def service_lock_path(cfg: configuration.Config) -> Path:
+    journal = Path(cfg.journal["path"]).resolve()
+    return journal.with_name(journal.name + ".service")
+
+
+def _busy(holder: str) -> FiscalError:
+    return FiscalError(
+        "BOX_BUSY",
+        f"The box's service (fiscalbox-device run{holder}) holds the journal: use the `fiscalbox` host tool "
+        "over the link, or stop the service (`systemctl stop fiscalbox`) first. Nothing was done.",
+    )
+
+
+def _holder(handle: Any) -> str:
+    handle.seek(0)
+    text = handle.read(32).strip()
+    return f", process {text}" if text.isdigit() else ""
+
+
+@contextlib.contextmanager
+def one_shot(cfg: configuration.Config) -> Iterator[None]:
+    """A one-shot command's hold on the box: refused with BOX_BUSY while the service runs, and holding a
+    shared lock meanwhile so the service does not start under it."""
+    path = service_lock_path(cfg)
+    try:
+        handle = open(path)  # noqa: SIM115 (held for the command's life); the service made it
+    except OSError:  # none: no service ever ran here (a one-shot command writes nothing of its own)
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _busy(_holder(handle)) from None
+        yield
+
+
+class ServiceLock:
+    """The running service's claim on the box: `<journal>.service`, locked for its life, holding its pid."""
+
+    def __init__(self, cfg: configuration.Config, wait: float = 30.0) -> None:
+        self.path = service_lock_path(cfg)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = open(self.path, "a+")  # noqa: SIM115 (held for the service's life)
+        except OSError as error:
+            raise FiscalError(
+                "BOX_JOURNAL", f"The service's lock file {self.path} cannot be opened: {error.strerror}."
+            ) from None
+        deadline = time.monotonic() + wait  # a one-shot command still running is waited for
+        while True:
+            try:
+                fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = _holder(self._handle)
+                if holder or time.monotonic() > deadline:
+                    self._handle.close()
+                    raise _busy(holder) from None
+                time.sleep(0.1)
+        self._handle.truncate(0)
+        self._handle.write(str(os.getpid()))
+        self._handle.flush()
+
+    def release(self) -> None:
+        if not self._handle.closed:
+            self._handle.truncate(0)
+            self._handle.close()  # closing drops the lock
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The provisioned identity (docs/link.md section 6)
+
+
+def _check_identity_values(values: Any) -> dict[str, Any]:
+    if not isinstance(values, dict):
+        raise FiscalError("BOX_SETTINGS", "The identity must be a map of its fields.", "values")
+    checked: dict[str, Any] = {}
+    for name, value in values.items():
+        if name not in IDENTITY_FIELDS:
+            raise FiscalError(
+                "BOX_SETTINGS",
+                f"Unknown identity field {str(name)[:40]}; the fields are {', '.join(IDENTITY_FIELDS)}.",
+                str(name)[:40],
+            )
+        if name == "device_id":
+            ok = type(value) is int and 1 <= value <= 9_999_999_999
+            rule = "a whole number from 1 to 9999999999 (the device ID ZIMRA gave)"
+        elif name == "currencies":
+            ok = (
+                isinstance(value, list)
+                and len(value) > 0
+                and all(isinstance(c, str) and len(c) == 3 and c.isascii() and c.isupper() for c in value)
+            )
+            rule = 'a list of 3-letter currency codes, such as ["USD", "ZWG"]'
+        elif name == "fdms_url":
+            ok = isinstance(value, str) and (value == "" or value.startswith(("https://", "http://")))
+            rule = "FDMS's https:// address, or empty for no connection"
+        elif name == "fdms_ca":
+            ok = isinstance(value, str) and (value == "" or _is_certificates(value))
+            rule = "PEM text of CA certificates, or empty for the system's CAs"
+        else:
+            ok = isinstance(value, str) and 0 < len(value) <= 100 and value.isprintable()
+            rule = "text of 1 to 100 characters"
+        if not ok:
+            raise FiscalError("BOX_SETTINGS", f"{name} must be {rule}.", name)
+        checked[name] = value
+    return checked
+
+
+def _is_certificates(pem: str) -> bool:
+    try:
+        return bool(x509.load_pem_x509_certificates(pem.encode()))
+    except ValueError:
+        return False
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def identity_in_force(cfg: configuration.Config) -> dict[str, Any]:
+    """The identity the box runs with, as `provision` takes it (the CA as its PEM text)."""
+    ca_file = cfg.fdms["ca_file"]
+    try:
+        ca = Path(ca_file).read_text(encoding="utf-8") if ca_file else ""
+    except (OSError, UnicodeDecodeError):
+        ca = ""
+    return {
+        "device_id": cfg.device["id"],
+        "serial": cfg.device["serial"],
+        "model_name": cfg.device["model_name"],
+        "model_version": cfg.device["model_version"],
+        "fdms_url": cfg.fdms["url"],
+        "fdms_ca": ca,
+        "currencies": [c.strip() for c in cfg.fdms["currencies"].split(",") if c.strip()],
+    }
+
+
+def _overlay(cfg: configuration.Config, identity: dict[str, Any], ca_path: str) -> configuration.Config:
+    """cfg with a newly provisioned identity in force (as config.load would give it at the next start)."""
+    device, fdms_settings = dict(cfg.device), dict(cfg.fdms)
+    for name, value in identity.items():
+        section, key = configuration.IDENTITY[name]
+        target = device if section == "device" else fdms_settings
+        if name == "currencies":
+            value = ",".join(value)
+        elif name == "fdms_ca":
+            value = ca_path if value else ""
+        target[key] = value
+    return configuration.Config(**{**cfg.__dict__, "device": device, "fdms": fdms_settings})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The device
+
+
+def _not_registered() -> FiscalError:
+    return FiscalError(
+        "BOX_NOT_PROVISIONED",
+        "The box is not registered yet: provision its identity, then register it with FDMS.",
+    )
+
+
+class Device:
+    """One running box: what the link operates. Every method returns JSON-able data or raises FiscalError;
+    before the first `register` there is no journal, and only the identity, key and registration commands
+    (and `status`) work."""
+
+    def __init__(
+        self,
+        cfg: configuration.Config,
+        environ: Mapping[str, str],
+        clock: Any,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.environ = environ
+        self.clock = clock
+        self.log = log or logging.getLogger("fiscalbox.device")
+        self.lock = threading.RLock()  # the device's own changes: identity, key, registration
+        self.keys = build_key_store(cfg, environ)
+        self.box: Box | None = None
+        self.delivery: Delivery | None = None
+        self._stop: threading.Event | None = None  # set by start(): the service's life
+        self._threads: list[threading.Thread] = []
+        self.missing: FiscalError | None = None  # why there is no box (not registered, journal missing)
+        try:
+            if Path(cfg.journal["path"]).exists():
+                self._attach(open_box(cfg, self.keys, clock=clock))
+            else:
+                self.missing = missing_journal(Path(cfg.journal["path"]), Anchor(cfg.journal["anchor"]))
+        except BaseException:
+            self.keys.close()
+            raise
+
+    @property
+    def registered(self) -> bool:
+        return self.box is not None
+
+    def _attach(self, box: Box) -> None:
+        """Take the box over: its printer, its delivery worker (running once the service has started)."""
+        self.box, self.missing = box, None
+        self._connect_printer()
+        if box.fdms is not None:
+            self.delivery = Delivery(
+                box, box.fdms, self.clock, renew_days_before=self.cfg.fdms["renew_days_before"]
+            )
+            box.delivery = self.delivery
+        if self._stop is not None:
+            self._start_delivery()
+
+    def _connect_printer(self) -> None:
+        """The printer, when it is configured and not yet connected; one unplugged is said and tried again at
+        the next print (the sale is committed either way)."""
+        if self.box is None or self.box.printer is not None or not self.cfg.printer["model"]:
+            return
+        try:
+            self.box.printer = build_printer(self.cfg)
+        except FiscalError as error:
+            self.log.warning("printer not connected", extra={"fields": error.as_dict()})
+
+    def _require_box(self) -> Box:
+        if self.box is None:
+            raise self.missing or _not_registered()
+        return self.box
+
+    def _printing_box(self) -> Box:
+        box = self._require_box()
+        self._connect_printer()
+        return box
+
+    # -- the service's life --------------------------------------------------------------------------------
+
+    def start(self, stop: threading.Event) -> None:
+        """Run the delivery worker until `stop`, and print what a previous run left unprinted."""
+        self._stop = stop
+        if self.box is not None:
+            self._start_delivery()
+            if self.box.printer is not None and self.box.journal.unprinted_count():
+                result = self.print_unprinted()
+                self.log.info("unprinted receipts printed", extra={"fields": result})
+
+    def _start_delivery(self) -> None:
+        if self.delivery is None or self._stop is None:
+            return
+        thread = threading.Thread(target=self.delivery.run, args=(self._stop,), name="delivery", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def close(self) -> None:
+        """Stop: the operation in flight finishes first (it holds the box's lock), then the journal closes."""
+        with self.lock:
+            for thread in self._threads:
+                thread.join(timeout=60)
+            if self.box is not None:
+                with self.box.lock:
+                    self.box.journal.close()
+            self.keys.close()
+
+    # -- answers signed by the device key (docs/link.md section 4) -----------------------------------------
+
+    def sign_answer(self, payload: bytes) -> tuple[int, bytes] | None:
+        """(COSE alg, signature) over `payload` by the device key; None while the box has no key."""
+        algorithm = self.keys.algorithm
+        if algorithm is None:
+            return None
+        signature = self.keys.sign(payload)
+        if algorithm == ECDSA_P256:
+            r, s = decode_dss_signature(signature)
+            signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")  # COSE wants r || s
+        return COSE_ALGORITHMS[algorithm], signature
+
+    # -- reads -----------------------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """`status --json`; before registration the same shape, with nothing in it yet."""
+        if self.box is not None:
+            return self.box.status()
+        problem = (self.missing or _not_registered()).as_dict()
+        journal_missing = problem["code"] == "BOX_JOURNAL_MISSING"
+        return {
+            "device_id": None,
+            "serial": None,
+            "last_global_no": 0,
+            "day": None,
+            "outbox": {},
+            "unprinted": [],
+            "unprinted_count": 0,
+            "journal": {
+                "clean": not journal_missing,
+                "problems": [problem] if journal_missing else [],
+                "skipped": None if journal_missing else "no journal yet: the box is not registered",
+            },
+            "fdms": {
+                "mode": None,
+                "certificate_valid_till": None,
+                "flagged": [],
+                "security": [],
+                "delivery": None,
+            },
+            "warnings": [] if journal_missing else [{**problem, "colour": "Yellow", "field": None}],
+            "days_waiting": [],
+        }
+
+    def receipt(self, global_no: int) -> dict[str, Any]:
+        return self._require_box().receipt(global_no)
+
+    def outbox(self, limit: int = 20) -> dict[str, Any]:
+        return self._require_box().outbox(limit)
+
+    def x_report(self) -> dict[str, Any]:
+        return x_report(self._require_box())
+
+    def z_report(self, day: int) -> dict[str, Any]:
+        return self._require_box().z_report(day)
+
+    # -- the fiscal day --------------------------------------------------------------------------------------
+
+    def issue(self, sale: dict[str, Any], request_id: str | None = None) -> dict[str, Any]:
+        box = self._printing_box()
+        if request_id is None:
+            return box.issue(sale)
+        return box.issue(sale, request_id=request_id)  # type: ignore[call-arg]  # the journal's request IDs
+
+    def reprint(self, global_no: int) -> dict[str, Any]:
+        return self._printing_box().reprint(global_no)
+
+    def print_unprinted(self) -> dict[str, Any]:
+        return self._printing_box().print_unprinted()
+
+    def print_report(self, day: int | None = None) -> dict[str, Any]:
+        return self._printing_box().print_report(day)
+
+    def open_day(self) -> dict[str, Any]:
+        return self._require_box().open_day()
+
+    def close_day(self) -> dict[str, Any]:
+        return self._require_box().close_day()
+
+    # -- identity, key, registration -------------------------------------------------------------------------
+
+    def provision(self, values: Any) -> dict[str, Any]:
+        """Write the box's identity (device ID, serial, model, FDMS address and CA, currencies): what the
+        configuration file would otherwise say. A registered box keeps its device ID and serial."""
+        with self.lock:
+            checked = _check_identity_values(values)
+            if self.box is not None or is_registered(self.cfg):
+                held = readable_settings(self.box.journal) if self.box is not None else {}
+                for name, key in (("device_id", "id"), ("serial", "serial")):
+                    was = held.get(name, self.cfg.device[key])
+                    if name in checked and checked[name] != was:
+                        raise FiscalError(
+                            "BOX_SETTINGS",
+                            f"This box is registered as {name} {was!r}: a registered box cannot change it. "
+                            "Nothing was changed.",
+                            name,
+                        )
+            path = Path(self.cfg.box["provisioned"])
+            ca_path = configuration.provisioned_ca_path(path)
+            stored = configuration.read_identity(path)
+            for name, value in checked.items():
+                stored[name] = (str(ca_path) if value else "") if name == "fdms_ca" else value
+            try:
+                if checked.get("fdms_ca"):
+                    _write_atomically(ca_path, checked["fdms_ca"].encode())
+                _write_atomically(path, json.dumps(stored, indent=2, sort_keys=True).encode())
+            except OSError as error:
+                raise FiscalError(
+                    "BOX_FILE", f"Cannot write the identity to {path}: {error.strerror}.", "values"
+                ) from None
+            self.cfg = _overlay(self.cfg, checked, str(ca_path))
+            if self.box is not None and {"fdms_url", "fdms_ca", "model_name", "model_version"} & set(checked):
+                self._reconnect_fdms()
+            identity = identity_in_force(self.cfg)
+            self.log.info(
+                "provisioned", extra={"fields": {k: v for k, v in identity.items() if k != "fdms_ca"}}
+            )
+            return identity
+
+    def _reconnect_fdms(self) -> None:
+        """A registered box's new FDMS address or CA: its client replaced, the delivery worker told."""
+        assert self.box is not None
+        with self.box.lock:
+            client = build_fdms_client(self.cfg, self.keys)
+            self.box.fdms = client
+            if self.delivery is not None:
+                self.delivery.client = client
+
+    def generate_key(self, algorithm: str, replace: bool = False) -> dict[str, Any]:
+        with self.lock:
+            pem = generate_key(self.cfg, self.keys, algorithm, replace)
+            return {"algorithm": self.keys.algorithm, "public_key": pem.decode()}
+
+    def certificate_request(self) -> dict[str, Any]:
+        with self.lock:
+            return {"csr": self.keys.certificate_request(common_name(self.cfg)).decode()}
+
+    def install_certificate(self, certificate: str) -> dict[str, Any]:
+        with self.lock:
+            pem = certificate.encode()
+            self.keys.install_certificate(pem)
+            return certificate_facts(pem)
+
+    def register(self, activation_key: str) -> dict[str, Any]:
+        """`register --json`: as the one-shot command (it creates the journal); the device then has a box.
+        The activation key is used for this call only: never stored, never logged."""
+        with self.lock:
+            if self.box is not None:
+                return register_box(self.box, self.cfg, activation_key)  # the box refuses another device
+            made = not Path(self.cfg.journal["path"]).exists()
+            box = open_box(self.cfg, self.keys, create=True, clock=self.clock)
+            try:
+                result = register_box(box, self.cfg, activation_key)
+            except BaseException:
+                close_journal(box.journal, made)
+                raise
+            self._attach(box)
+            self.log.info("registered", extra={"fields": {"device_id": self.cfg.device["id"]}})
+            return result
+
+    def renew_certificate(self) -> dict[str, Any]:
+        return self._require_box().renew_certificate()
+
+    # -- long work -------------------------------------------------------------------------------------------
+
+    def audit(self, progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+        """`audit --json`: over its own read-only view of the journal, so sales go on meanwhile."""
+        self._require_box()
+        public_key = load_public_key(self.keys.public_key_pem())
+        journal = open_journal(self.cfg, read_only=True)
+        try:
+            return audit_report(journal, public_key, Anchor(self.cfg.journal["anchor"]), progress)
+        finally:
+            journal.close()
+
+    def backup(
+        self, progress: Callable[[int, int], None] | None, retain: int | None = None
+    ) -> dict[str, Any]:
+        """`backup --json` into [backup] dir, keeping [backup] retain (or `retain`) copies."""
+        box = self._require_box()
+        if progress is not None:
+            progress(0, 1)
+        result = box.backup(
+            self.cfg.backup["dir"], retain if retain is not None else self.cfg.backup["retain"]
+        )
+        if progress is not None:
+            progress(1, 1)
+        return result
+
+    def export_journal(
+        self, first: int, last: int, dest: str | os.PathLike[str], progress: Callable[[int, int], None] | None
+    ) -> dict[str, Any]:
+        """`export --json`: the signed export of receipts first..last written to `dest`."""
+        box = self._require_box()
+        total = max(last - first + 1, 0)
+        if progress is not None:
+            progress(0, total)
+        result = export_to(box, first, last, dest)
+        if progress is not None:
+            progress(total, total)
+        return result
+
+    def replay(self, since: int) -> dict[str, Any]:
+        raise FiscalError("BOX_NOT_SUPPORTED", "replay is not built yet.", "since")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The daily backup
+
+
+class BackupSchedule:
+    """Due once a local day at [backup] at, or at start when today's time has passed and no backup of today
+    is in the folder (a box switched off at night still gets its daily copy)."""
+
+    def __init__(self, at: str, folder: str | os.PathLike[str], zone: str) -> None:
+        hours, minutes = at.split(":")
+        self.at = datetime.time(int(hours), int(minutes))
+        self.zone = ZoneInfo(zone)
+        newest = max((p.stat().st_mtime for p in Path(folder).glob("journal-*.db")), default=None)
+        self.last: datetime.date | None = None if newest is None else self._local(newest).date()
+
+    def _local(self, moment: float) -> datetime.datetime:
+        return datetime.datetime.fromtimestamp(moment, self.zone)
+
+    def due(self, now: float) -> bool:
+        local = self._local(now)
+        return local.time() >= self.at and (self.last is None or self.last < local.date())
+
+    def done(self, now: float) -> None:
+        self.last = self._local(now).date()

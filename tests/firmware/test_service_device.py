@@ -1,0 +1,196 @@
+"""The Device (what the link operates) before and after registration, against the FDMS simulator: every
+operation answers what the one-shot `--json` command prints."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from firmware import config as configuration
+from firmware.core.errors import FiscalError
+from firmware.main import main
+from firmware.service import Device, SystemClock
+from hardware.signatures import load_public_key
+from sim.fdms.scenario import Scenario
+from sim.fdms.server import FdmsSimulator
+from sim.shop import Shop
+
+PASSPHRASE = "service pass phrase"
+ENV = {"FISCALBOX_KEY_PASSPHRASE": PASSPHRASE}
+DEVICE_ID = 10001
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[FdmsSimulator]:
+    with FdmsSimulator(Scenario.default(), state_dir=tmp_path / "fdms") as running:
+        yield running
+
+
+def write_config(root: Path) -> str:
+    """A box configuration naming no identity: it comes by `provision`."""
+    path = root / "box.toml"
+    path.write_text(
+        f'[keys]\ndirectory = "{root / "keys"}"\n\n'
+        f'[journal]\npath = "{root / "journal.db"}"\nanchor = "{root / "anchor.json"}"\n\n'
+        f'[box]\nprovisioned = "{root / "provisioned.json"}"\n\n'
+        f'[backup]\ndir = "{root / "backups"}"\nretain = 2\n\n'
+        f'[link]\nport = ""\nhosts = "{root / "hosts.json"}"\n'
+    )
+    return str(path)
+
+
+def identity(sim: FdmsSimulator) -> dict[str, Any]:
+    device = sim.scenario.device(DEVICE_ID)
+    assert device is not None
+    return {
+        "device_id": DEVICE_ID,
+        "serial": device.serial,
+        "fdms_url": sim.url,
+        "fdms_ca": Path(sim.ca_cert_path).read_text(),
+        "currencies": ["USD", "ZWG"],
+    }
+
+
+def one_shot(path: str, *args: str) -> Any:
+    result = CliRunner().invoke(main, ["--config", path, *args], env=ENV)
+    return result
+
+
+def test_a_device_is_provisioned_keyed_and_registered_then_sells(tmp_path: Path, sim: FdmsSimulator) -> None:
+    path = write_config(tmp_path)
+    device = Device(configuration.load(path, ENV), ENV, SystemClock())
+    try:
+        assert not device.registered
+        status = device.status()
+        assert status["device_id"] is None and status["warnings"][0]["code"] == "BOX_NOT_PROVISIONED"
+        assert set(status) == {
+            "device_id", "serial", "last_global_no", "day", "outbox", "unprinted", "unprinted_count",
+            "journal", "fdms", "warnings", "days_waiting",
+        }  # fmt: skip
+        with pytest.raises(FiscalError) as refused:
+            device.open_day()
+        assert refused.value.code == "BOX_NOT_PROVISIONED"
+        assert device.sign_answer(b"x") is None  # no key yet: answers go unsigned
+        with pytest.raises(FiscalError) as refused:
+            device.certificate_request()
+        assert refused.value.code == "BOX_CONFIG"  # no identity yet
+
+        with pytest.raises(FiscalError) as refused:
+            device.provision({"device_id": "10001"})
+        assert (refused.value.code, refused.value.field) == ("BOX_SETTINGS", "device_id")
+        with pytest.raises(FiscalError) as refused:
+            device.provision({"activation_key": "SECRET"})
+        assert refused.value.field == "activation_key"
+        assert not (tmp_path / "provisioned.json").exists()  # a refusal writes nothing
+        in_force = device.provision(identity(sim))
+        assert in_force["device_id"] == DEVICE_ID and in_force["fdms_ca"] == identity(sim)["fdms_ca"]
+        assert in_force["model_name"] == "fiscalbox"  # what was not sent stays as configured
+        # the one-shot commands see the provisioned identity too
+        assert configuration.load(path, {}).device["id"] == DEVICE_ID
+
+        key = device.generate_key("ecdsa")
+        assert key["algorithm"] == "ECDSA_P256" and "PUBLIC KEY" in key["public_key"]
+        assert "CERTIFICATE REQUEST" in device.certificate_request()["csr"]
+        alg, signature = device.sign_answer(b"payload") or (0, b"")
+        assert alg == -7 and len(signature) == 64
+        public = load_public_key(key["public_key"].encode())
+        der = encode_dss_signature(int.from_bytes(signature[:32]), int.from_bytes(signature[32:]))
+        public.verify(der, b"payload", ec.ECDSA(hashes.SHA256()))
+
+        registered = device.register(sim.activation_keys[DEVICE_ID])
+        assert device.registered and registered["taxpayer"] == sim.scenario.taxpayer.name
+        assert (tmp_path / "journal.db").exists()
+        activation_key = sim.activation_keys[DEVICE_ID]
+        for stored in tmp_path.glob("*.json"):
+            assert activation_key not in stored.read_text()
+
+        with pytest.raises(FiscalError) as refused:
+            device.provision({"device_id": DEVICE_ID + 1})
+        assert (refused.value.code, refused.value.field) == ("BOX_SETTINGS", "device_id")
+        with pytest.raises(FiscalError) as refused:
+            device.provision({"serial": "SOMEONE-ELSE"})
+        assert refused.value.field == "serial"
+        assert device.provision({"model_version": "1.1"})["model_version"] == "1.1"
+
+        device.open_day()
+        shop = Shop(seed=1, device_id=DEVICE_ID)
+        for _ in range(3):
+            sale = shop.next_sale()
+            shop.issued(sale, device.issue(sale))
+        assert device.status()["last_global_no"] == 3
+        assert device.receipt(2)["global_no"] == 2
+        assert device.outbox(2)["counts"] == {"pending": 3}
+        assert device.x_report()["day_no"] == 1
+        device.close_day()
+        assert "note" in device.x_report()  # no day open: the last day's report, and it says so
+        backup = device.backup(None)
+        assert Path(backup["file"]).parent == tmp_path / "backups"
+        exported = device.export_journal(1, 3, tmp_path / "out.export", None)
+        assert exported["first"] == 1 and (tmp_path / "out.export").exists()
+        assert device.audit(None)["clean"]
+        answers = {
+            "status": device.status(),
+            "receipt": device.receipt(2),
+            "outbox": device.outbox(20),
+            "report": device.x_report(),
+        }
+    finally:
+        device.close()
+
+    # the same JSON as the one-shot commands print
+    for command, args in (("status", []), ("receipt", ["2"]), ("outbox", []), ("report", [])):
+        result = one_shot(path, command, *args, "--json")
+        assert result.exit_code == 0, result.output
+        printed = json.loads(result.output)
+        expected = answers[command]
+        if command == "status":  # the delivery worker's live state is only the service's
+            printed["fdms"].pop("delivery"), expected["fdms"].pop("delivery")
+        assert printed == expected, command
+
+
+def test_a_device_without_a_journal_but_registered_says_restore(tmp_path: Path, sim: FdmsSimulator) -> None:
+    path = write_config(tmp_path)
+    device = Device(configuration.load(path, ENV), ENV, SystemClock())
+    try:
+        device.provision(identity(sim))
+        device.register(sim.activation_keys[DEVICE_ID])
+    finally:
+        device.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(tmp_path / "journal.db") + suffix).unlink(missing_ok=True)
+    device = Device(configuration.load(path, ENV), ENV, SystemClock())
+    try:
+        status = device.status()
+        assert not status["journal"]["clean"]
+        assert status["journal"]["problems"][0]["code"] == "BOX_JOURNAL_MISSING"
+        with pytest.raises(FiscalError) as refused:
+            device.register(sim.activation_keys[DEVICE_ID])
+        assert refused.value.code == "BOX_JOURNAL_MISSING"
+        with pytest.raises(FiscalError) as refused:
+            device.provision({"device_id": DEVICE_ID + 5})
+        assert refused.value.field == "device_id"  # the anchor still names the device
+    finally:
+        device.close()
+    assert not (tmp_path / "journal.db").exists()
+
+
+def test_a_failed_first_registration_leaves_no_journal(tmp_path: Path, sim: FdmsSimulator) -> None:
+    path = write_config(tmp_path)
+    device = Device(configuration.load(path, ENV), ENV, SystemClock())
+    try:
+        device.provision(identity(sim))
+        with pytest.raises(FiscalError) as refused:
+            device.register("WRONG123")
+        assert refused.value.code == "DEV02"
+        assert not device.registered and not (tmp_path / "journal.db").exists()
+        assert device.register(sim.activation_keys[DEVICE_ID])["warnings"] == []
+    finally:
+        device.close()
