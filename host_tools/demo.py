@@ -1,13 +1,13 @@
 """`make demo`: a shop's fiscal day on the virtual box, every step through the `fiscalbox` host tool.
 
-Starts the FDMS simulator (HTTPS with mutual TLS on loopback, its own test CA) and the virtual box (sim/box.py:
-the real `fiscalbox-device run` on a pseudo-terminal, an Epson TM-T20II driver printing into the virtual
-printer). Then, as a shop would, each step is a `fiscalbox` command over the box's USB link, printed before it
+Starts the FDMS simulator (HTTPS with mutual TLS on loopback, its own test CA) and the virtual box
+(sim/box.py: the real `fiscalbox-device run` on a pseudo-terminal, an Epson TM-T20II driver printing into the
+virtual printer). Then, as a shop would, each step is a `fiscalbox` command over the box's USB link, printed before it
 runs: the operator's key enrolled (the first operator key enrolls itself), the till's POS key enrolled, the
 identity provisioned, the box registered with FDMS (the activation key read from a file, sent in the register
 request), the day opened, and a few dozen sales of every kind (invoices, credit and debit notes, USD and ZWG,
-exempt, 0 %, 15 % and 15.5 %, buyers), each committed before it is printed: out/receipts/ gets a text dump and a
-PNG of every page. The paper runs out in the middle of one receipt; it stays committed and its reprint says
+exempt, 0 %, 15 % and 15.5 %, buyers), each committed before it is printed: out/receipts/ gets a text dump
+and a PNG of every page. The paper runs out in the middle of one receipt; it stays committed and its reprint says
 COPY. A bad sale is refused with nothing written. In the middle FDMS becomes unreachable: the shop goes on
 issuing and printing, the receipts queue, and delivery catches up in order, exactly once, when FDMS is back.
 The answer to one sale is lost on the line: the tool sends it again under the same request ID and the box
@@ -259,7 +259,8 @@ def story(shop: Till) -> None:
     identity.write_text(
         f"[device]\nid = {DEVICE_ID}\nserial = {json.dumps(device.serial)}\n"
         'model_name = "fiscalbox"\nmodel_version = "1.0"\n\n'
-        f"[fdms]\nurl = {json.dumps(sim.url)}\nca_file = {json.dumps(str(Path(sim.ca_cert_path).absolute()))}\n"
+        f"[fdms]\nurl = {json.dumps(sim.url)}\n"
+        f"ca_file = {json.dumps(str(Path(sim.ca_cert_path).absolute()))}\n"
         'currencies = "USD,ZWG"\n'
     )
     activation = OUT / "activation-key"
@@ -288,8 +289,11 @@ def story(shop: Till) -> None:
     print("\nA sale paid 1.00 for a 1.15 total:")
     refused = shop.fiscalbox("sale", shown(shop.sale_file(BAD_SALE)), role="pos", check=False)
     after = shop.status()["last_global_no"]
-    print(f"  refused (exit {refused.returncode}); last receipt still {after}, nothing written" if after == before
-          else f"  NOT refused: receipt {after} was issued")
+    print(
+        f"  refused (exit {refused.returncode}); last receipt still {after}, nothing written"
+        if after == before
+        else f"  NOT refused: receipt {after} was issued"
+    )
 
     first = SHOP_SALES - OUTAGE_SALES
     print(f"\n{first} more sales from the shop:")
@@ -322,8 +326,10 @@ def story(shop: Till) -> None:
     print("\nThe answer to the next sale is lost on the line (the box issues it; the POS never hears):")
     vbox.modem.lose_answers(1, group=64, command=6)  # type: ignore[union-attr]
     first_try = shop.sell(RETRIED_SALE, timeout="3")
-    print("  the tool waited 3 s, then sent the sale again under the same request ID: "
-          + ("the box answered with the receipt it had issued" if first_try.get("repeated") else "NOT repeated"))
+    print(
+        "  the tool waited 3 s, then sent the sale again under the same request ID: "
+        + ("the box answered with the receipt it had issued" if first_try.get("repeated") else "NOT repeated")
+    )
     print("The POS, unsure, sends it once more:")
     again = shop.sell(RETRIED_SALE)
     last = shop.status()["last_global_no"]
@@ -339,7 +345,9 @@ def story(shop: Till) -> None:
     close = shop.fiscalbox_json("day", "close")
     close_path = OUT / "close-day.json"
     close_path.write_text(json.dumps(close, indent=2) + "\n")
-    print(f"  CloseDay for day {close['fiscalDayNo']} ({close['receiptCounter']} receipts) -> {shown(close_path)}")
+    print(
+        f"  CloseDay for day {close['fiscalDayNo']} ({close['receiptCounter']} receipts) -> {shown(close_path)}"
+    )
     status = shop.wait(
         lambda s: s["day"]["status"] == "FiscalDayClosed" or s["days_waiting"], "FDMS's close of the day"
     )
@@ -368,8 +376,9 @@ def story(shop: Till) -> None:
 
 def device_public_pem(status: dict[str, Any]) -> str:
     """The device key's public half (PEM) as the box's status gives it."""
-    from host_tools.link import device_public_key
     from cryptography.hazmat.primitives import serialization
+
+    from host_tools.link import device_public_key
 
     key = device_public_key(status)
     if key is None:
