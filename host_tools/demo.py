@@ -2,18 +2,19 @@
 
 Starts the FDMS simulator (HTTPS with mutual TLS on loopback, its own test CA) and the virtual box
 (sim/box.py: the real `fiscalbox-device run` on a pseudo-terminal, an Epson TM-T20II driver printing into the
-virtual printer). Then, as a shop would, each step is a `fiscalbox` command over the box's USB link, printed before it
-runs: the operator's key enrolled (the first operator key enrolls itself), the till's POS key enrolled, the
-identity provisioned, the box registered with FDMS (the activation key read from a file, sent in the register
-request), the day opened, and a few dozen sales of every kind (invoices, credit and debit notes, USD and ZWG,
-exempt, 0 %, 15 % and 15.5 %, buyers), each committed before it is printed: out/receipts/ gets a text dump
-and a PNG of every page. The paper runs out in the middle of one receipt; it stays committed and its reprint says
-COPY. A bad sale is refused with nothing written. In the middle FDMS becomes unreachable: the shop goes on
-issuing and printing, the receipts queue, and delivery catches up in order, exactly once, when FDMS is back.
-The answer to one sale is lost on the line: the tool sends it again under the same request ID and the box
-answers with the receipt already issued, as it does when the POS retries by hand. The X report is printed, the
-day closed, FDMS confirms the close with counters equal to the box's, and the Z report is printed. Finally the
-journal is audited, backed up, exported over the link and checked offline by `fiscalbox journal verify`.
+virtual printer). Then, as a shop would, each step is a `fiscalbox` command over the box's USB link, printed
+before it runs: the operator's key enrolled (the first operator key enrolls itself), the till's POS key
+enrolled, the identity provisioned, the box registered with FDMS (the activation key read from a file, sent in
+the register request), the day opened, and a few dozen sales of every kind (invoices, credit and debit notes,
+USD and ZWG, exempt, 0 %, 15 % and 15.5 %, buyers), each committed before it is printed: out/receipts/ gets a
+text dump and a PNG of every page. The paper runs out in the middle of one receipt; it stays committed and its
+reprint says COPY. A bad sale is refused with nothing written. In the middle FDMS becomes unreachable: the
+shop goes on issuing and printing, the receipts queue, and delivery catches up in order, exactly once, when
+FDMS is back. The answer to one sale is lost on the line: the tool sends it again under the same request ID
+and the box answers with the receipt already issued, as it does when the POS retries by hand. The X report is
+printed, the day closed, FDMS confirms the close with counters equal to the box's, and the Z report is
+printed. Finally the journal is audited, backed up, exported over the link and checked offline by `fiscalbox
+journal verify`.
 """
 
 from __future__ import annotations
@@ -346,7 +347,8 @@ def story(shop: Till) -> None:
     close_path = OUT / "close-day.json"
     close_path.write_text(json.dumps(close, indent=2) + "\n")
     print(
-        f"  CloseDay for day {close['fiscalDayNo']} ({close['receiptCounter']} receipts) -> {shown(close_path)}"
+        f"  CloseDay for day {close['fiscalDayNo']} ({close['receiptCounter']} receipts)"
+        f" -> {shown(close_path)}"
     )
     status = shop.wait(
         lambda s: s["day"]["status"] == "FiscalDayClosed" or s["days_waiting"], "FDMS's close of the day"
