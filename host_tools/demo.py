@@ -204,11 +204,16 @@ class Till:
         self.pos.issued(sale, result)
         written = self.vbox.save_pages(f"{result['global_no']:04d}")
         if not quiet:
-            said = "printed -> " + shown(written[0]) if result["printed"] and written else "NOT printed"
+            if result.get("repeated"):
+                said = "issued before under this request ID: the same receipt, nothing new issued"
+                if written:
+                    said += ", printed -> " + shown(written[0])
+            else:
+                printed = "printed -> " + shown(written[0]) if result["printed"] else "NOT printed"
+                said = "committed, " + printed
             print(
                 f"  #{result['global_no']:<3} {result['type']:<13} {result['currency']} {result['total']:>9}"
-                f"  code {result['verification_code']}  committed, {said}"
-                + ("  (repeated: issued before, nothing new)" if result.get("repeated") else "")
+                f"  code {result['verification_code']}  {said}"
             )
             for warning in result["warnings"]:
                 print(f"       {warning['code']}: {warning['message']}")
@@ -354,10 +359,13 @@ def story(shop: Till) -> None:
         lambda s: s["day"]["status"] == "FiscalDayClosed" or s["days_waiting"], "FDMS's close of the day"
     )
     theirs = sim.day(DEVICE_ID, DAY_NO) or {}
+    held = [h["receiptGlobalNo"] for h in sim.held_receipts(DEVICE_ID)]
+    in_order = held == list(range(1, status["last_global_no"] + 1))
     print(
         f"  FDMS: day {DAY_NO} {theirs.get('fiscalDayStatus')}, after recomputing the counters from the "
-        f"{theirs.get('receipts')} receipts it holds and checking the day signature; the box: "
-        f"{status['day']['status']}"
+        f"{theirs.get('receipts')} receipts it holds (receipts 1..{held[-1]}, "
+        f"{'each once, in order' if in_order else 'NOT in order'}) and checking the day signature; "
+        f"the box: {status['day']['status']}"
     )
     if status["day"]["status"] != "FiscalDayClosed":
         raise SystemExit("FDMS did not close the day")
