@@ -7,7 +7,6 @@ public keys only; a revoked key stays listed with the time it was revoked, and i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -19,19 +18,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from firmware.core.errors import FiscalError
+from firmware.cose import key_id
 
 ROLES = ("pos", "operator")
 FIELDS = ("kid", "role", "label", "public_key", "enrolled_at", "revoked_at")
 LABEL = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
 FORMAT = 1
-
-
-def key_id(public_key: ec.EllipticCurvePublicKey) -> bytes:
-    """The first 16 bytes of SHA-256 over the key's SubjectPublicKeyInfo (DER): the COSE `kid`."""
-    spki = public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(spki).digest()[:16]
 
 
 def load_p256(public_key_der: bytes) -> ec.EllipticCurvePublicKey:

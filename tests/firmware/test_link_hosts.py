@@ -10,7 +10,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from firmware.core.errors import FiscalError
-from firmware.hosts import HostKeys, key_id
+from firmware.cose import key_id
+from firmware.hosts import HostKeys
 
 AT = "2026-11-22T08:00:00"
 
