@@ -8,6 +8,7 @@ expects, and the certificate it returns.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -28,6 +29,7 @@ from firmware.core import fdms
 from firmware.core.errors import FiscalError
 from firmware.delivery import Delivery
 from firmware.journal import OPENED, Journal
+from firmware.logs import json_logging
 from firmware.service import (  # the box's parts, built once for the service and the one-shot commands
     SystemClock,
     build_key_store,
@@ -557,6 +559,32 @@ def receipt_command(cfg: configuration.Config, global_no: int, as_json: bool, bo
         return "\n".join(lines)
 
     _emit(info, as_json, text)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The service
+
+
+@main.command("run")
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning"]), default="info", show_default=True
+)
+@click.pass_obj
+def run_command(cfg: configuration.Config, log_level: str) -> None:
+    """Run the box as a device: the USB link ([link] port), delivery to FDMS, printing and the daily backup
+    ([backup] at), until SIGTERM or SIGINT (the operation in flight finishes first). Logs one JSON object
+    a line on standard output. While it runs, the one-shot commands are refused (BOX_BUSY)."""
+    json_logging(log_level)
+    log = logging.getLogger("fiscalbox")
+    stop = threading.Event()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: stop.set())
+    try:
+        code = service.run(cfg, os.environ, stop, log)
+    except FiscalError as error:
+        log.error("service not started", extra={"fields": error.as_dict()})
+        _fail(error)
+    sys.exit(code)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -335,6 +335,16 @@ def _holder(handle: Any) -> str:
     return f", process {text}" if text.isdigit() else ""
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def one_shot(cfg: configuration.Config) -> Iterator[None]:
     """A one-shot command's hold on the box: refused with BOX_BUSY while the service runs, and holding a
@@ -372,7 +382,7 @@ class ServiceLock:
                 break
             except BlockingIOError:
                 holder = _holder(self._handle)
-                if holder or time.monotonic() > deadline:
+                if (holder and _alive(int(holder.rpartition(" ")[2]))) or time.monotonic() > deadline:
                     self._handle.close()
                     raise _busy(holder) from None
                 time.sleep(0.1)
@@ -567,8 +577,12 @@ class Device:
         if self.box is not None:
             self._start_delivery()
             if self.box.printer is not None and self.box.journal.unprinted_count():
-                result = self.print_unprinted()
-                self.log.info("unprinted receipts printed", extra={"fields": result})
+                try:
+                    result = self.print_unprinted()
+                except FiscalError as error:  # the box's own finding: status says it too
+                    self.log.warning("unprinted receipts not printed", extra={"fields": error.as_dict()})
+                else:
+                    self.log.info("unprinted receipts printed", extra={"fields": result})
 
     def _start_delivery(self) -> None:
         if self.delivery is None or self._stop is None:
@@ -818,3 +832,111 @@ class BackupSchedule:
 
     def done(self, now: float) -> None:
         self.last = self._local(now).date()
+
+
+def backup_loop(
+    device: Device, schedule: BackupSchedule, stop: threading.Event, log: logging.Logger, poll: float = 30.0
+) -> None:
+    """The daily backup while the service runs: into [backup] dir, keeping [backup] retain copies. A backup
+    that fails is said in the log and tried again at the next daily time (or the next start)."""
+    while not stop.is_set():
+        now = device.clock.now()
+        if device.registered and schedule.due(now):
+            try:
+                made = device.backup(None)
+                log.info("backup made", extra={"fields": {"file": made["file"], "removed": made["removed"]}})
+            except FiscalError as error:
+                log.warning("backup failed", extra={"fields": error.as_dict()})
+            schedule.done(now)
+        stop.wait(poll)
+
+
+def serve_link(device: Device, cfg: configuration.Config, stop: threading.Event, log: logging.Logger) -> None:
+    """The link on [link] port until `stop`; a port not there yet (the USB gadget still coming up) is
+    tried again every few seconds."""
+    try:
+        from firmware.hosts import HostKeys  # type: ignore[import-not-found, unused-ignore]
+        from firmware.link import Link, open_port  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        log.warning("this build has no link: the service runs without one")
+        return
+    link = Link(device, HostKeys(cfg.link["hosts"]), log)
+    said = False
+    while not stop.is_set():
+        try:
+            port = open_port(cfg.link["port"], cfg.link["baud"])
+        except FiscalError as error:
+            if not said:
+                log.warning("link port not ready; trying again", extra={"fields": error.as_dict()})
+                said = True
+            stop.wait(2.0)
+            continue
+        log.info("link listening", extra={"fields": {"port": cfg.link["port"]}})
+        try:
+            link.serve(port, stop)
+        finally:
+            port.close()
+
+
+def run(
+    cfg: configuration.Config,
+    environ: Mapping[str, str],
+    stop: threading.Event,
+    log: logging.Logger,
+    backup_poll: float = 30.0,
+) -> int:
+    """`fiscalbox-device run`: the link, delivery, printing and the daily backup over one Device, until
+    `stop`. The operation in flight finishes before the journal closes; 0 on a clean stop, 1 when a part
+    failed (systemd restarts the service)."""
+    lock = ServiceLock(cfg)
+    failed: list[str] = []
+    try:
+        device = Device(cfg, environ, SystemClock(), log)
+        try:
+            box = device.box
+            log.info(
+                "service started",
+                extra={
+                    "fields": {
+                        "pid": os.getpid(),
+                        "registered": device.registered,
+                        "link": cfg.link["port"] or None,
+                        "journal_clean": None if box is None else box.boot["clean"],
+                        "journal_problems": [] if box is None else box.boot["problems"],
+                    }
+                },
+            )
+
+            def guarded(name: str, work: Callable[[], None]) -> Callable[[], None]:
+                def run_part() -> None:
+                    try:
+                        work()
+                    except Exception:
+                        log.exception(f"{name} failed: the service stops")
+                        failed.append(name)
+                        stop.set()
+
+                return run_part
+
+            parts = []
+            if cfg.link["port"]:
+                parts.append(("link", lambda: serve_link(device, cfg, stop, log)))
+            if cfg.backup["at"]:
+                schedule = BackupSchedule(cfg.backup["at"], cfg.backup["dir"], cfg.box["zone"])
+                parts.append(("backup", lambda: backup_loop(device, schedule, stop, log, backup_poll)))
+            threads = [
+                threading.Thread(target=guarded(name, work), name=name, daemon=True) for name, work in parts
+            ]
+            guarded("start", lambda: device.start(stop))()
+            for thread in threads:
+                thread.start()
+            stop.wait()
+            log.info("service stopping")
+            for thread in threads:
+                thread.join(timeout=60)
+        finally:
+            device.close()
+    finally:
+        lock.release()
+    log.info("service stopped", extra={"fields": {"failed": failed}})
+    return 1 if failed else 0

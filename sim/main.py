@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import signal
 import sys
@@ -26,6 +25,7 @@ import threading
 from pathlib import Path
 
 from firmware.core.errors import FiscalError
+from firmware.logs import json_logging
 from sim.printer import VirtualPrinter
 from sim.pty_port import serve_on_pty
 
@@ -88,21 +88,11 @@ def serve_printer(args: argparse.Namespace) -> int:
                 return 0
 
 
-class _JsonLines(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line = {"level": record.levelname, "logger": record.name, "message": record.getMessage()}
-        if record.exc_info:
-            line["error"] = self.formatException(record.exc_info)
-        return json.dumps(line)
-
-
 def serve_fdms(args: argparse.Namespace) -> int:
     from sim.fdms.scenario import Scenario, ScenarioError
     from sim.fdms.server import FdmsSimulator
 
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonLines())
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()), handlers=[handler])
+    json_logging(args.log_level, sys.stderr)
     try:
         scenario = Scenario.load(args.config) if args.config else Scenario.default()
     except OSError as error:

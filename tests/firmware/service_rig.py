@@ -1,0 +1,121 @@
+"""`fiscalbox-device run` as a real process over a box on disk: start it, read its JSON log lines, stop it."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from box_rig import SETTINGS, StepClock, sale
+
+from firmware.box import Box
+from firmware.journal import Journal
+from hardware import ECDSA_P256
+from hardware.keystores import FileKeyStore
+
+PASS = "service test pass phrase"
+ENV = {"FISCALBOX_KEY_PASSPHRASE": PASS}
+ROOT = Path(__file__).resolve().parents[2]
+PATIENCE = 120.0  # seconds a test waits for the service before it fails (never how long it should take)
+
+
+def make_box(root: Path, totals: tuple[str, ...] = ("4.00", "6.50")) -> None:
+    """A provisioned box with day 1 open and a sale for each of `totals`, none printed or delivered."""
+    keys = FileKeyStore(root / "keys", PASS.encode())
+    keys.generate(ECDSA_P256)
+    clock = StepClock()
+    with Journal(root / "journal.db", create=True) as journal:
+        box = Box(journal, keys, clock)
+        box.provision(SETTINGS)
+        box.open_day()
+        for total in totals:
+            clock.advance(60)
+            box.issue(sale(total))
+
+
+def write_config(root: Path, extra: str = "", backup_at: str = "") -> str:
+    path = root / "box.toml"
+    path.write_text(
+        f'[keys]\ndirectory = "{root / "keys"}"\n\n'
+        f'[journal]\npath = "{root / "journal.db"}"\nanchor = "{root / "anchor.json"}"\n\n'
+        f'[box]\nprovisioned = "{root / "provisioned.json"}"\n\n'
+        f'[backup]\nat = "{backup_at}"\ndir = "{root / "backups"}"\nretain = 2\n\n'
+        f'[link]\nport = ""\nhosts = "{root / "hosts.json"}"\n\n' + extra
+    )
+    return str(path)
+
+
+class Service:
+    """One `fiscalbox-device run` process; its log lines are read as they come."""
+
+    def __init__(self, config: str, env: dict[str, str] | None = None) -> None:
+        environment = {**os.environ, **ENV, **(env or {}), "PYTHONPATH": str(ROOT)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "firmware.main", "--config", config, "run"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=environment,
+            cwd=ROOT,
+            text=True,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[dict[str, Any]] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_for(self, message: str) -> dict[str, Any]:
+        """The first log line (from now on) with this message; every line must be one JSON object."""
+        deadline = time.monotonic() + PATIENCE
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise AssertionError(f"the service ended before {message!r}: {self.stderr()}")
+            record = json.loads(line)
+            assert isinstance(record, dict) and {"time", "level", "logger", "message"} <= set(record)
+            self.seen.append(record)
+            if record["message"] == message:
+                return record
+        raise AssertionError(f"no {message!r} in the log: {self.seen}")
+
+    def stop(self, number: int = signal.SIGTERM) -> int:
+        self.process.send_signal(number)
+        code = self.process.wait(timeout=PATIENCE)
+        self.wait_for("service stopped")
+        return code
+
+    def stderr(self) -> str:
+        if self.process.poll() is None:
+            return ""
+        assert self.process.stderr is not None
+        return self.process.stderr.read()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def poll(check: Any, what: str) -> Any:
+    """Wait (generously) until check() gives something true; fail saying `what` never happened."""
+    deadline = time.monotonic() + PATIENCE
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not happen")
