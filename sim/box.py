@@ -40,6 +40,24 @@ from sim.pty_port import PtyPort
 PRINTER_MODEL = "epson-tm-t20ii"
 DEVICE_ID = 10001  # the simulator's default scenario registers it, with the serial and activation key below
 READY_SECONDS = 60.0  # how long the service may take to answer on its link after it was started
+EXAMPLE_SALE = {
+    "receiptType": "FiscalInvoice",
+    "receiptCurrency": "USD",
+    "invoiceNo": "EXAMPLE-1",
+    "receiptLinesTaxInclusive": True,
+    "receiptLines": [
+        {
+            "receiptLineType": "Sale",
+            "receiptLineName": "Bread 700g",
+            "receiptLinePrice": "1.15",
+            "receiptLineQuantity": "2",
+            "taxID": 517,
+            "taxPercent": "15.5",
+            "receiptLineHSCode": "19059000",
+        }
+    ],
+    "receiptPayments": [{"moneyTypeCode": "Cash", "paymentAmount": "2.30"}],
+}
 STOP_SECONDS = 30.0  # how long it may take to finish the operation in flight once asked to stop
 
 
@@ -253,6 +271,9 @@ class VirtualBox:
         self.progress = json.loads(progress_file.read_text()) if progress_file.exists() else {}
         for path in self.keys.values():
             host_key(path)
+        example = self.state_dir / "example-sale.json"
+        if not example.exists():  # something to sell at once: `fiscalbox sale example-sale.json`
+            example.write_text(json.dumps(EXAMPLE_SALE, indent=2) + "\n")
         passphrase_file = self.state_dir / "key-passphrase"
         if not passphrase_file.exists():
             _write_private(passphrase_file, secrets.token_urlsafe(24).encode())
@@ -438,6 +459,7 @@ class VirtualBox:
             "state_dir": str(self.state_dir),
             "printer": {"model": self.model.name, "port": self.printer_port.path, "out": str(self.pages_dir)},
             "log": str(self.log_path),
+            "example_sale": str(self.state_dir / "example-sale.json"),
             "registered": bool(self.progress.get("registered")),
         }
         if self.progress.get("registered"):
