@@ -35,8 +35,8 @@ test-micropython: setup
 
 # The end-to-end bodies of tests/hil against a real box on a rig (they run against the virtual box in `make test`).
 hil: setup
-	@if [ -z "$$FISCALBOX_HIL_PORT" ] || [ -z "$$FISCALBOX_HIL_KEY" ]; then \
-	  echo "error HIL_TARGET: make hil needs FISCALBOX_HIL_PORT (the box's serial port) and FISCALBOX_HIL_KEY (an operator key PEM enrolled on it); see tests/hil/README.md" >&2; \
+	@if [ -z "$$FISCALBOX_HIL_PORT$$LG_ENV" ] || [ -z "$$FISCALBOX_HIL_KEY" ]; then \
+	  echo "error HIL_TARGET: make hil needs FISCALBOX_HIL_PORT (the box's serial port, or LG_ENV a labgrid environment) and FISCALBOX_HIL_KEY (an operator key PEM enrolled on it); see tests/hil/README.md" >&2; \
 	  exit 2; fi
 	FISCALBOX_HIL_REAL=1 $(PY) -m pytest tests/hil
 
