@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Target
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hil_target import Target
 
 from firmware.core.errors import FiscalError
+from host_tools.link import device_public_key
 
 OPENED = "FiscalDayOpened"
 
@@ -201,8 +203,13 @@ def test_the_operator_closes_the_day_and_fdms_confirms_it(box: Target, day: dict
 
 
 def test_the_journal_exported_over_the_link_verifies_offline(box: Target, tmp_path: Path) -> None:
-    last = box.client("operator").status()["last_global_no"]
+    status = box.client("operator").status()
+    last = status["last_global_no"]
+    device_pem = tmp_path / "device.pem"
+    device_pem.write_bytes(
+        device_public_key(status).public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
     export = tmp_path / "journal-export.json"
-    box.fiscalbox("journal", "export", "--first", "1", "--last", str(last), "--out", str(export))
-    checked = box.fiscalbox("journal", "verify", str(export))
-    assert f"receipts 1..{last}" in checked.stdout
+    box.fiscalbox("journal", "export", "1", str(last), str(export))
+    checked = box.fiscalbox("journal", "verify", str(export), "--cert", str(device_pem))
+    assert f"receipts 1..{last}" in checked.stdout and checked.stdout.startswith("clean")
