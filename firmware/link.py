@@ -1,0 +1,562 @@
+"""The box's end of the USB link (docs/link.md): SMP frames in, answers out, never a crash on any input.
+
+`Link.handle` takes one SMP frame and returns the answer frame; `Link.serve` runs it over a serial port
+through the sans-I/O framer of `firmware/core/smp.py`. The OS group answers what any MCUmgr client expects;
+the fiscal groups check a request in a fixed order (shape, COSE, key, signature, group and command, nonce,
+role, CDDL body) before the Device runs anything, so every refusal changes nothing. Long work (audit,
+backup, export) runs as a job in a worker thread, which the host polls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import serial
+
+from firmware import cose, link_schema
+from firmware.box import REQUEST_ID
+from firmware.core import smp
+from firmware.core.errors import FiscalError
+from firmware.hosts import HostKeys, load_p256
+
+READ, WRITE = smp.OP_READ, smp.OP_WRITE
+OS, FISCAL, HOSTS = 0, 64, 65
+NONCE_SIZE = 16
+CHUNK = 2048  # bytes of an export a `job` answer carries
+BUF_COUNT = 4
+RC_EINVAL, RC_ENOTSUP = 3, 8  # MCUmgr's return codes: invalid value, not supported
+ROLES = {"any": 0, "pos": 1, "operator": 2}
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command of docs/link.md sections 2 and 3."""
+
+    group: int
+    id: int
+    name: str
+    op: int
+    role: str  # the least role allowed: any, pos or operator
+    method: str | None  # the Device method it calls; None: the link answers it itself
+    args: tuple[str, ...] = ()  # body keys passed to the method by name (an absent optional key: its default)
+    rid: bool = False  # the request's rid is passed as request_id
+    job: bool = False  # runs as a job (section 7): the method also gets progress(done, total)
+
+
+COMMANDS = (
+    Command(OS, 0, "echo", WRITE, "any", None),
+    Command(OS, 6, "mcumgr_params", READ, "any", None),
+    Command(FISCAL, 0, "nonce", READ, "any", None),
+    Command(FISCAL, 1, "status", READ, "pos", "status"),
+    Command(FISCAL, 2, "receipt", READ, "pos", "receipt", ("global_no",)),
+    Command(FISCAL, 3, "outbox", READ, "pos", "outbox", ("limit",)),
+    Command(FISCAL, 4, "x_report", READ, "pos", "x_report"),
+    Command(FISCAL, 5, "z_report", READ, "pos", "z_report", ("day",)),
+    Command(FISCAL, 6, "issue", WRITE, "pos", "issue", ("sale",), rid=True),
+    Command(FISCAL, 7, "reprint", WRITE, "pos", "reprint", ("global_no",)),
+    Command(FISCAL, 8, "print_unprinted", WRITE, "pos", "print_unprinted"),
+    Command(FISCAL, 9, "print_report", WRITE, "pos", "print_report", ("day",)),
+    Command(FISCAL, 10, "open_day", WRITE, "operator", "open_day"),
+    Command(FISCAL, 11, "close_day", WRITE, "operator", "close_day"),
+    Command(FISCAL, 12, "provision", WRITE, "operator", "provision", ("values",)),
+    Command(FISCAL, 13, "generate_key", WRITE, "operator", "generate_key", ("algorithm", "replace")),
+    Command(FISCAL, 14, "certificate_request", READ, "operator", "certificate_request"),
+    Command(FISCAL, 15, "install_certificate", WRITE, "operator", "install_certificate", ("certificate",)),
+    Command(FISCAL, 16, "register", WRITE, "operator", "register", ("activation_key",)),
+    Command(FISCAL, 17, "renew_certificate", WRITE, "operator", "renew_certificate"),
+    Command(FISCAL, 18, "audit", WRITE, "operator", "audit", job=True),
+    Command(FISCAL, 19, "backup", WRITE, "operator", "backup", ("retain",), job=True),
+    Command(FISCAL, 20, "export_journal", WRITE, "operator", "export_journal", ("first", "last"), job=True),
+    Command(FISCAL, 21, "replay", WRITE, "operator", "replay", ("since",)),
+    Command(FISCAL, 22, "job", READ, "operator", None),
+    Command(HOSTS, 0, "enroll", WRITE, "operator", None),
+    Command(HOSTS, 1, "list", READ, "operator", None),
+    Command(HOSTS, 2, "revoke", WRITE, "operator", None),
+)
+BY_ID = {(c.group, c.id): c for c in COMMANDS}
+
+
+class _SmpError(Exception):
+    """A refusal below the fiscal protocol, answered the SMP way: {"err": {"group", "rc"}}."""
+
+    def __init__(self, rc: int) -> None:
+        super().__init__(rc)
+        self.rc = rc
+
+
+def refuse(code: str, message: str, field: str | None = None) -> FiscalError:
+    return FiscalError(code, message, field)
+
+
+def error_map(error: FiscalError) -> dict[str, Any]:
+    """A refusal as the link carries it: code, message, and field when there is one."""
+    out = {"code": error.code, "message": error.message}
+    if error.field:
+        out["field"] = error.field
+    return out
+
+
+def internal(error: BaseException) -> FiscalError:
+    return refuse(
+        "BOX_INTERNAL",
+        f"The box failed while answering ({type(error).__name__}); nothing more is known on the link: "
+        "the box's log has the details.",
+    )
+
+
+def cbor_map(data: bytes) -> dict[Any, Any] | None:
+    """The one CBOR map `data` holds, as plain data, or None (not CBOR, not a map, bytes after it)."""
+    try:
+        value = cose.loads(data)
+    except FiscalError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+@dataclass
+class Request:
+    """A fiscal request that passed authentication."""
+
+    command: Command
+    rid: str
+    body: dict[str, Any]
+    role: str
+    label: str
+
+
+@dataclass
+class Job:
+    """One long operation (docs/link.md section 7), kept until a newer job of its kind replaces it."""
+
+    id: int
+    kind: str
+    state: str = "running"
+    done: int = 0
+    total: int = 0
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    path: Path | None = None  # the export file
+    size: int | None = None
+    thread: threading.Thread | None = field(default=None, repr=False)
+
+    def progress(self, done: int, total: int) -> None:
+        self.done, self.total = int(done), int(total)
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class Link:
+    """The link server over one Device and the enrolled host keys. `work_dir` keeps export files (a
+    temporary folder of the link's own when not given, removed by close())."""
+
+    def __init__(
+        self,
+        device: Any,
+        hosts: HostKeys,
+        log: logging.Logger | None = None,
+        work_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.device = device
+        self.hosts = hosts
+        self.log = log or _log
+        self._own_dir = work_dir is None
+        self.work_dir = Path(tempfile.mkdtemp(prefix="fiscalbox-link-") if work_dir is None else work_dir)
+        self._lock = threading.Lock()
+        self._nonce = os.urandom(NONCE_SIZE)
+        self._jobs: dict[str, Job] = {}
+        # Job numbers start at random, so a host polling a job of the service's previous life is told
+        # BOX_LINK_NO_JOB rather than shown another job's data.
+        self._next_job = 1 + int.from_bytes(os.urandom(3), "big")
+        self._answer_alg = cose.ES256
+        self._own: dict[str, Callable[..., Any]] = {
+            "echo": self._echo,
+            "mcumgr_params": self._params,
+            "job": self._job,
+            "enroll": self._enroll,
+            "list": self._list,
+            "revoke": self._revoke,
+        }
+
+    @property
+    def nonce(self) -> bytes:
+        """The nonce the next signed request must carry."""
+        return self._nonce
+
+    def join_jobs(self, timeout: float | None = None) -> None:
+        """Wait for the jobs in flight to finish (the service's stop; tests)."""
+        for job in list(self._jobs.values()):
+            if job.thread is not None:
+                job.thread.join(timeout)
+
+    def close(self) -> None:
+        """Remove the link's own temporary folder (export files)."""
+        if self._own_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    # -----------------------------------------------------------------------------------------------------
+    # Frames
+
+    def handle(self, frame: bytes) -> bytes | None:
+        """One SMP frame in, its answer frame out; None for a frame that cannot be answered (shorter than
+        a header, or itself an answer)."""
+        started = time.monotonic()
+        try:
+            version, op, _flags, length, group, sequence, command_id = smp.parse_header(frame)
+        except ValueError:
+            return None
+        if op not in (READ, WRITE):
+            return None  # an answer sent to the box: answering it could start a loop between two devices
+        record: dict[str, Any] = {"event": "link.request", "group": group, "command": command_id}
+        with self._lock:
+            try:
+                answer = self._answer(
+                    version, op, length, group, command_id, bytes(frame[smp.HEADER_SIZE :]), record
+                )
+                body = cbor2.dumps(answer)
+                if len(body) > smp.MAX_FRAME - smp.HEADER_SIZE:
+                    raise refuse("BOX_INTERNAL", "The answer is larger than a frame; ask for less at a time.")
+            except (
+                Exception
+            ) as error:  # the last guard: whatever happened, the host gets a frame, no traceback
+                if not isinstance(error, FiscalError):
+                    self.log.exception(
+                        json.dumps({"event": "link.internal", "group": group, "command": command_id})
+                    )
+                    error = internal(error)
+                record["outcome"] = error.code
+                body = cbor2.dumps({"nonce": self._nonce, "error": error_map(error)})
+            record["ms"] = round((time.monotonic() - started) * 1000, 2)
+            self.log.info(json.dumps(record))
+        return smp.header(op + 1, group, sequence, command_id, len(body), version=version) + body
+
+    def _answer(
+        self,
+        version: int,
+        op: int,
+        length: int,
+        group: int,
+        command_id: int,
+        raw: bytes,
+        record: dict[str, Any],
+    ) -> dict[str, Any]:
+        try:
+            if length != len(raw):
+                raise _SmpError(RC_EINVAL)
+            command = BY_ID.get((group, command_id))
+            if command is None or command.op != op:
+                raise _SmpError(RC_ENOTSUP)
+            record["name"] = command.name
+            body = cbor_map(raw)
+            if body is None:
+                raise _SmpError(RC_EINVAL)
+            if group == OS:
+                result: dict[str, Any] = self._own[command.name](body)
+                record["outcome"] = "ok"
+                return result
+        except _SmpError as error:
+            record["outcome"] = f"SMP_RC_{error.rc}"
+            return {"err": {"group": group, "rc": error.rc}} if version else {"rc": error.rc}
+        return self._fiscal(command, body, record)
+
+    # -----------------------------------------------------------------------------------------------------
+    # OS group
+
+    def _echo(self, body: dict[Any, Any]) -> dict[str, Any]:
+        if set(body) != {"d"} or not isinstance(body["d"], str):
+            raise _SmpError(RC_EINVAL)
+        return {"r": body["d"]}
+
+    def _params(self, body: dict[Any, Any]) -> dict[str, Any]:
+        return {"buf_size": smp.MAX_FRAME, "buf_count": BUF_COUNT}
+
+    # -----------------------------------------------------------------------------------------------------
+    # Fiscal groups
+
+    def _fiscal(self, command: Command, body: dict[Any, Any], record: dict[str, Any]) -> dict[str, Any]:
+        if command.name == "nonce":
+            if body:
+                raise refuse("BOX_LINK_FRAME", "The nonce is asked for with an empty map, unsigned.")
+            record["outcome"] = "ok"
+            return {"nonce": self._nonce, "ok": {"nonce": self._nonce}}
+        request = self._authenticate(command, body, record)
+        if command.op == WRITE:
+            self._nonce = os.urandom(NONCE_SIZE)  # good once, whatever the outcome
+        try:
+            if not isinstance(request.rid, str) or not REQUEST_ID.fullmatch(request.rid):
+                raise refuse(
+                    "BOX_LINK_SCHEMA", "A request ID is 1 to 64 characters from A-Z a-z 0-9 . _ : -.", "rid"
+                )
+            link_schema.check(command.name, request.body)
+            outcome: dict[str, Any] = {"ok": self._run(request)}
+            record["outcome"] = "ok"
+        except FiscalError as error:
+            outcome = {"error": error_map(error)}
+            record["outcome"] = error.code
+        except Exception as error:  # a Device bug: logged here with its traceback, a sentence on the link
+            self.log.exception(
+                json.dumps({"event": "link.internal", "name": command.name, "rid": request.rid})
+            )
+            outcome = {"error": error_map(internal(error))}
+            record["outcome"] = "BOX_INTERNAL"
+        if command.op == READ:
+            return {"nonce": self._nonce, **outcome}
+        payload = {"g": command.group, "c": command.id, "rid": request.rid, **outcome}
+        return {"nonce": self._nonce, **self._signed(payload)}
+
+    def _authenticate(self, command: Command, body: dict[Any, Any], record: dict[str, Any]) -> Request:
+        """The checks before anything runs, in the order of docs/link.md section 4; none changes anything."""
+        if set(body) != {"req"} or not isinstance(body["req"], bytes):
+            raise refuse("BOX_LINK_FRAME", 'A signed request is {"req": COSE_Sign1 bytes}.', "req")
+        message = cose.decode1(body["req"])
+        payload = cbor_map(message.payload) if isinstance(message.payload, bytes) else None
+        shape = {"g": int, "c": int, "nonce": bytes, "rid": str, "body": dict}
+        if (
+            payload is None
+            or set(payload) != set(shape)
+            or not all(
+                isinstance(payload[k], t) and not isinstance(payload[k], bool) for k, t in shape.items()
+            )
+        ):
+            raise refuse(
+                "BOX_LINK_FRAME",
+                'The signed payload is a map {"g": uint, "c": uint, "nonce": bstr, "rid": text, '
+                '"body": map}.',
+                "req",
+            )
+        record["rid"] = payload["rid"][:64]
+        kid = message.kid if isinstance(message.kid, bytes) else b""
+        entry = self.hosts.find(kid) if kid else None
+        if entry is None:
+            if command.name != "enroll":
+                raise refuse(
+                    "BOX_LINK_UNKNOWN_KEY",
+                    f"No host key {kid.hex() or '(none)'} is enrolled on this box: an operator enrolls it "
+                    "first.",
+                    "kid",
+                )
+            key = self._first_operator(kid, payload["body"])
+            role, label = "operator", str(payload["body"].get("label", ""))
+        else:
+            if entry["revoked_at"] is not None:
+                raise refuse(
+                    "BOX_LINK_REVOKED",
+                    f"Host key {entry['kid']} ({entry['label']}) was revoked at {entry['revoked_at']}.",
+                    "kid",
+                )
+            key = self.hosts.public_key(kid)
+            role, label = entry["role"], entry["label"]
+        record["key"], record["role"] = label, role
+        cose.verify1(message, key)
+        if (payload["g"], payload["c"]) != (command.group, command.id):
+            raise refuse(
+                "BOX_LINK_OP", "The signed request names another command than the frame carrying it.", "req"
+            )
+        if payload["nonce"] != self._nonce:
+            raise refuse(
+                "BOX_LINK_NONCE",
+                "The request's nonce is not the box's current one (stale, or a replay): sign it again "
+                "with the nonce of this answer.",
+                "nonce",
+            )
+        if ROLES[role] < ROLES[command.role]:
+            raise refuse(
+                "BOX_LINK_ROLE",
+                f"A {role} key may not ask for {command.name}: that needs an {command.role} key.",
+                "kid",
+            )
+        return Request(command, payload["rid"], payload["body"], role, label)
+
+    def _first_operator(self, kid: bytes, body: dict[Any, Any]) -> Any:
+        """The key a first operator enroll is signed by: the key it enrolls (docs/link.md section 5)."""
+        if self.hosts.has_operator() or self.device.registered:
+            raise refuse(
+                "BOX_LINK_ENROLL",
+                "This box already has an operator key or is registered: an enrolled operator key must "
+                "sign the enroll.",
+                "kid",
+            )
+        try:
+            key = load_p256(body.get("public_key"))  # type: ignore[arg-type]
+        except FiscalError:
+            key = None
+        if key is None or cose.key_id(key) != kid or body.get("role") != "operator":
+            raise refuse(
+                "BOX_LINK_ENROLL",
+                "The first key enrolled is an operator key, and its enroll is signed by that key itself.",
+                "kid",
+            )
+        return key
+
+    def _run(self, request: Request) -> Any:
+        command = request.command
+        if command.method is None:
+            return self._own[command.name](request)
+        kwargs = {name: request.body[name] for name in command.args if name in request.body}
+        if command.rid:
+            kwargs["request_id"] = request.rid
+        if command.job:
+            return self._start_job(command, kwargs)
+        return getattr(self.device, command.method)(**kwargs)
+
+    def _signed(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A write's answer: a COSE_Sign1 by the device key, or the payload as is while it has no key."""
+        data = cbor2.dumps(payload)
+        used: list[int] = []
+
+        def sign(to_be_signed: bytes) -> bytes:
+            answer = self.device.sign_answer(to_be_signed)
+            if answer is None:
+                raise LookupError("no device key")
+            used.append(answer[0])
+            return bytes(answer[1])
+
+        try:
+            signed = cose.sign1(data, sign, self._answer_alg)
+            if (
+                used[-1] != self._answer_alg
+            ):  # the device key is not the one guessed: sign once more, remember
+                self._answer_alg = used[-1]
+                signed = cose.sign1(data, sign, self._answer_alg)
+        except LookupError:
+            return {"answer": payload}
+        except Exception:  # a key store that fails must not lose the write's outcome
+            self.log.exception(json.dumps({"event": "link.sign_failed", "rid": payload.get("rid")}))
+            return {"answer": payload}
+        return {"cose": signed}
+
+    # -----------------------------------------------------------------------------------------------------
+    # Host keys
+
+    def _enroll(self, request: Request) -> dict[str, Any]:
+        body = request.body
+        return self.hosts.enroll(body["public_key"], body["role"], body["label"], utc_now())
+
+    def _list(self, request: Request) -> dict[str, Any]:
+        return {"keys": self.hosts.entries()}
+
+    def _revoke(self, request: Request) -> dict[str, Any]:
+        return self.hosts.revoke(request.body["kid"], utc_now())
+
+    # -----------------------------------------------------------------------------------------------------
+    # Jobs
+
+    def _start_job(self, command: Command, kwargs: dict[str, Any]) -> dict[str, Any]:
+        old = self._jobs.get(command.name)
+        if old is not None and old.state == "running":
+            raise refuse(
+                "BOX_BUSY", f"A {command.name} is already running (job {old.id}): wait for it to finish."
+            )
+        job = Job(self._next_job, command.name)
+        self._next_job += 1
+        if command.name == "export_journal":
+            job.path = self.work_dir / f"export-{job.id}.json"
+            kwargs["dest"] = str(job.path)
+        if old is not None and old.path is not None:
+            old.path.unlink(missing_ok=True)
+        self._jobs[command.name] = job
+        method = getattr(self.device, command.method or command.name)
+        job.thread = threading.Thread(
+            target=self._work, args=(job, method, kwargs), name=f"link-{command.name}", daemon=True
+        )
+        job.thread.start()
+        return {"job": job.id, "total": job.total}
+
+    def _work(self, job: Job, method: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+        started = time.monotonic()
+        try:
+            result = dict(method(progress=job.progress, **kwargs) or {})
+            if job.path is not None:
+                data = job.path.read_bytes()
+                job.size = len(data)
+                result["sha256"] = hashlib.sha256(data).hexdigest()
+            job.result = result
+            job.state = "done"
+        except Exception as error:
+            if not isinstance(error, FiscalError):
+                self.log.exception(json.dumps({"event": "link.internal", "job": job.id, "name": job.kind}))
+                error = internal(error)
+            job.error = error_map(error)
+            job.state = "failed"
+        ms = round((time.monotonic() - started) * 1000, 2)
+        outcome = job.error["code"] if job.error else "ok"
+        self.log.info(
+            json.dumps({"event": "link.job", "job": job.id, "name": job.kind, "outcome": outcome, "ms": ms})
+        )
+
+    def _job(self, request: Request) -> dict[str, Any]:
+        wanted = request.body["job"]
+        job = next((j for j in self._jobs.values() if j.id == wanted), None)
+        if job is None:
+            raise refuse(
+                "BOX_LINK_NO_JOB",
+                f"The box has no job {wanted} (it may have restarted): start it again.",
+                "job",
+            )
+        out: dict[str, Any] = {"state": job.state, "done": job.done, "total": job.total}
+        if job.result is not None:
+            out["result"] = job.result
+        if job.error is not None:
+            out["error"] = job.error
+        if job.state == "done" and job.path is not None and job.size is not None:
+            offset = int(request.body.get("offset", 0))
+            with open(job.path, "rb") as handle:
+                handle.seek(offset)
+                out["data"] = handle.read(CHUNK)
+            out["size"] = job.size
+        return out
+
+    # -----------------------------------------------------------------------------------------------------
+    # The serial line
+
+    def serve(self, port: Any, stop: threading.Event) -> None:
+        """Answer every frame that arrives on `port` (pyserial-like: read, write, timeout) until `stop`.
+        Noise is dropped by the framer; a failing port is retried, never the end of the service."""
+        if getattr(port, "timeout", None) is None:
+            port.timeout = 0.1  # so `stop` is noticed
+        decoder = smp.Decoder(smp.MAX_FRAME)
+        while not stop.is_set():
+            try:
+                waiting = getattr(port, "in_waiting", 0)
+                data = port.read(waiting if waiting > 0 else 1)
+            except (OSError, serial.SerialException) as error:
+                self.log.warning(json.dumps({"event": "link.port", "error": str(error)}))
+                stop.wait(0.5)
+                continue
+            if not data:
+                continue
+            for frame in decoder.feed(data):
+                answer = self.handle(frame)
+                if answer is None:
+                    continue
+                try:
+                    port.write(smp.encode(answer))
+                    port.flush()
+                except (OSError, serial.SerialException) as error:
+                    self.log.warning(json.dumps({"event": "link.port", "error": str(error)}))
+
+
+def open_port(url_or_path: str, baud: int = 115200) -> Any:
+    """A device path (/dev/ttyGS0, a pty) or a pyserial URL (socket://, loop://), raw, with a short read
+    timeout; one that cannot be opened is BOX_LINK_PORT."""
+    try:
+        return serial.serial_for_url(url_or_path, baudrate=baud, timeout=0.1, write_timeout=5)
+    except (OSError, ValueError, serial.SerialException) as error:
+        raise refuse(
+            "BOX_LINK_PORT", f"The link's serial port {url_or_path} cannot be opened: {error}.", "link.port"
+        ) from None
