@@ -22,8 +22,8 @@ from rich.text import Text
 from firmware.core import fdms, localtime
 from firmware.core.errors import FiscalError
 from hardware import signatures
+from host_tools import box_commands, journal_file
 from host_tools import explain as explaining
-from host_tools import journal_file
 
 PASSPHRASE_ENV = "FISCALBOX_KEY_PASSPHRASE"
 
@@ -258,6 +258,7 @@ def _print_report(report: dict[str, Any]) -> None:
 
 
 @click.group(cls=_Group)
+@box_commands.link_options
 def main() -> None:
     """fiscalbox: provision, operate and inspect a fiscal box."""
 
@@ -425,6 +426,8 @@ def journal_verify(file: str, cert_path: str, verbose: bool, as_json: bool) -> N
             click.echo(f"  ... and {len(report['problems']) - len(shown)} more (--verbose lists them)")
     sys.exit(0 if report["clean"] else 1)
 
+
+box_commands.add_to(main, journal)
 
 if __name__ == "__main__":
     main()

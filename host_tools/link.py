@@ -1,4 +1,4 @@
-"""The POS API: `BoxClient` talks to a fiscal box over its USB link (docs/link.md); the `fiscalbox` tool uses it.
+"""The POS API: `BoxClient` talks to a fiscal box over its USB link (docs/link.md); `fiscalbox` uses it.
 
     from host_tools.link import BoxClient
     with BoxClient("/dev/ttyACM0", open("pos.pem", "rb").read()) as box:
@@ -24,7 +24,7 @@ from typing import Any
 
 import cbor2
 import serial
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from firmware import cose
@@ -76,7 +76,7 @@ Progress = Callable[[int, int], None]
 
 
 class _Lost(Exception):
-    """The line lost the exchange (a timeout or a port error): `error` is what the caller sees if not retried."""
+    """The line lost the exchange (a timeout, a port error); `error` is what the caller sees unretried."""
 
     def __init__(self, error: FiscalError) -> None:
         super().__init__(error.message)
@@ -120,7 +120,9 @@ def load_host_key(pem: bytes, passphrase: bytes | None = None) -> ec.EllipticCur
             "BOX_KEY_UNREADABLE", "The host key is not a PEM private key, or its passphrase is wrong.", "key"
         ) from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
-        raise FiscalError("BOX_KEY_UNREADABLE", "A host key must be ECDSA P-256 (`fiscalbox keys new`).", "key")
+        raise FiscalError(
+            "BOX_KEY_UNREADABLE", "A host key must be ECDSA P-256 (`fiscalbox keys new`).", "key"
+        )
     return key
 
 
@@ -149,7 +151,9 @@ def _load_public(data: bytes) -> Any:
             return load(data)
         except (ValueError, TypeError):
             continue
-    raise FiscalError("BOX_KEY_UNREADABLE", "This is not a public key, certificate or private key.", "public_key")
+    raise FiscalError(
+        "BOX_KEY_UNREADABLE", "This is not a public key, certificate or private key.", "public_key"
+    )
 
 
 def device_public_key(status: dict[str, Any]) -> Any:
@@ -181,7 +185,9 @@ class BoxClient:
         self.retries = retries
         self._key = load_host_key(key_pem, passphrase)
         self.kid = cose.key_id(self._key.public_key())
-        self._device_key = _load_public(device_key) if isinstance(device_key, (bytes, str)) else device_key
+        if isinstance(device_key, str):
+            device_key = device_key.encode()
+        self._device_key = _load_public(device_key) if isinstance(device_key, bytes) else device_key
         self._no_device_key = False  # the box said it has no device key yet: answers come unsigned
         self._serial: Any = None
         self._decoder = smp.Decoder()
@@ -230,12 +236,16 @@ class BoxClient:
     def _lost_port(self, error: Exception) -> _Lost:
         self.close()
         self._nonce = None
-        return _Lost(FiscalError("BOX_LINK_PORT", f"The line to the box on {self.port} failed: {error}.", "port"))
+        return _Lost(
+            FiscalError("BOX_LINK_PORT", f"The line to the box on {self.port} failed: {error}.", "port")
+        )
 
     # --------------------------------------------------------------------------------------------------
     # One exchange
 
-    def _exchange(self, op: int, group: int, command: int, body: dict[str, Any], wait: float) -> dict[str, Any]:
+    def _exchange(
+        self, op: int, group: int, command: int, body: dict[str, Any], wait: float
+    ) -> dict[str, Any]:
         """Send one frame, return the body of the answer with the same sequence number."""
         try:
             port = self._open()
@@ -271,7 +281,7 @@ class BoxClient:
                 raise _Lost(
                     FiscalError(
                         "BOX_LINK_TIMEOUT",
-                        f"The box did not answer on {self.port} within {wait:g} s: is it plugged in and running?",
+                        f"The box did not answer on {self.port} within {wait:g} s: is it plugged in and on?",
                         "port",
                     )
                 )
@@ -293,11 +303,8 @@ class BoxClient:
     def _signed(self, group: int, command: int, body: dict[str, Any], rid: str) -> dict[str, Any]:
         assert self._nonce is not None
         payload = cbor2.dumps({"g": group, "c": command, "nonce": self._nonce, "rid": rid, "body": body})
-
-        def sign(to_be_signed: bytes) -> bytes:
-            return cose.es256_raw(self._key.sign(to_be_signed, ec.ECDSA(hashes.SHA256())))
-
-        return {"req": cose.sign1(payload, sign, cose.ES256, self.kid)}
+        alg, sign = cose.signer(self._key)
+        return {"req": cose.sign1(payload, sign, alg, self.kid)}
 
     # --------------------------------------------------------------------------------------------------
     # The general call
@@ -334,7 +341,9 @@ class BoxClient:
                 try:
                     if self._nonce is None:
                         self._fetch_nonce(self.timeout)
-                    answer = self._exchange(op, group, command, self._signed(group, command, body or {}, rid), wait)
+                    answer = self._exchange(
+                        op, group, command, self._signed(group, command, body or {}, rid), wait
+                    )
                 except _Lost as error:
                     self.close()
                     if not retry or lost >= self.retries:
@@ -344,12 +353,18 @@ class BoxClient:
                 nonce = answer.get("nonce")
                 self._nonce = nonce if isinstance(nonce, bytes) else None
                 refusal = answer.get("error")
-                if isinstance(refusal, dict) and refusal.get("code") == "BOX_LINK_NONCE" and not nonce_refused:
+                if (
+                    isinstance(refusal, dict)
+                    and refusal.get("code") == "BOX_LINK_NONCE"
+                    and not nonce_refused
+                ):
                     nonce_refused = True  # another host wrote in between: sign again, same request ID
                     continue
                 return self._result(answer, op, group, command, rid, name)
 
-    def _result(self, answer: dict[str, Any], op: int, group: int, command: int, rid: str, name: str | None) -> Any:
+    def _result(
+        self, answer: dict[str, Any], op: int, group: int, command: int, rid: str, name: str | None
+    ) -> Any:
         smp_error = answer.get("err")
         if isinstance(smp_error, dict):  # refused at the SMP level: the box does not know this command
             raise FiscalError(
@@ -368,7 +383,7 @@ class BoxClient:
             message = cose.decode1(proof)
             self._verify(message, name)
             self.last_proof = proof
-            payload = cbor2.loads(message.payload)
+            payload = cose.loads(message.payload)
         elif "answer" in answer:
             if self._device_key is not None:
                 raise FiscalError(
@@ -378,7 +393,9 @@ class BoxClient:
             payload = answer["answer"]
             self.last_proof = None
         else:
-            raise FiscalError("BOX_LINK_FRAME", "The box's answer to a write holds neither `cose` nor `answer`.")
+            raise FiscalError(
+                "BOX_LINK_FRAME", "The box's answer to a write holds neither `cose` nor `answer`."
+            )
         if not isinstance(payload, dict) or (payload.get("g"), payload.get("c"), payload.get("rid")) != (
             group,
             command,
@@ -420,7 +437,9 @@ class BoxClient:
     # --------------------------------------------------------------------------------------------------
     # One method per command of docs/link.md section 3
 
-    def _do(self, name: str, body: dict[str, Any] | None = None, request_id: str | None = None, **how: Any) -> Any:
+    def _do(
+        self, name: str, body: dict[str, Any] | None = None, request_id: str | None = None, **how: Any
+    ) -> Any:
         group, command, _ = COMMANDS[name]
         return self.call(group, command, body or {}, request_id, **how)
 
@@ -576,7 +595,9 @@ class BoxClient:
         expected = result.get("sha256")
         if offset != size or (isinstance(expected, str) and expected.lower() != digest):
             raise FiscalError(
-                "BOX_LINK_EXPORT", "The export file arrived damaged (its SHA-256 differs): export it again.", "out"
+                "BOX_LINK_EXPORT",
+                "The export file arrived damaged (its SHA-256 differs): export it again.",
+                "out",
             )
         os.replace(part, out)
         return {**result, "first": first, "last": last, "file": str(out), "size": offset, "sha256": digest}
@@ -586,4 +607,6 @@ def _refusal(error: Any) -> FiscalError:
     if not isinstance(error, dict):
         return FiscalError("BOX_LINK_FRAME", "The box refused without saying why.")
     field = error.get("field")
-    return FiscalError(str(error.get("code")), str(error.get("message")), field if isinstance(field, str) else None)
+    return FiscalError(
+        str(error.get("code")), str(error.get("message")), field if isinstance(field, str) else None
+    )
