@@ -540,15 +540,17 @@ class Link:
                 continue
             if not data:
                 continue
-            for frame in decoder.feed(data):
-                answer = self.handle(frame)
-                if answer is None:
-                    continue
-                try:
-                    port.write(smp.encode(answer))
-                    port.flush()
-                except (OSError, serial.SerialException) as error:
-                    self.log.warning(json.dumps({"event": "link.port", "error": str(error)}))
+            try:
+                for frame in decoder.feed(data):
+                    answer = self.handle(frame)
+                    if answer is not None:
+                        port.write(smp.encode(answer))
+                        port.flush()
+            except (OSError, serial.SerialException) as error:
+                self.log.warning(json.dumps({"event": "link.port", "error": str(error)}))
+            except Exception:  # a bug of the link itself: logged, and the line is read on
+                self.log.exception(json.dumps({"event": "link.internal"}))
+                decoder = smp.Decoder(smp.MAX_FRAME)
 
 
 def open_port(url_or_path: str, baud: int = 115200) -> Any:

@@ -24,23 +24,23 @@ from zoneinfo import ZoneInfo
 
 import serial
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from firmware import config as configuration
-from firmware import verify
+from firmware import cose, verify
 from firmware.backup import Anchor, missing_journal
 from firmware.box import Box
 from firmware.core import fdms
 from firmware.core.errors import FiscalError
 from firmware.delivery import Delivery
 from firmware.fdms_client import FdmsClient
+from firmware.hosts import HostKeys
 from firmware.journal import CLOSED, OPENED, Journal
 from hardware import ECDSA_P256, RSA_2048, KeyStore, Printer, printers
 from hardware.keystores import FileKeyStore, Pkcs11KeyStore, PublicKeys
 from hardware.signatures import load_public_key
 
 ALGORITHM_NAMES = {"ecdsa": ECDSA_P256, "rsa": RSA_2048}
-COSE_ALGORITHMS = {ECDSA_P256: -7, RSA_2048: -257}  # ES256, RS256 (docs/link.md section 4)
+COSE_ALGORITHMS = {ECDSA_P256: cose.ES256, RSA_2048: cose.RS256}  # docs/link.md section 4
 IDENTITY_FIELDS = tuple(configuration.IDENTITY)
 
 
@@ -610,8 +610,7 @@ class Device:
             return None
         signature = self.keys.sign(payload)
         if algorithm == ECDSA_P256:
-            r, s = decode_dss_signature(signature)
-            signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")  # COSE wants r || s
+            signature = cose.es256_raw(signature)  # the key store signs DER; COSE wants r || s
         return COSE_ALGORITHMS[algorithm], signature
 
     # -- reads -----------------------------------------------------------------------------------------------
@@ -661,10 +660,7 @@ class Device:
     # -- the fiscal day --------------------------------------------------------------------------------------
 
     def issue(self, sale: dict[str, Any], request_id: str | None = None) -> dict[str, Any]:
-        box = self._printing_box()
-        if request_id is None:
-            return box.issue(sale)
-        return box.issue(sale, request_id=request_id)  # type: ignore[call-arg]  # the journal's request IDs
+        return self._printing_box().issue(sale, request_id=request_id)
 
     def reprint(self, global_no: int) -> dict[str, Any]:
         return self._printing_box().reprint(global_no)
@@ -805,7 +801,60 @@ class Device:
         return result
 
     def replay(self, since: int) -> dict[str, Any]:
-        raise FiscalError("BOX_NOT_SUPPORTED", "replay is not built yet.", "since")
+        """Send FDMS again every receipt of the last `since` fiscal days that it has already answered, so an
+        FDMS that lost them holds them again. FDMS answers a receipt it holds with its original answer, so
+        this changes nothing there nor in the journal; an answer that differs from the stored one is logged
+        as a finding. Runs in the background on its own FDMS connection; the log says when it is done."""
+        box = self._require_box()
+        if type(since) is not int or not 1 <= since <= 3650:
+            raise FiscalError("BOX_USAGE", "since is a number of fiscal days from 1 to 3650.", "since")
+        if box.fdms is None:
+            raise FiscalError("BOX_NO_FDMS", "No FDMS connection is configured: provision fdms_url first.")
+        with box.lock:
+            last_day = box.journal.head()["day_no"]
+            first_day = max(last_day - since + 1, 1)
+            queued = []
+            for row in box.journal.receipts():
+                if row[1] < first_day:
+                    continue
+                delivery = box.journal.delivery(row[0]) or {}
+                if delivery.get("receipt_id") is not None:
+                    queued.append((row[0], row[7], delivery["receipt_id"]))
+        client = build_fdms_client(self.cfg, self.keys)
+        thread = threading.Thread(target=self._resend, args=(client, queued), name="replay", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return {"queued": len(queued), "first_day": first_day, "last_day": last_day}
+
+    def _resend(self, client: Any, queued: list[tuple[int, str, int]]) -> None:
+        differed: list[int] = []
+        sent = 0
+        for global_no, body, receipt_id in queued:
+            if self._stop is not None and self._stop.is_set():
+                break
+            try:
+                answer = client.submit_receipt(body).body
+            except FiscalError as error:
+                self.log.warning(
+                    "replay stopped", extra={"fields": {"global_no": global_no, **error.as_dict()}}
+                )
+                break
+            sent += 1
+            if int(answer.get("receiptID", -1)) != receipt_id:
+                differed.append(global_no)
+                self.log.warning(
+                    "replay: FDMS answered another receipt ID",
+                    extra={
+                        "fields": {
+                            "global_no": global_no,
+                            "stored": receipt_id,
+                            "now": answer.get("receiptID"),
+                        }
+                    },
+                )
+        self.log.info(
+            "replay done", extra={"fields": {"sent": sent, "of": len(queued), "differed": differed}}
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -855,7 +904,6 @@ def serve_link(device: Device, cfg: configuration.Config, stop: threading.Event,
     """The link on [link] port until `stop`; a port not there yet (the USB gadget still coming up) is
     tried again every few seconds."""
     try:
-        from firmware.hosts import HostKeys  # type: ignore[import-not-found, unused-ignore]
         from firmware.link import Link, open_port  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         log.warning("this build has no link: the service runs without one")

@@ -4,6 +4,7 @@ operation answers what the one-shot `--json` command prints."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,9 @@ def one_shot(path: str, *args: str) -> Any:
     return result
 
 
-def test_a_device_is_provisioned_keyed_and_registered_then_sells(tmp_path: Path, sim: FdmsSimulator) -> None:
+def test_a_device_is_provisioned_keyed_and_registered_then_sells(
+    tmp_path: Path, sim: FdmsSimulator, caplog: pytest.LogCaptureFixture
+) -> None:
     path = write_config(tmp_path)
     device = Device(configuration.load(path, ENV), ENV, SystemClock())
     try:
@@ -136,6 +139,17 @@ def test_a_device_is_provisioned_keyed_and_registered_then_sells(tmp_path: Path,
         exported = device.export_journal(1, 3, tmp_path / "out.export", None)
         assert exported["first"] == 1 and (tmp_path / "out.export").exists()
         assert device.audit(None)["clean"]
+        assert device.delivery is not None
+        device.delivery.run_until_idle(max_wait=60)
+        with pytest.raises(FiscalError) as refused:
+            device.replay(0)
+        assert refused.value.field == "since"
+        with caplog.at_level(logging.INFO, logger="fiscalbox.device"):
+            assert device.replay(1) == {"queued": 3, "first_day": 1, "last_day": 1}
+            device._threads[-1].join(timeout=120)
+        done = [r for r in caplog.records if r.getMessage() == "replay done"]
+        assert done and done[0].fields == {"sent": 3, "of": 3, "differed": []}  # type: ignore[attr-defined]
+        assert device.outbox(20)["counts"] == {"delivered": 3}  # nothing changed in the journal
         answers = {
             "status": device.status(),
             "receipt": device.receipt(2),

@@ -1,0 +1,168 @@
+"""Checks a link message against its rule in firmware/link.cddl (pycddl), refusing with BOX_LINK_SCHEMA.
+
+pycddl 0.6.4 leaves a map open when none of its keys is required (`{}` and `{? "limit": uint}` accept any
+key), and a `* tstr => any` map beside a required key wants at least one entry. So the rules are compiled with
+one required key "@" added to every map, and the message checked with "@" added to every map it holds: then
+every map is closed, as the CDDL says. No link message has a key "@"; one that does is refused. (Its controls
+checked without their base type are handled in link.cddl itself.)
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pycddl
+
+from firmware.core.errors import FiscalError
+
+SOURCE = Path(__file__).with_name("link.cddl")
+MARK = "@"
+_RULE = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)\s*=", re.M)
+_STEP = re.compile(r'/"((?:[^"\\]|\\.)*)"|/(-?\d+)')
+_KEY = re.compile(r'Text\("((?:[^"\\]|\\.)*)"\)|Integer\(Integer\((-?\d+)\)\)')
+_TYPES = {
+    "uint": "a whole number, 0 or more",
+    "int": "a whole number",
+    "nint": "a negative whole number",
+    "tstr": "text",
+    "text": "text",
+    "bstr": "a byte string",
+    "bytes": "a byte string",
+    "bool": "true or false",
+    "map": "a map",
+    "array": "a list",
+}
+
+_MESSAGES = {"signed", "request", "answer", "outcome", "error", "identity", "rid"}
+
+_SOURCE_TEXT = SOURCE.read_text(encoding="utf-8")
+_schemas: dict[str, Any] = {}
+
+
+def _closed(source: str) -> str:
+    """The CDDL with a required `"@": 0` entry opening every map; strings and comments left as they are."""
+    out = []
+    in_string = False
+    in_comment = False
+    escaped = False
+    for ch in source:
+        out.append(ch)
+        if in_comment:
+            in_comment = ch != "\n"
+        elif in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch == ";":
+            in_comment = True
+        elif ch == "{":
+            out.append('"%s": 0, ' % MARK)
+    return "".join(out)
+
+
+def rules() -> list[str]:
+    """The names of the rules in link.cddl, in order."""
+    return _RULE.findall(_SOURCE_TEXT)
+
+
+def _schema(name: str) -> Any:
+    schema = _schemas.get(name)
+    if schema is None:
+        if name not in rules():
+            raise FiscalError("BOX_LINK_SCHEMA", "The link has no message called %s." % name)
+        schema = pycddl.Schema("root = %s\n%s" % (name, _closed(_SOURCE_TEXT)))
+        _schemas[name] = schema
+    return schema
+
+
+def _marked(value: Any, where: str) -> Any:
+    if isinstance(value, dict):
+        if MARK in value:
+            raise FiscalError("BOX_LINK_SCHEMA", "No link message has a field called %s." % MARK,
+                              _join(where, MARK))
+        out: dict[Any, Any] = {MARK: 0}
+        for key, item in value.items():
+            out[key] = _marked(item, _join(where, str(key)))
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_marked(item, "%s[%d]" % (where, at)) for at, item in enumerate(value)]
+    return value
+
+
+def _join(where: str, key: str) -> str:
+    return key if not where else where + "." + key
+
+
+def _field(location: str) -> str:
+    where = ""
+    for key, index in _STEP.findall(location):
+        where = _join(where, key) if not index else "%s[%s]" % (where, index)
+    return where
+
+
+def _refusal(name: str, text: str) -> FiscalError:
+    """pycddl's error text as a sentence, and the field it names (a.b[2].c), when it names one."""
+    what = ("The %s message" if name in _MESSAGES else "The %s request") % name
+    found = []
+    for line in text.splitlines():
+        match = re.search(r"cbor location ([^:]*):\s*(.*)$", line)
+        if match:
+            found.append((_field(match.group(1)), match.group(2)))
+    if not found:
+        return FiscalError("BOX_LINK_SCHEMA", "%s is not as docs/link.md describes it." % what)
+    for where, detail in found:
+        missing = re.search(r'missing key: ""(.*)""', detail)
+        if missing:
+            field = _join(where, missing.group(1))
+            return FiscalError("BOX_LINK_SCHEMA", "%s lacks %s; see docs/link.md." % (what, field), field)
+        unexpected = _KEY.search(detail) if "unexpected key" in detail else None
+        if unexpected:
+            field = _join(where, unexpected.group(1) or unexpected.group(2))
+            return FiscalError("BOX_LINK_SCHEMA", "%s has a field the box does not know: %s." % (what, field),
+                               field)
+    for where, detail in found:
+        typed = re.search(r"expected type (\w+)", detail)
+        if typed and typed.group(1) in _TYPES:
+            return _bad(what, where, "must be " + _TYPES[typed.group(1)])
+    where, detail = found[0]
+    bound = re.search(r"expected (?:value \.le )?(\d+), got", detail)
+    if bound:
+        return _bad(what, where, "must be at most " + bound.group(1))
+    choices = [line for at, line in found if at == where]
+    values = [value for line in choices for value in re.findall(r"expected value (\S+) got", line)]
+    if values:
+        return _bad(what, where, "must be one of " + ", ".join(values))
+    if "regex" in detail or ".size" in detail or "length" in detail:
+        return _bad(what, where, "has a length or characters docs/link.md does not allow")
+    if "array" in detail or "map requires" in detail or "key of type" in detail:
+        return _bad(what, where, "must be a map with text keys")
+    return _bad(what, where, "is not what docs/link.md has there")
+
+
+def _bad(what: str, where: str, complaint: str) -> FiscalError:
+    message = "%s: %s %s." % (what, where or "its body", complaint)
+    return FiscalError("BOX_LINK_SCHEMA", message, where or None)
+
+
+def check(name: str, body: object) -> None:
+    """Refuse `body` unless it matches rule `name` of link.cddl: BOX_LINK_SCHEMA, with the field."""
+    schema = _schema(name)
+    try:
+        data = cbor2.dumps(_marked(body, ""))
+    except FiscalError:
+        raise
+    except Exception:
+        message = "The %s request holds a value CBOR cannot carry." % name
+        raise FiscalError("BOX_LINK_SCHEMA", message) from None
+    try:
+        schema.validate_cbor(data)
+    except pycddl.ValidationError as error:
+        raise _refusal(name, str(error)) from None

@@ -1,0 +1,164 @@
+"""firmware/link.cddl and link_schema.check: every command of docs/link.md has a rule, each rule takes a good
+body and refuses a wrong one with BOX_LINK_SCHEMA naming the field, and pycddl's open maps are closed."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from firmware import link_schema
+from firmware.core.errors import FiscalError
+
+ROOT = Path(__file__).resolve().parents[2]
+N16 = bytes(range(16))
+PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+# name: (good bodies, [(wrong body, the field named, or None for the body itself)])
+CASES = {
+    "nonce": ([{}], [({"x": 1}, "x"), ([], None)]),
+    "status": ([{}], [({"verbose": True}, "verbose")]),
+    "receipt": ([{"global_no": 1}, {"global_no": 0}], [({}, "global_no"), ({"global_no": -1}, "global_no"),
+                                                       ({"global_no": "1"}, "global_no")]),
+    "outbox": ([{}, {"limit": 20}], [({"limit": "20"}, "limit"), ({"limt": 20}, "limt")]),
+    "x_report": ([{}], [({"day": 1}, "day")]),
+    "z_report": ([{"day": 3}], [({}, "day"), ({"day": 1.5}, "day")]),
+    "issue": ([{"sale": {"receiptType": "FiscalInvoice", "receiptLines": [{"receiptLineName": "Bread"}]}},
+               {"sale": {}}],
+              [({}, "sale"), ({"sale": []}, "sale"), ({"sale": {1: "x"}}, "sale"),
+               ({"sale": {}, "request_id": "a"}, "request_id")]),
+    "reprint": ([{"global_no": 7}], [({"global_no": None}, "global_no")]),
+    "print_unprinted": ([{}], [({"all": True}, "all")]),
+    "print_report": ([{}, {"day": 2}], [({"day": -2}, "day"), ({"days": 2}, "days")]),
+    "open_day": ([{}], [({"day": 1}, "day")]),
+    "close_day": ([{}], [({"force": True}, "force")]),
+    "provision": ([{"values": {"device_id": 4321, "serial": "FB-1", "model_name": "fiscalbox",
+                               "model_version": "1.0", "fdms_url": "https://fdms", "fdms_ca": "",
+                               "currencies": ["USD", "ZWG"]}}, {"values": {}}],
+                  [({}, "values"), ({"values": {"device": 1}}, "values.device"),
+                   ({"values": {"currencies": ["USD", 3]}}, "values.currencies[1]"),
+                   ({"values": {"device_id": "4321"}}, "values.device_id")]),
+    "generate_key": ([{"algorithm": "ecdsa"}, {"algorithm": "rsa", "replace": True}],
+                     [({"algorithm": "dsa"}, "algorithm"), ({"algorithm": "rsa", "replace": 1}, "replace"),
+                      ({"replace": False}, "algorithm")]),
+    "certificate_request": ([{}], [({"cn": "x"}, "cn")]),
+    "install_certificate": ([{"certificate": PEM}], [({"certificate": PEM.encode()}, "certificate")]),
+    "register": ([{"activation_key": "12345678"}], [({"activation_key": 12345678}, "activation_key")]),
+    "renew_certificate": ([{}], [({"algorithm": "rsa"}, "algorithm")]),
+    "audit": ([{}], [({"quick": True}, "quick")]),
+    "backup": ([{}, {"retain": 7}], [({"retain": "7"}, "retain"), ({"dest": "/tmp"}, "dest")]),
+    "export_journal": ([{"first": 1, "last": 9}],
+                       [({"first": 1}, "last"), ({"first": 1, "last": -9}, "last")]),
+    "replay": ([{"since": 3}], [({}, "since"), ({"since": "3"}, "since")]),
+    "job": ([{"job": 1}, {"job": 1, "offset": 2048}],
+            [({"offset": 0}, "job"), ({"job": 1, "offset": -1}, "offset")]),
+    "enroll": ([{"public_key": b"0Y0\x13", "role": "pos", "label": "till 1"},
+                {"public_key": b"\x30", "role": "operator", "label": ""}],
+               [({"public_key": "PEM", "role": "pos", "label": "x"}, "public_key"),
+                ({"public_key": b"0", "role": "admin", "label": "x"}, "role"),
+                ({"public_key": b"0", "role": "pos"}, "label")]),
+    "list": ([{}], [({"all": True}, "all")]),
+    "revoke": ([{"kid": N16}], [({"kid": N16[:15]}, "kid"), ({"kid": N16.hex()[:16]}, "kid"), ({}, "kid")]),
+}
+
+
+def _table_names() -> list[str]:
+    """The command names of docs/link.md's tables (sections 2 and 3): `| 64 | 6 | issue | write | ...`."""
+    text = (ROOT / "docs" / "link.md").read_text()
+    return re.findall(r"^\| 6[45] \| \d+ \| (\w+) \|", text, re.M)
+
+
+def _refused(name: str, body: object) -> FiscalError:
+    with pytest.raises(FiscalError) as caught:
+        link_schema.check(name, body)
+    error = caught.value
+    assert error.code == "BOX_LINK_SCHEMA"
+    assert error.message.endswith(".")
+    assert "Traceback" not in error.message and "Integer(" not in error.message
+    return error
+
+
+def test_every_command_of_the_doc_has_a_rule_and_a_case() -> None:
+    names = _table_names()
+    assert len(names) == 26
+    assert set(names) <= set(link_schema.rules())
+    assert set(names) == set(CASES)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_each_rule_takes_a_good_body_and_refuses_a_wrong_one(name: str) -> None:
+    good, wrong = CASES[name]
+    for body in good:
+        link_schema.check(name, body)
+    for body, field in wrong:
+        error = _refused(name, body)
+        assert error.field == field, (body, error)
+        assert (field or "its body") in error.message, error.message
+
+
+def test_maps_without_a_required_key_are_closed_too() -> None:
+    # pycddl 0.6.4 alone accepts these: a map whose keys are all optional is left open there.
+    assert _refused("nonce", {"a": 1}).field == "a"
+    assert _refused("outbox", {"limit": 1, "x": 2}).field == "x"
+    assert _refused("provision", {"values": {"colour": "red"}}).field == "values.colour"
+    assert _refused("status", {7: 1}).field == "7"
+    # ...and a `* tstr => any` map beside a required key may be empty.
+    link_schema.check("issue", {"sale": {}})
+    link_schema.check("request", {"g": 64, "c": 1, "nonce": N16, "rid": "r", "body": {}})
+
+
+def test_controls_keep_their_base_type() -> None:
+    # pycddl 0.6.4 alone lets a text through `bstr .size 16` and -1 through `uint .le 255`.
+    assert "byte string" in _refused("revoke", {"kid": "0123456789abcdef"}).message
+    assert _refused("request", {"g": 64, "c": -1, "nonce": N16, "rid": "r", "body": {}}).field == "c"
+    assert _refused("request", {"g": 64, "c": 256, "nonce": N16, "rid": "r", "body": {}}).field == "c"
+    assert _refused("receipt", {"global_no": 2**63}).message.endswith("at most 9223372036854775807.")
+    link_schema.check("receipt", {"global_no": 2**63 - 1})
+
+
+def test_the_signed_payload_and_its_request_id() -> None:
+    def payload(**change: object) -> dict:
+        body = {"g": 64, "c": 6, "nonce": N16, "rid": "POS-1:2026-12-04_0001.a", "body": {"sale": {}}}
+        body.update(change)
+        return body
+
+    link_schema.check("request", payload())
+    link_schema.check("request", payload(rid="x" * 64))
+    for rid in ("", "x" * 65, "a b", "a\n", "é", "a/b"):
+        assert _refused("request", payload(rid=rid)).field == "rid", rid
+    assert _refused("request", payload(rid=b"ab")).field == "rid"
+    assert _refused("request", payload(nonce=N16[:8])).field == "nonce"
+    assert _refused("request", payload(g=70000)).field == "g"
+    assert _refused("request", payload(body=[])).field == "body"
+    assert _refused("request", payload(extra=1)).field == "extra"
+    missing = payload()
+    del missing["nonce"]
+    assert _refused("request", missing).field == "nonce"
+    assert _refused("request", []).field is None
+    link_schema.check("signed", {"req": b"\xd2\x84"})
+    assert _refused("signed", {"req": "text"}).field == "req"
+
+
+def test_answers() -> None:
+    link_schema.check("answer", {"nonce": N16, "ok": {"status": "open"}})
+    link_schema.check("answer", {"nonce": N16, "error": {"code": "BOX_LINK_NONCE", "message": "Stale."}})
+    link_schema.check("answer", {"nonce": N16, "cose": b"\xd2"})
+    link_schema.check("answer", {"nonce": N16, "answer": {"g": 64, "c": 6, "rid": "r", "ok": {}}})
+    _refused("answer", {"nonce": N16})
+    _refused("answer", {"nonce": N16, "ok": 1, "cose": b""})
+    _refused("answer", {"nonce": N16, "error": {"code": "X"}})
+    refusal = {"code": "X", "message": "m.", "field": None}
+    link_schema.check("outcome", {"g": 64, "c": 6, "rid": "r", "error": refusal})
+
+
+def test_a_key_called_at_and_values_cbor_cannot_carry_are_refused() -> None:
+    assert _refused("issue", {"sale": {"@": 1}}).field == "sale.@"
+    assert _refused("issue", {"sale": {"lines": [{"@": 1}]}}).field == "sale.lines[0].@"
+    _refused("issue", {"sale": {"x": object()}})
+    _refused("no_such_command", {})
+
+
+def test_the_cddl_ships_with_the_package() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "*.cddl" in config["tool"]["setuptools"]["package-data"]["*"]
+    assert link_schema.SOURCE.parent == ROOT / "firmware"
