@@ -10,7 +10,6 @@ backup, export) runs as a job in a worker thread, which the host polls.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -222,7 +221,7 @@ class Link:
             return None
         if op not in (READ, WRITE):
             return None  # an answer sent to the box: answering it could start a loop between two devices
-        record: dict[str, Any] = {"event": "link.request", "group": group, "command": command_id}
+        record: dict[str, Any] = {"group": group, "command": command_id}
         with self._lock:
             try:
                 answer = self._answer(
@@ -236,13 +235,13 @@ class Link:
             ) as error:  # the last guard: whatever happened, the host gets a frame, no traceback
                 if not isinstance(error, FiscalError):
                     self.log.exception(
-                        json.dumps({"event": "link.internal", "group": group, "command": command_id})
+                        "link.internal", extra={"fields": {"group": group, "command": command_id}}
                     )
                     error = internal(error)
                 record["outcome"] = error.code
                 body = cbor2.dumps({"nonce": self._nonce, "error": error_map(error)})
             record["ms"] = round((time.monotonic() - started) * 1000, 2)
-            self.log.info(json.dumps(record))
+            self.log.info("link.request", extra={"fields": record})
         return smp.header(op + 1, group, sequence, command_id, len(body), version=version) + body
 
     def _answer(
@@ -309,9 +308,7 @@ class Link:
             outcome = {"error": error_map(error)}
             record["outcome"] = error.code
         except Exception as error:  # a Device bug: logged here with its traceback, a sentence on the link
-            self.log.exception(
-                json.dumps({"event": "link.internal", "name": command.name, "rid": request.rid})
-            )
+            self.log.exception("link.internal", extra={"fields": {"name": command.name, "rid": request.rid}})
             outcome = {"error": error_map(internal(error))}
             record["outcome"] = "BOX_INTERNAL"
         if command.op == READ:
@@ -436,7 +433,7 @@ class Link:
         except LookupError:
             return {"answer": payload}
         except Exception:  # a key store that fails must not lose the write's outcome
-            self.log.exception(json.dumps({"event": "link.sign_failed", "rid": payload.get("rid")}))
+            self.log.exception("link.sign_failed", extra={"fields": {"rid": payload.get("rid")}})
             return {"answer": payload}
         return {"cose": signed}
 
@@ -489,14 +486,14 @@ class Link:
             job.state = "done"
         except Exception as error:
             if not isinstance(error, FiscalError):
-                self.log.exception(json.dumps({"event": "link.internal", "job": job.id, "name": job.kind}))
+                self.log.exception("link.internal", extra={"fields": {"job": job.id, "name": job.kind}})
                 error = internal(error)
             job.error = error_map(error)
             job.state = "failed"
         ms = round((time.monotonic() - started) * 1000, 2)
         outcome = job.error["code"] if job.error else "ok"
         self.log.info(
-            json.dumps({"event": "link.job", "job": job.id, "name": job.kind, "outcome": outcome, "ms": ms})
+            "link.job", extra={"fields": {"job": job.id, "name": job.kind, "outcome": outcome, "ms": ms}}
         )
 
     def _job(self, request: Request) -> dict[str, Any]:
@@ -535,7 +532,7 @@ class Link:
                 waiting = getattr(port, "in_waiting", 0)
                 data = port.read(waiting if waiting > 0 else 1)
             except (OSError, serial.SerialException) as error:
-                self.log.warning(json.dumps({"event": "link.port", "error": str(error)}))
+                self.log.warning("link.port", extra={"fields": {"error": str(error)}})
                 stop.wait(0.5)
                 continue
             if not data:
@@ -547,9 +544,9 @@ class Link:
                         port.write(smp.encode(answer))
                         port.flush()
             except (OSError, serial.SerialException) as error:
-                self.log.warning(json.dumps({"event": "link.port", "error": str(error)}))
+                self.log.warning("link.port", extra={"fields": {"error": str(error)}})
             except Exception:  # a bug of the link itself: logged, and the line is read on
-                self.log.exception(json.dumps({"event": "link.internal"}))
+                self.log.exception("link.internal")
                 decoder = smp.Decoder(smp.MAX_FRAME)
 
 
