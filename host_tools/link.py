@@ -24,6 +24,7 @@ from typing import Any
 
 import cbor2
 import serial
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -138,8 +139,6 @@ def public_key_der(key: Any) -> bytes:
 
 
 def _load_public(data: bytes) -> Any:
-    from cryptography import x509
-
     loaders: list[Callable[[bytes], Any]] = [
         serialization.load_pem_public_key,
         lambda d: x509.load_pem_x509_certificate(d).public_key(),
@@ -176,10 +175,12 @@ class BoxClient:
         passphrase: bytes | None = None,
         device_key: Any = None,
         retries: int = RETRIES,
+        strict: bool = False,
     ) -> None:
         """`port`: a device path, a pty path or a pyserial URL. `key_pem`: the host key (ECDSA P-256).
         `device_key`: the device's public key (PEM or object) when the caller already knows it; otherwise
-        it is read from the box's status on the first signed answer and pinned for this client's life."""
+        it is learnt from the box on the first signed answer and pinned for this client's life. `strict`:
+        refuse an answer that cannot be checked (the device key unknown) rather than take it unchecked."""
         self.port = port
         self.timeout = timeout
         self.retries = retries
@@ -188,7 +189,9 @@ class BoxClient:
         if isinstance(device_key, str):
             device_key = device_key.encode()
         self._device_key = _load_public(device_key) if isinstance(device_key, bytes) else device_key
-        self._no_device_key = False  # the box said it has no device key yet: answers come unsigned
+        self.strict = strict
+        self._learnt = self._device_key is not None
+        self.verified: bool | None = None  # was the last write's answer checked against the device key?
         self._serial: Any = None
         self._decoder = smp.Decoder()
         self._frames: list[bytes] = []
@@ -392,6 +395,7 @@ class BoxClient:
                 )
             payload = answer["answer"]
             self.last_proof = None
+            self.verified = False
         else:
             raise FiscalError(
                 "BOX_LINK_FRAME", "The box's answer to a write holds neither `cose` nor `answer`."
@@ -408,31 +412,51 @@ class BoxClient:
             raise _refusal(payload["error"])
         result = payload.get("ok")
         if name in REKEYING:
-            self._device_key = None  # the device key changed: read it again for the next answer
+            self._device_key, self._learnt = None, False  # the device key changed: learn it again
         return result
 
     def _verify(self, message: Any, name: str | None) -> None:
-        """Check a signed answer under the pinned device key; the first time, pin the one status gives."""
+        """Check a signed answer under the pinned device key. The first time, the key is learnt (status, or
+        for an operator key the device's own CSR) and pinned for this client's life; a box whose key cannot
+        be learnt so leaves the answer unchecked (`verified` False) unless the client is `strict`."""
+        if self._device_key is None and not self._learnt:
+            self._learn_device_key()
         if self._device_key is None:
-            self._pin_from_status()
+            if self.strict:
+                raise FiscalError(
+                    "BOX_LINK_SIGNATURE",
+                    "The box's answers are signed but its device key is unknown here: give the device's "
+                    "certificate or public key (device_key).",
+                )
+            self.verified = False
+            return
         try:
             cose.verify1(message, self._device_key)
         except FiscalError:
             if name not in REKEYING:
                 raise
-            self._pin_from_status()  # a new device key signed its own answer
+            self._learn_device_key()  # a new device key signed its own answer
+            if self._device_key is None:
+                raise
             cose.verify1(message, self._device_key)
+        self.verified = True
 
-    def _pin_from_status(self) -> None:
-        group, command, op = COMMANDS["status"]
-        status = self.call(group, command, {})
-        key = device_public_key(status)
+    def _learn_device_key(self) -> None:
+        group, command, _ = COMMANDS["status"]
+        key = device_public_key(self.call(group, command, {}))
         if key is None:
-            raise FiscalError(
-                "BOX_LINK_SIGNATURE",
-                "The box signs its answers but its status gives no device public key to check them with.",
-            )
+            group, command, _ = COMMANDS["certificate_request"]
+            try:
+                csr = x509.load_pem_x509_csr(self.call(group, command, {})["csr"].encode())
+            except FiscalError:  # a POS key may not ask for it
+                pass
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise FiscalError("BOX_LINK_FRAME", "The box's certificate request is not a CSR.") from None
+            else:
+                if csr.is_signature_valid:  # made by the key it names
+                    key = csr.public_key()
         self._device_key = key
+        self._learnt = True  # tried once; again only after the device key changes
 
     # --------------------------------------------------------------------------------------------------
     # One method per command of docs/link.md section 3

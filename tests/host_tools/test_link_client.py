@@ -14,7 +14,8 @@ from typing import Any
 
 import cbor2
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from firmware import cose
@@ -58,6 +59,8 @@ class Responder:
         self.receipts: dict[str, dict[str, Any]] = {}
         self.lose: Callable[[str, Any], bool] = lambda name, body: False
         self.noise_first = False
+        self.status_key = True  # status names the device key (the real box's does not yet: then the CSR)
+        self.csr_allowed = True
         self.export = os.urandom(5000)
         self.jobs = 0
         self._stop = threading.Event()
@@ -127,7 +130,18 @@ class Responder:
 
     # the commands the tests use
     def do_status(self, body: Any, rid: str) -> dict[str, Any]:
-        return {"device_id": 4321, "device_key": {"public_key": public_pem(self.device_key)}}
+        if self.status_key:
+            return {"device_id": 4321, "device_key": {"public_key": public_pem(self.device_key)}}
+        return {"device_id": 4321}
+
+    def do_certificate_request(self, body: Any, rid: str) -> dict[str, Any]:
+        if not self.csr_allowed:
+            raise FiscalError("BOX_LINK_ROLE", "This key's role may not ask this.")
+        name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "ZIMRA-FB-0001-0000004321")])
+        csr = (
+            x509.CertificateSigningRequestBuilder().subject_name(name).sign(self.device_key, hashes.SHA256())
+        )
+        return {"csr": csr.public_bytes(serialization.Encoding.PEM).decode()}
 
     def do_issue(self, body: Any, rid: str) -> dict[str, Any]:
         if rid in self.receipts:
@@ -207,6 +221,34 @@ def test_an_answer_not_signed_by_the_device_key_is_refused(client: BoxClient, bo
     with pytest.raises(FiscalError) as refused:
         client.open_day()
     assert refused.value.code == "BOX_LINK_SIGNATURE"
+
+
+def test_without_the_key_in_status_an_operator_learns_it_from_the_device_csr(
+    client: BoxClient, box: Responder
+) -> None:
+    box.status_key = False
+    client.open_day()
+    assert client.verified is True
+    box.signing_key = ec.generate_private_key(ec.SECP256R1())  # pinned: a forged answer is caught
+    with pytest.raises(FiscalError) as refused:
+        client.open_day()
+    assert refused.value.code == "BOX_LINK_SIGNATURE"
+
+
+def test_a_key_that_cannot_learn_the_device_key_takes_answers_unchecked_unless_strict(
+    client: BoxClient, box: Responder, host_key: Any
+) -> None:
+    box.status_key = box.csr_allowed = False  # a POS key on a box whose status does not name its key
+    assert client.issue(SALE, "a")["global_no"] == 1
+    assert client.verified is False and client.last_proof is not None
+    client.close()  # one reader on the line at a time
+    with BoxClient(box.path, pem(host_key), timeout=LOST, strict=True) as strict:
+        with pytest.raises(FiscalError) as refused:
+            strict.issue(SALE, "b")
+    assert refused.value.code == "BOX_LINK_SIGNATURE"
+    with BoxClient(box.path, pem(host_key), timeout=LOST, device_key=public_pem(box.device_key)) as given:
+        given.issue(SALE, "c")
+        assert given.verified is True
 
 
 def test_a_signed_refusal_is_raised_with_the_box_code(client: BoxClient) -> None:
