@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sim.box import VirtualBox
+from sim.box import VirtualBox, device_key_pem
 from sim.fdms.scenario import Scenario
 from sim.fdms.server import FdmsSimulator
 from sim.shop import Shop
@@ -375,26 +375,14 @@ def story(shop: Till) -> None:
     print("\nThe journal: audited, backed up, exported over the link and checked offline:")
     shop.fiscalbox("audit")
     shop.fiscalbox("backup", "--retain", "3")
-    info = shop.fiscalbox_json("status")
+    info = shop.status()
     device_pem = OUT / "device-public.pem"
-    device_pem.write_text(device_public_pem(info))
-    print(f"  (the device's public key, from `fiscalbox status --json` -> {shown(device_pem)})")
+    with vbox.client("operator") as operator:
+        device_pem.write_bytes(device_key_pem(operator))
+    print(f"  (the device's public key, from its certificate request over the link -> {shown(device_pem)})")
     export = OUT / "journal-export.json"
     shop.fiscalbox("journal", "export", "1", str(info["last_global_no"]), shown(export))
     shop.fiscalbox("journal", "verify", shown(export), "--cert", shown(device_pem))
-
-
-def device_public_pem(status: dict[str, Any]) -> str:
-    """The device key's public half (PEM) as the box's status gives it."""
-    from cryptography.hazmat.primitives import serialization
-
-    from host_tools.link import device_public_key
-
-    key = device_public_key(status)
-    if key is None:
-        raise SystemExit("The box's status gives no device public key.")
-    pem: bytes = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return pem.decode()
 
 
 if __name__ == "__main__":

@@ -188,6 +188,21 @@ def host_key(path: Path) -> bytes:
     return path.read_bytes()
 
 
+def device_key_pem(operator: Any) -> bytes:
+    """The device key's public half (PEM), asked over the link with an operator's `BoxClient`: from the
+    status when it gives one, else from the device's own certificate request (made by that key)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from host_tools.link import device_public_key
+
+    key = device_public_key(operator.status())
+    if key is None:
+        key = x509.load_pem_x509_csr(operator.certificate_request()["csr"].encode()).public_key()
+    pem: bytes = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return pem
+
+
 def _toml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

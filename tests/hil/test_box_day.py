@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hil_target import Target
 
 from firmware.core.errors import FiscalError
-from host_tools.link import device_public_key
+from sim.box import device_key_pem
 
 OPENED = "FiscalDayOpened"
 
@@ -206,9 +205,7 @@ def test_the_journal_exported_over_the_link_verifies_offline(box: Target, tmp_pa
     status = box.client("operator").status()
     last = status["last_global_no"]
     device_pem = tmp_path / "device.pem"
-    device_pem.write_bytes(
-        device_public_key(status).public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
-    )
+    device_pem.write_bytes(device_key_pem(box.client("operator")))
     export = tmp_path / "journal-export.json"
     box.fiscalbox("journal", "export", "1", str(last), str(export))
     checked = box.fiscalbox("journal", "verify", str(export), "--cert", str(device_pem))

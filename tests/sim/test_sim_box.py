@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from firmware.core.errors import FiscalError
-from host_tools.link import BoxClient, device_public_key
+from host_tools.link import BoxClient
+from sim.box import device_key_pem
 
 
 def started(state: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
@@ -56,7 +57,7 @@ def test_the_virtual_box_comes_up_ready_to_sell_and_resumes_on_the_same_state(tm
             assert refused.value.code == "BOX_LINK_ROLE"
             with BoxClient(facts["port"], operator_pem) as operator:
                 operator.open_day()
-                device_key = device_public_key(operator.status())
+                device_key = device_key_pem(operator)
             issued = pos.issue(sale, request_id="sim-box-1")
         assert issued["global_no"] == 1 and issued["printed"] is True
     finally:
@@ -70,7 +71,7 @@ def test_the_virtual_box_comes_up_ready_to_sell_and_resumes_on_the_same_state(tm
         assert again["day"] == {"day_no": 1, "status": "FiscalDayOpened"}
         assert again["fdms"]["url"] == facts["fdms"]["url"]  # the URL the box was provisioned with
         with BoxClient(again["port"], operator_pem) as operator:
-            assert device_public_key(operator.status()).public_numbers() == device_key.public_numbers()
+            assert device_key_pem(operator) == device_key  # not registered again: the same device key
             with BoxClient(again["port"], pos_pem) as pos:
                 repeated = pos.issue(sale, request_id="sim-box-1")
         assert repeated["global_no"] == 1 and repeated["repeated"] is True  # exactly once across restarts
