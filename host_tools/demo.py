@@ -161,10 +161,17 @@ class Till:
         self.sales.mkdir(parents=True, exist_ok=True)
 
     def fiscalbox(
-        self, *args: str, role: str = "operator", check: bool = True, show: bool = True, timeout: str = ""
+        self,
+        *args: str,
+        role: str = "operator",
+        check: bool = True,
+        show: bool = True,
+        timeout: str = "",
+        link: bool = True,
     ) -> subprocess.CompletedProcess[str]:
-        """Run `fiscalbox --port PORT --key KEY ARGS`, saying it first, as a person at the till would."""
-        options = ["--port", self.vbox.port, "--key", shown(self.vbox.keys[role])]
+        """Run `fiscalbox --port PORT --key KEY ARGS` (without the two for an offline command), saying it
+        first, as a person at the till would."""
+        options = ["--port", self.vbox.port, "--key", shown(self.vbox.keys[role])] if link else []
         if timeout:
             options += ["--timeout", timeout]
         print("$ " + shlex.join(["fiscalbox", *options, *args]), flush=True)
@@ -240,9 +247,7 @@ def main() -> None:
     OUT.mkdir(parents=True)
     with FdmsSimulator(Scenario.default(), state_dir=OUT / "fdms") as sim:
         print(f"FDMS simulator on {sim.url} (mutual TLS; test CA {shown(Path(sim.ca_cert_path))})")
-        vbox = VirtualBox(
-            OUT / "box", fdms_url=sim.url, fdms_ca=sim.ca_cert_path, setup=False, pages=PRINTED
-        )
+        vbox = VirtualBox(OUT / "box", fdms_url=sim.url, fdms_ca=sim.ca_cert_path, setup=False, pages=PRINTED)
         with vbox:
             assert vbox.process is not None and vbox.printer_port is not None
             print(
@@ -277,6 +282,12 @@ def story(shop: Till) -> None:
     shop.fiscalbox("provision", shown(identity))
     shop.fiscalbox("register", "--activation-key-file", shown(activation))
     shop.fiscalbox("status")
+    device_pem = OUT / "device-public.pem"
+    with vbox.client("operator") as operator:
+        device_pem.write_bytes(device_key_pem(operator))
+    print(
+        f"  (the device key's public half, from its certificate request over the link -> {shown(device_pem)})"
+    )
 
     print("\nThe shop opens:")
     shop.fiscalbox("day", "open")
@@ -325,7 +336,7 @@ def story(shop: Till) -> None:
     held = [h["receiptGlobalNo"] for h in sim.held_receipts(DEVICE_ID)]
     in_order = held == list(range(1, status["last_global_no"] + 1))
     print(
-        f"  FDMS is back: delivery caught up in {time.monotonic() - began:.0f} s; FDMS holds receipts "
+        f"  FDMS is back: delivery caught up in {time.monotonic() - began:.1f} s; FDMS holds receipts "
         f"1..{held[-1]}, {'each once, in order' if in_order else 'NOT in order'}"
     )
 
@@ -371,15 +382,24 @@ def story(shop: Till) -> None:
         raise SystemExit("FDMS did not close the day")
     shop.fiscalbox("report", "z", str(DAY_NO), "--print")
     print(f"  -> {shown(vbox.save_pages(f'z-report-day-{DAY_NO}')[0])}")
+    print("How FDMS reads the close (the integrator's debugger, offline):")
+    shop.fiscalbox(
+        "explain",
+        "day",
+        shown(close_path),
+        "--device-id",
+        str(DEVICE_ID),
+        "--day-date",
+        status["day"]["opened"][:10],
+        "--cert",
+        shown(device_pem),
+        link=False,
+    )
 
     print("\nThe journal: audited, backed up, exported over the link and checked offline:")
     shop.fiscalbox("audit")
     shop.fiscalbox("backup", "--retain", "3")
     info = shop.status()
-    device_pem = OUT / "device-public.pem"
-    with vbox.client("operator") as operator:
-        device_pem.write_bytes(device_key_pem(operator))
-    print(f"  (the device's public key, from its certificate request over the link -> {shown(device_pem)})")
     export = OUT / "journal-export.json"
     shop.fiscalbox("journal", "export", "1", str(info["last_global_no"]), shown(export))
     shop.fiscalbox("journal", "verify", shown(export), "--cert", shown(device_pem))
