@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -340,25 +340,24 @@ def audit_command(
 
     Read-only: it neither writes to the journal nor needs the private key when --public-key is given.
     """
+    ours = journal_path is None or public_key_path is None  # the box's own journal or key store
     try:
-        if public_key_path is not None:
-            public_key = _public_key_file(public_key_path)
-        else:
-            public_key = load_public_key(_with_store(cfg, lambda s: s.public_key_pem(), public_only=True))
-        if journal_path is not None:
-            journal = Journal(journal_path, read_only=True)
-        else:
-            journal = open_journal(cfg, read_only=True)
+        with service.one_shot(cfg) if ours else nullcontext():
+            if public_key_path is not None:
+                public_key = _public_key_file(public_key_path)
+            else:
+                public_key = load_public_key(_with_store(cfg, lambda s: s.public_key_pem(), public_only=True))
+            if journal_path is not None:
+                journal = Journal(journal_path, read_only=True)
+            else:
+                journal = open_journal(cfg, read_only=True)
+            try:
+                anchor = Anchor(cfg.journal["anchor"]) if journal_path is None else None
+                report = service.audit_report(journal, public_key, anchor, _progress_printer(as_json))
+            finally:
+                journal.close()
     except FiscalError as error:
         _fail(error)
-    try:
-        anchor = Anchor(cfg.journal["anchor"]) if journal_path is None else None
-        with service.one_shot(cfg):
-            report = service.audit_report(journal, public_key, anchor, _progress_printer(as_json))
-    except FiscalError as error:
-        _fail(error)
-    finally:
-        journal.close()
     if not as_json:
         click.echo("", err=True)
     shown = report["problems"] if verbose else report["problems"][:10]

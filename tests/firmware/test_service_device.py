@@ -208,3 +208,33 @@ def test_a_failed_first_registration_leaves_no_journal(tmp_path: Path, sim: Fdms
         assert device.register(sim.activation_keys[DEVICE_ID])["warnings"] == []
     finally:
         device.close()
+
+
+def test_the_provisioned_identity_wins_over_the_file_and_a_damaged_one_is_refused(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    provisioned = tmp_path / "provisioned.json"
+    provisioned.write_text(json.dumps({"device_id": 77, "currencies": ["USD"], "fdms_ca": ""}))
+    loaded = configuration.load(path, {"FISCALBOX_FDMS_CURRENCIES": "ZWG"})
+    assert loaded.device["id"] == 77 and loaded.fdms["ca_file"] == ""
+    assert loaded.fdms["currencies"] == "ZWG"  # the environment still wins
+    for damaged in ("not json", json.dumps({"device_id": "77"}), json.dumps({"pin": "1234"}), "[]"):
+        provisioned.write_text(damaged)
+        with pytest.raises(FiscalError) as refused:
+            configuration.load(path, {})
+        assert (refused.value.code, refused.value.field) == ("BOX_CONFIG", "box.provisioned")
+
+
+def test_moved_and_bad_service_settings_are_refused_saying_what_to_write(tmp_path: Path) -> None:
+    path = tmp_path / "box.toml"
+    path.write_text('[journal]\nbackup_dir = "/x"\n')
+    with pytest.raises(FiscalError) as refused:
+        configuration.load(path, {})
+    assert "write it as [backup] dir" in refused.value.message
+    with pytest.raises(FiscalError) as refused:
+        configuration.load(None, {"FISCALBOX_JOURNAL_RETAIN": "3"})
+    assert "set FISCALBOX_BACKUP_RETAIN" in refused.value.message
+    for at in ("25:00", "3:00", "03:60", "noon"):
+        with pytest.raises(FiscalError) as refused:
+            configuration.load(None, {"FISCALBOX_BACKUP_AT": at})
+        assert refused.value.field == "backup.at"
+    assert configuration.load(None, {"FISCALBOX_BACKUP_AT": ""}).backup["at"] == ""
