@@ -139,6 +139,35 @@ def link_options(f: Callable[[], None]) -> Callable[..., None]:
 # Shared pieces
 
 
+class _OneOf(click.Choice):  # type: ignore[type-arg]
+    """A choice whose refusal fits on the one error line."""
+
+    def get_missing_message(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "Choose " + " or ".join(str(choice) for choice in self.choices) + "."
+
+
+class _Whole(click.ParamType):
+    """A whole number from `low` up, refused with a sentence that says what it is."""
+
+    name = "number"
+
+    def __init__(self, what: str, low: int = 1) -> None:
+        self.what = what
+        self.low = low
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        if not (text.isascii() and text.isdigit() and len(text) <= 18 and int(text) >= self.low):
+            kind = "a positive whole number" if self.low == 1 else f"a whole number from {self.low} up"
+            self.fail(f"{value[:40]!r}: {self.what} is {kind}.", param, ctx)
+        return int(text)
+
+
+RECEIPT_NO = _Whole("a receipt number")
+
+
 def _box(action: Callable[[BoxClient], T]) -> T:
     connection = click.get_current_context().find_object(Connection)
     assert connection is not None
@@ -228,7 +257,7 @@ def _entry_text(entry: dict[str, Any]) -> str:
 
 
 @click.argument("public_key", required=False)
-@click.option("--role", type=click.Choice(["pos", "operator"]), required=True, help="What the key may ask.")
+@click.option("--role", type=_OneOf(["pos", "operator"]), required=True, help="What the key may ask.")
 @click.option("--label", help="A name for the key (the till, the person) [default: the file's name].")
 @as_json_option
 def keys_enroll(public_key: str | None, role: str, label: str | None, as_json: bool) -> None:
@@ -501,8 +530,8 @@ def _report_text(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@click.argument("kind", type=click.Choice(["x", "z"]))
-@click.argument("day", type=click.IntRange(min=1), required=False)
+@click.argument("kind", type=_OneOf(["x", "z"]))
+@click.argument("day", type=_Whole("a fiscal day number"), required=False)
 @click.option("--print", "to_printer", is_flag=True, help="Print it on the box's printer.")
 @as_json_option
 def report(kind: str, day: int | None, to_printer: bool, as_json: bool) -> None:
@@ -522,7 +551,7 @@ def report(kind: str, day: int | None, to_printer: bool, as_json: bool) -> None:
     _emit(figures, as_json, _report_text)
 
 
-@click.argument("global_no", type=click.IntRange(min=1), required=False)
+@click.argument("global_no", type=RECEIPT_NO, required=False)
 @click.option("--unprinted", is_flag=True, help="Print every receipt that has no finished print yet.")
 @as_json_option
 def reprint(global_no: int | None, unprinted: bool, as_json: bool) -> None:
@@ -553,7 +582,7 @@ def reprint(global_no: int | None, unprinted: bool, as_json: bool) -> None:
         )
 
 
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many to list.")
+@click.option("--limit", type=_Whole("--limit"), default=20, show_default=True, help="How many to list.")
 @as_json_option
 def outbox(limit: int, as_json: bool) -> None:
     """What waits for FDMS: the outbox by state, the oldest receipts waiting, what FDMS flagged."""
@@ -598,7 +627,7 @@ def audit(as_json: bool) -> None:
     sys.exit(0 if report_.get("clean") else 1)
 
 
-@click.option("--retain", type=click.IntRange(min=1), help="Keep only the newest N backups on the box.")
+@click.option("--retain", type=_Whole("--retain"), help="Keep only the newest N backups on the box.")
 @as_json_option
 def backup(retain: int | None, as_json: bool) -> None:
     """Back the journal up on the box (its configured backup folder), with a signed manifest."""
@@ -607,8 +636,8 @@ def backup(retain: int | None, as_json: bool) -> None:
     _emit(result, as_json, lambda r: f"backup {r.get('file')}, manifest {r.get('manifest_file')}")
 
 
-@click.argument("first", type=click.IntRange(min=1))
-@click.argument("last", type=click.IntRange(min=1))
+@click.argument("first", type=RECEIPT_NO)
+@click.argument("last", type=RECEIPT_NO)
 @click.argument("out", type=click.Path(dir_okay=False))
 @as_json_option
 def journal_export(first: int, last: int, out: str, as_json: bool) -> None:
@@ -621,7 +650,7 @@ def journal_export(first: int, last: int, out: str, as_json: bool) -> None:
     )
 
 
-@click.option("--since", type=click.IntRange(min=0), required=True, help="Days back to send again.")
+@click.option("--since", type=_Whole("--since", 0), required=True, help="Days back to send again.")
 @as_json_option
 def replay(since: int, as_json: bool) -> None:
     """Queue the receipts of the last SINCE days for FDMS again (after FDMS lost them)."""

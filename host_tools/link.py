@@ -228,8 +228,12 @@ class BoxClient:
                 )
             except (OSError, ValueError) as error:
                 self._serial = None
+                errno = getattr(error, "errno", None)
+                why = os.strerror(errno) if isinstance(errno, int) else str(error)
                 raise FiscalError(
-                    "BOX_LINK_PORT", f"Cannot open the box's port {self.port}: {error}.", "port"
+                    "BOX_LINK_PORT",
+                    f"Cannot open the box's port {self.port}: {why}. Is the box plugged in?",
+                    "port",
                 ) from None
             self._decoder = smp.Decoder()
             self._frames = []

@@ -314,3 +314,34 @@ def test_without_a_port_or_key_the_tool_says_where_to_give_them(tmp_path: Path) 
     result = CliRunner().invoke(main, ["status"], env=env)
     assert result.exit_code == 2 and result.stderr.startswith("error BOX_FILE: key: Cannot read the host key")
     assert str(tmp_path / "fiscalbox" / "op.pem") in result.stderr  # relative to host.toml
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["report"],
+        ["report", "y"],
+        ["report", "z"],
+        ["report", "x", "3"],
+        ["reprint"],
+        ["reprint", "abc"],
+        ["keys", "enroll"],
+        ["keys", "enroll", "--role", "king"],
+        ["replay", "--since", "-1"],
+        ["journal", "export", "1", "0", "out.json"],
+        ["--timeout", "0", "status"],
+        ["register"],
+        ["sale", "no-such-sale.json"],
+        ["provision", "no-such-box.toml"],
+    ],
+)
+def test_a_wrong_command_line_is_one_error_line(args: list[str], tmp_path: Path) -> None:
+    env = {
+        "XDG_CONFIG_HOME": str(tmp_path),
+        "FISCALBOX_PORT": "/dev/null-box",
+        "FISCALBOX_ACTIVATION_KEY": "",
+    }
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == 2 and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error BOX_"), result.stderr
