@@ -2,8 +2,8 @@
 
 `fiscalbox --port PORT --key PEM COMMAND`: the port and the host key also come from FISCALBOX_PORT and
 FISCALBOX_HOST_KEY, or from a host config file (--host-config, FISCALBOX_HOST_CONFIG, or
-~/.config/fiscalbox/host.toml) holding `port = ...`, `key = ...` and `timeout = ...`. Every command takes
---json (the box's answer, field for field); a refusal is one line `error CODE: message` and exit 2.
+~/.config/fiscalbox/host.toml) holding `port`, `key`, `timeout` and `device_key`. Every command takes --json
+(the box's answer, field for field); a refusal is one line `error CODE: message` and exit 2.
 """
 
 from __future__ import annotations
@@ -46,8 +46,15 @@ def _default_host_config() -> Path:
 class Connection:
     """The group's link options; the client is made (and the port opened) only when a command needs it."""
 
-    def __init__(self, port: str | None, key: str | None, host_config: str | None, timeout: float | None):
-        self.options = {"port": port, "key": key, "timeout": timeout}
+    def __init__(
+        self,
+        port: str | None,
+        key: str | None,
+        host_config: str | None,
+        timeout: float | None,
+        device_key: str | None = None,
+    ) -> None:
+        self.options = {"port": port, "key": key, "timeout": timeout, "device_key": device_key}
         self.host_config = host_config
         self._client: BoxClient | None = None
 
@@ -61,11 +68,12 @@ class Connection:
             raise FiscalError("BOX_FILE", f"Cannot read {path}: {error.strerror}.", "host_config") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise FiscalError("BOX_CONFIG", f"{path} is not TOML: {error}.", "host_config") from None
-        unknown = sorted(set(settings) - {"port", "key", "timeout"})
+        unknown = sorted(set(settings) - {"port", "key", "timeout", "device_key"})
         if unknown:
             raise FiscalError("BOX_CONFIG", f"{path}: unknown setting {unknown[0]}.", unknown[0])
-        if "key" in settings:  # relative to the file, as a person reads it
-            settings["key"] = str((path.parent / Path(str(settings["key"])).expanduser()).resolve())
+        for name in ("key", "device_key"):  # relative to the file, as a person reads it
+            if name in settings:
+                settings[name] = str((path.parent / Path(str(settings[name])).expanduser()).resolve())
         return settings
 
     def client(self) -> BoxClient:
@@ -93,9 +101,23 @@ class Connection:
             raise FiscalError(
                 "BOX_FILE", f"Cannot read the host key {key_path}: {error.strerror}.", "key"
             ) from None
+        device_key = None
+        if settings.get("device_key"):
+            try:
+                device_key = Path(str(settings["device_key"])).expanduser().read_bytes()
+            except OSError as error:
+                raise FiscalError(
+                    "BOX_FILE",
+                    f"Cannot read the device key {settings['device_key']}: {error.strerror}.",
+                    "device_key",
+                ) from None
         passphrase = os.environ.get(HOST_KEY_PASSPHRASE_ENV)
         self._client = BoxClient(
-            str(port), pem, float(timeout), passphrase=passphrase.encode() if passphrase else None
+            str(port),
+            pem,
+            float(timeout),
+            passphrase=passphrase.encode() if passphrase else None,
+            device_key=device_key,
         )
         return self._client
 
@@ -108,9 +130,15 @@ def link_options(f: Callable[[], None]) -> Callable[..., None]:
     """The group-level options of the link commands; `cli.main` wears it."""
 
     @functools.wraps(f)
-    def group(port: str | None, key: str | None, host_config: str | None, timeout: float | None) -> None:
+    def group(
+        port: str | None,
+        key: str | None,
+        host_config: str | None,
+        timeout: float | None,
+        device_key: str | None,
+    ) -> None:
         ctx = click.get_current_context()
-        connection = Connection(port, key, host_config, timeout)
+        connection = Connection(port, key, host_config, timeout, device_key)
         ctx.obj = connection
         ctx.call_on_close(connection.close)
         f()
@@ -128,6 +156,12 @@ def link_options(f: Callable[[], None]) -> Callable[..., None]:
         ),
         click.option(
             "--timeout", type=click.FloatRange(min=0.1), help="Seconds to wait for an answer [default: 10]."
+        ),
+        click.option(
+            "--device-key",
+            envvar="FISCALBOX_DEVICE_KEY",
+            metavar="PEM",
+            help="The box's device key or certificate: every answer is checked against it (`keys device`).",
         ),
     ]
     for option in reversed(options):

@@ -299,6 +299,16 @@ def test_a_shops_first_day_over_the_link(rig: Rig, tmp_path: Path) -> None:
     )
     assert verified.exit_code == 0 and verified.stdout.startswith("clean: device 10001, receipts 1..3")
 
+    # a till given the device key checks every answer against it: one signed by another key is refused
+    rig.ok("keys", "new", str(tmp_path / "stranger.pem"))
+    sale_file = str(tmp_path / "sale.json")
+    forged = rig.run("--device-key", str(tmp_path / "stranger.pem"), "sale", sale_file, key="pos")
+    assert forged.exit_code == 2 and forged.stderr.splitlines()[-1].startswith("error BOX_LINK_SIGNATURE: ")
+    checked = rig.run(
+        "--device-key", str(tmp_path / "device.pem"), "sale", sale_file, key="pos"
+    )  # the day is closed
+    assert checked.exit_code == 2 and checked.stderr.splitlines()[-1].startswith("error BOX_DAY_NOT_OPEN: ")
+
     # the till's key revoked: refused from now on
     rig.ok("keys", "revoke", till["kid"])
     refused = rig.run("status", key="pos")
