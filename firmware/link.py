@@ -161,8 +161,8 @@ def utc_now() -> str:
 
 
 class Link:
-    """The link server over one Device and the enrolled host keys. `work_dir` keeps export files (a
-    temporary folder of the link's own when not given, removed by close())."""
+    """The link server over one Device and the enrolled host keys. `work_dir` keeps export files (give
+    one beside the journal: an export can be large; without it, a temporary folder removed by close())."""
 
     def __init__(
         self,
@@ -176,6 +176,8 @@ class Link:
         self.log = log or _log
         self._own_dir = work_dir is None
         self.work_dir = Path(tempfile.mkdtemp(prefix="fiscalbox-link-") if work_dir is None else work_dir)
+        for stale in self.work_dir.glob("export-*.json"):  # a previous run's jobs are gone with it
+            stale.unlink(missing_ok=True)
         self._lock = threading.Lock()
         self._nonce = os.urandom(NONCE_SIZE)
         self._jobs: dict[str, Job] = {}

@@ -48,6 +48,10 @@ class StandIn:
         self.hold: threading.Event | None = None
         self.calls: list[str] = []
 
+    @property
+    def keys(self) -> Any:
+        return self.box.keys
+
     def sign_answer(self, payload: bytes) -> tuple[int, bytes] | None:
         if self.box.keys.algorithm is None:
             return None
@@ -148,7 +152,7 @@ class Host:
         answer = self.send(group, command, {"req": self.signed(name, body or {}, **options)})
         if "cose" in answer:
             message = cose.decode1(answer["cose"])
-            cose.verify1(message, self.link.device.box.keys.public_key_pem())
+            cose.verify1(message, self.link.device.keys.public_key_pem())
             answer["payload"] = cbor2.loads(message.payload)
         return answer
 

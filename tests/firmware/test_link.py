@@ -417,3 +417,28 @@ def test_one_json_line_a_request_and_never_a_body(
     ]
     assert all(x["group"] == 64 and isinstance(x["ms"], float) for x in lines)
     assert not any("SECRET-INVOICE" in line or "Bread" in line for line in map(json.dumps, lines))
+
+
+def test_an_rsa_device_key_signs_answers_rs256(link: Link, pos: Host) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    device_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    alg, sign = cose.signer(device_key)
+    link.device.sign_answer = lambda payload: (alg, sign(payload))  # the box's key store holds RSA-2048
+    group, command = command_of("issue")
+    for n in range(2):
+        answer = pos.send(group, command, {"req": pos.signed("issue", {"sale": sale()}, rid=f"rsa-{n}")})
+        message = cose.decode1(answer["cose"])
+        assert message.alg == cose.RS256
+        cose.verify1(message, device_key.public_key())
+        assert cbor2.loads(message.payload)["ok"]["global_no"] == n + 1
+
+
+def test_a_restart_forgets_its_jobs_and_their_files(link: Link, operator: Host, box: Box) -> None:
+    box.issue(sale())
+    job = operator.result("export_journal", {"first": 1, "last": 1})["job"]
+    link.join_jobs()
+    assert list(link.work_dir.glob("export-*.json"))
+    restarted = Link(link.device, link.hosts, work_dir=link.work_dir)
+    assert not list(link.work_dir.glob("export-*.json"))
+    refused(Host(restarted, operator.key), "BOX_LINK_NO_JOB", "job", {"job": job})
