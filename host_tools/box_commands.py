@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -253,6 +254,23 @@ def keys_list(as_json: bool) -> None:
         as_json,
         lambda r: "\n".join(_entry_text(e) for e in r["keys"]) or "no host keys enrolled",
     )
+
+
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the PEM to this file too.")
+@as_json_option
+def keys_device(out: str | None, as_json: bool) -> None:
+    """The box's device key (public half, PEM): what `journal verify --cert` checks an export with. An
+    operator key learns it from the box's own certificate request."""
+    key = _box(lambda box: box.device_key())
+    if key is None:
+        _fail(FiscalError("BOX_KEY_MISSING", "The box has no device key yet, or this key may not read it."))
+    pem = key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+    if out is not None:
+        try:
+            Path(out).write_text(pem)
+        except OSError as error:
+            _fail(FiscalError("BOX_FILE", f"Cannot write {out}: {error.strerror}.", "out"))
+    _emit({"public_key": pem}, as_json, lambda r: r["public_key"].rstrip("\n"))
 
 
 @click.argument("kid")
@@ -619,6 +637,7 @@ def add_to(main: click.Group, journal: click.Group) -> None:
         ("enroll", keys_enroll),
         ("list", keys_list),
         ("revoke", keys_revoke),
+        ("device", keys_device),
     ):
         keys.command(name)(command)
     day = main.group("day")(day_group)

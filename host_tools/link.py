@@ -441,6 +441,14 @@ class BoxClient:
             cose.verify1(message, self._device_key)
         self.verified = True
 
+    def device_key(self) -> Any:
+        """The device's public key this client checks answers with (learnt now if need be), or None when
+        the box has none yet or this host key may not learn it. For `fiscalbox journal verify --cert`."""
+        with self._lock:
+            if self._device_key is None and not self._learnt:
+                self._learn_device_key()
+            return self._device_key
+
     def _learn_device_key(self) -> None:
         group, command, _ = COMMANDS["status"]
         key = device_public_key(self.call(group, command, {}))
