@@ -345,8 +345,19 @@ class VirtualBox:
         from sim.fdms.server import FdmsSimulator
 
         scenario = self.scenario or Scenario.default()
-        scenario.server.port = int(self.progress.get("fdms_port", 0))  # the URL the box was provisioned with
-        self.sim = FdmsSimulator(scenario, state_dir=self.state_dir / "fdms").start()
+        port = int(self.progress.get("fdms_port", 0))  # the URL the box was provisioned with
+        scenario.server.port = port
+        try:
+            self.sim = FdmsSimulator(scenario, state_dir=self.state_dir / "fdms").start()
+        except FiscalError as error:
+            if error.code != "SIM_PORT" or not port:
+                raise
+            raise FiscalError(
+                "SIM_PORT",
+                f"This virtual box's FDMS simulator listens on port {port} (the URL the box was provisioned "
+                f"with), and the port is in use: is another fiscalbox-sim box running on {self.state_dir}?",
+                "state_dir",
+            ) from None
         self.fdms_url = self.sim.url
         self.fdms_ca = Path(self.sim.ca_cert_path)
         if self.progress.get("fdms_port") != self.sim.url.rsplit(":", 1)[1]:

@@ -78,6 +78,16 @@ def test_the_virtual_box_comes_up_ready_to_sell_and_resumes_on_the_same_state(tm
             with BoxClient(again["port"], pos_pem) as pos:
                 repeated = pos.issue(sale, request_id="sim-box-1")
         assert repeated["global_no"] == 1 and repeated["repeated"] is True  # exactly once across restarts
+        busy = subprocess.run(  # the same state twice at once: said in one line, the first one untouched
+            [sys.executable, "-m", "sim.main", "box", "--state-dir", str(state)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert busy.returncode == 2 and busy.stderr.startswith("error SIM_PORT: ") and busy.stdout == ""
+        assert len(busy.stderr.splitlines()) == 1 and "another fiscalbox-sim box" in busy.stderr
+        with BoxClient(again["port"], pos_pem) as pos:
+            assert pos.status()["last_global_no"] == 1
     finally:
         assert stopped(process) == 0
 
