@@ -28,10 +28,12 @@ FORMAT = 1
 
 def load_p256(public_key_der: bytes) -> ec.EllipticCurvePublicKey:
     """An ECDSA P-256 public key from its SubjectPublicKeyInfo DER; any other key is BOX_LINK_KEY."""
-    try:
-        key = serialization.load_der_public_key(bytes(public_key_der))
-    except (ValueError, TypeError):
-        key = None
+    key = None
+    if isinstance(public_key_der, (bytes, bytearray, memoryview)):  # bytes(n) of a number would allocate n
+        try:
+            key = serialization.load_der_public_key(bytes(public_key_der))
+        except (ValueError, TypeError):
+            pass
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         raise FiscalError(
             "BOX_LINK_KEY",

@@ -161,8 +161,9 @@ def utc_now() -> str:
 
 
 class Link:
-    """The link server over one Device and the enrolled host keys. `work_dir` keeps export files (give
-    one beside the journal: an export can be large; without it, a temporary folder removed by close())."""
+    """The link server over one Device and the enrolled host keys. `work_dir` keeps the export files of
+    jobs; by default `link-exports` beside the host keys file (the service's state folder, beside the
+    journal: an export can be large, so not in a RAM-backed /tmp)."""
 
     def __init__(
         self,
@@ -174,8 +175,13 @@ class Link:
         self.device = device
         self.hosts = hosts
         self.log = log or _log
-        self._own_dir = work_dir is None
-        self.work_dir = Path(tempfile.mkdtemp(prefix="fiscalbox-link-") if work_dir is None else work_dir)
+        self._own_dir = False
+        self.work_dir = Path(work_dir) if work_dir is not None else hosts.path.parent / "link-exports"
+        try:
+            self.work_dir.mkdir(exist_ok=True)
+        except OSError:  # a folder that cannot be made: a temporary one, removed by close()
+            self.work_dir = Path(tempfile.mkdtemp(prefix="fiscalbox-link-"))
+            self._own_dir = True
         for stale in self.work_dir.glob("export-*.json"):  # a previous run's jobs are gone with it
             stale.unlink(missing_ok=True)
         self._lock = threading.Lock()
@@ -206,7 +212,10 @@ class Link:
                 job.thread.join(timeout)
 
     def close(self) -> None:
-        """Remove the link's own temporary folder (export files)."""
+        """Remove the jobs' export files (and the temporary folder, if the link made one)."""
+        for job in self._jobs.values():
+            if job.path is not None and job.state != "running":
+                job.path.unlink(missing_ok=True)
         if self._own_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
@@ -232,9 +241,7 @@ class Link:
                 body = cbor2.dumps(answer)
                 if len(body) > smp.MAX_FRAME - smp.HEADER_SIZE:
                     raise refuse("BOX_INTERNAL", "The answer is larger than a frame; ask for less at a time.")
-            except (
-                Exception
-            ) as error:  # the last guard: whatever happened, the host gets a frame, no traceback
+            except Exception as error:  # the last guard: whatever happened, a frame goes back, no traceback
                 if not isinstance(error, FiscalError):
                     self.log.exception(
                         "link.internal", extra={"fields": {"group": group, "command": command_id}}
@@ -345,12 +352,12 @@ class Link:
             if command.name != "enroll":
                 raise refuse(
                     "BOX_LINK_UNKNOWN_KEY",
-                    f"No host key {kid.hex() or '(none)'} is enrolled on this box: an operator enrolls it "
-                    "first.",
+                    f"No host key {kid[:16].hex() or '(none)'} is enrolled on this box: an operator "
+                    "enrolls it first.",
                     "kid",
                 )
             key = self._first_operator(kid, payload["body"])
-            role, label = "operator", str(payload["body"].get("label", ""))
+            role, label = "operator", str(payload["body"].get("label", ""))[:64]
         else:
             if entry["revoked_at"] is not None:
                 raise refuse(

@@ -26,8 +26,7 @@ AT = "2026-11-22T08:00:00"
 
 @pytest.fixture
 def link(box: Box, tmp_path: Path) -> Iterator[Link]:
-    made = Link(StandIn(box, tmp_path), HostKeys(tmp_path / "hosts.json"), work_dir=tmp_path / "work")
-    (tmp_path / "work").mkdir()
+    made = Link(StandIn(box, tmp_path), HostKeys(tmp_path / "hosts.json"))
     yield made
     made.join_jobs()
     made.close()
@@ -283,6 +282,7 @@ def test_a_self_signed_enroll_must_enroll_its_own_key_as_operator(link: Link) ->
     other = Host(link)
     refused(host, "BOX_LINK_ENROLL", "enroll", {"public_key": other.der, "role": "operator", "label": "x"})
     refused(host, "BOX_LINK_ENROLL", "enroll", {"public_key": host.der, "role": "pos", "label": "x"})
+    refused(host, "BOX_LINK_ENROLL", "enroll", {"public_key": 2**62, "role": "operator", "label": "x"})
 
 
 def test_an_operator_enrolls_lists_and_revokes_keys(link: Link, operator: Host) -> None:
@@ -391,11 +391,14 @@ def test_no_frame_crashes_the_link_or_changes_anything(link: Link, pos: Host) ->
     before = state(link)
     for _ in range(400):
         frame = bytearray(good)
-        for _ in range(chooser.randint(1, 6)):  # the body's bytes: the header's sequence and flags are free
-            frame[chooser.randrange(smp.HEADER_SIZE, len(frame))] = chooser.randrange(256)
-        cut = frame[: chooser.randrange(len(frame) + 1)] if chooser.random() < 0.3 else frame
+        # Bytes of the body, each really changed (the header's sequence and flags change nothing), or the
+        # frame cut short.
+        for at in chooser.sample(range(smp.HEADER_SIZE, len(frame)), chooser.randint(1, 6)):
+            frame[at] ^= chooser.randrange(1, 256)
+        cut = good[: chooser.randrange(len(good))] if chooser.random() < 0.3 else frame
         link.handle(bytes(cut))
     assert state(link) == before
+    assert "cose" in pos.call("issue", {"sale": sale()})  # the link still answers a good frame
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -442,3 +445,22 @@ def test_a_restart_forgets_its_jobs_and_their_files(link: Link, operator: Host, 
     restarted = Link(link.device, link.hosts, work_dir=link.work_dir)
     assert not list(link.work_dir.glob("export-*.json"))
     refused(Host(restarted, operator.key), "BOX_LINK_NO_JOB", "job", {"job": job})
+
+
+def test_exports_are_kept_beside_the_host_keys_and_removed_on_close(
+    link: Link, operator: Host, box: Box
+) -> None:
+    assert link.work_dir == link.hosts.path.parent / "link-exports"
+    box.issue(sale())
+    operator.result("export_journal", {"first": 1, "last": 1})
+    link.join_jobs()
+    assert len(list(link.work_dir.glob("export-*.json"))) == 1
+    link.close()
+    assert not list(link.work_dir.glob("export-*.json"))
+
+
+def test_without_a_folder_for_exports_a_temporary_one_is_used(box: Box, tmp_path: Path) -> None:
+    made = Link(StandIn(box, tmp_path), HostKeys(tmp_path / "not-made" / "hosts.json"))
+    assert made.work_dir.is_dir() and not made.work_dir.is_relative_to(tmp_path)
+    made.close()
+    assert not made.work_dir.exists()

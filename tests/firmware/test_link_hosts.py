@@ -57,8 +57,10 @@ def test_an_enrolled_key_is_kept_in_the_file_and_read_back(tmp_path: Path) -> No
         der(ec.generate_private_key(ec.SECP384R1())),
         der(ed25519.Ed25519PrivateKey.generate()),
         b"not a key",
+        2**62,  # a number is no key (nor bytes(n): n zero bytes)
+        None,
     ],
-    ids=["rsa", "p384", "ed25519", "garbage"],
+    ids=["rsa", "p384", "ed25519", "garbage", "number", "none"],
 )
 def test_only_p256_keys_are_enrolled(tmp_path: Path, public_key: bytes) -> None:
     hosts = HostKeys(tmp_path / "hosts.json")
