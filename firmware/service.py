@@ -35,6 +35,7 @@ from firmware.delivery import Delivery
 from firmware.fdms_client import FdmsClient
 from firmware.hosts import HostKeys
 from firmware.journal import CLOSED, OPENED, Journal
+from firmware.link import Link, open_port
 from hardware import ECDSA_P256, RSA_2048, KeyStore, Printer, printers
 from hardware.keystores import FileKeyStore, Pkcs11KeyStore, PublicKeys
 from hardware.signatures import load_public_key
@@ -903,12 +904,15 @@ def backup_loop(
 def serve_link(device: Device, cfg: configuration.Config, stop: threading.Event, log: logging.Logger) -> None:
     """The link on [link] port until `stop`; a port not there yet (the USB gadget still coming up) is
     tried again every few seconds."""
-    try:
-        from firmware.link import Link, open_port  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        log.warning("this build has no link: the service runs without one")
-        return
     link = Link(device, HostKeys(cfg.link["hosts"]), log)
+    try:
+        _listen(link, cfg, stop, log)
+    finally:
+        link.join_jobs(timeout=60)  # a backup or export under way finishes before the journal closes
+        link.close()
+
+
+def _listen(link: Link, cfg: configuration.Config, stop: threading.Event, log: logging.Logger) -> None:
     said = False
     while not stop.is_set():
         try:

@@ -5,17 +5,22 @@ from __future__ import annotations
 import json
 import os
 import queue
+import select
 import signal
 import subprocess
 import sys
 import threading
 import time
+import tty
 from pathlib import Path
 from typing import Any
 
 from box_rig import SETTINGS, StepClock, sale
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from firmware.box import Box
+from firmware.hosts import HostKeys
 from firmware.journal import Journal
 from hardware import ECDSA_P256
 from hardware.keystores import FileKeyStore
@@ -26,11 +31,12 @@ ROOT = Path(__file__).resolve().parents[2]
 PATIENCE = 120.0  # seconds a test waits for the service before it fails (never how long it should take)
 
 
-def make_box(root: Path, totals: tuple[str, ...] = ("4.00", "6.50")) -> None:
-    """A provisioned box with day 1 open and a sale for each of `totals`, none printed or delivered."""
+def make_box(root: Path, totals: tuple[str, ...] = ("4.00", "6.50"), clock: Any = None) -> None:
+    """A provisioned box with day 1 open (on `clock`, a step clock by default) and a sale for each of
+    `totals`, none printed or delivered."""
     keys = FileKeyStore(root / "keys", PASS.encode())
     keys.generate(ECDSA_P256)
-    clock = StepClock()
+    clock = clock or StepClock()
     with Journal(root / "journal.db", create=True) as journal:
         box = Box(journal, keys, clock)
         box.provision(SETTINGS)
@@ -40,14 +46,14 @@ def make_box(root: Path, totals: tuple[str, ...] = ("4.00", "6.50")) -> None:
             box.issue(sale(total))
 
 
-def write_config(root: Path, extra: str = "", backup_at: str = "") -> str:
+def write_config(root: Path, extra: str = "", backup_at: str = "", link_port: str = "") -> str:
     path = root / "box.toml"
     path.write_text(
         f'[keys]\ndirectory = "{root / "keys"}"\n\n'
         f'[journal]\npath = "{root / "journal.db"}"\nanchor = "{root / "anchor.json"}"\n\n'
         f'[box]\nprovisioned = "{root / "provisioned.json"}"\n\n'
         f'[backup]\nat = "{backup_at}"\ndir = "{root / "backups"}"\nretain = 2\n\n'
-        f'[link]\nport = ""\nhosts = "{root / "hosts.json"}"\n\n' + extra
+        f'[link]\nport = "{link_port}"\nhosts = "{root / "hosts.json"}"\n\n' + extra
     )
     return str(path)
 
@@ -119,3 +125,48 @@ def poll(check: Any, what: str) -> Any:
             return found
         time.sleep(0.05)
     raise AssertionError(f"{what} did not happen")
+
+
+class PtyBridge:
+    """A serial cable between two pseudo-terminals: the service opens `box_path`, a host `host_path`; what
+    either writes the other reads."""
+
+    def __init__(self) -> None:
+        self._box_master, self._box_slave = os.openpty()
+        self._host_master, self._host_slave = os.openpty()
+        self.box_path = os.ttyname(self._box_slave)
+        self.host_path = os.ttyname(self._host_slave)
+        for fd in (self._box_slave, self._host_slave):
+            tty.setraw(fd)
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        ends = {self._box_master: self._host_master, self._host_master: self._box_master}
+        while not self._closing.is_set():
+            ready, _, _ = select.select(list(ends), [], [], 0.1)
+            for fd in ready:
+                try:
+                    data = os.read(fd, 4096)
+                except OSError:  # no one has that end open just now (the service restarting)
+                    continue
+                os.write(ends[fd], data)
+
+    def close(self) -> None:
+        self._closing.set()
+        self._thread.join()
+        for fd in (self._box_master, self._box_slave, self._host_master, self._host_slave):
+            os.close(fd)
+
+
+def host_key(root: Path, role: str) -> bytes:
+    """A host's P-256 key (PEM), enrolled with `role` in the box's host keys before the service starts."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    HostKeys(root / "hosts.json").enroll(public, role, f"test {role}", "2026-11-22T08:00:00")
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )

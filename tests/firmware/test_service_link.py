@@ -1,0 +1,85 @@
+"""`fiscalbox-device run` with its link: a POS sells over a serial line, SIGTERM in the middle of a burst of
+sales finishes the one in flight (answered, committed whole) and exits 0, and a restart sells on."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from box_rig import sale
+from click.testing import CliRunner
+from service_rig import ENV, PtyBridge, Service, host_key, make_box, poll, write_config
+
+from firmware.core.errors import FiscalError
+from firmware.main import main
+from firmware.service import SystemClock
+from host_tools.link import BoxClient
+
+
+@pytest.fixture
+def cable() -> Iterator[PtyBridge]:
+    made = PtyBridge()
+    yield made
+    made.close()
+
+
+def one_shot_json(config: str, *args: str) -> str:
+    result = CliRunner().invoke(main, ["--config", config, *args, "--json"], env=ENV)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_sigterm_in_a_burst_of_sales_finishes_the_one_in_flight_and_a_restart_sells_on(
+    tmp_path: Path, cable: PtyBridge
+) -> None:
+    make_box(tmp_path, totals=(), clock=SystemClock())  # the service's clock: the day is open now
+    pos = host_key(tmp_path, "pos")
+    config = write_config(tmp_path, link_port=cable.box_path)
+    service = Service(config)
+    answered: list[dict[str, object]] = []
+    failure: list[FiscalError] = []
+    try:
+        service.wait_for("service started")
+        service.wait_for("link listening")
+        client = BoxClient(cable.host_path, pos, timeout=5, retries=0)
+
+        def burst() -> None:
+            try:
+                for n in range(1000):
+                    answered.append(client.issue(sale(f"{1 + n % 9}.00"), request_id=f"burst-{n}"))
+            except FiscalError as error:  # the service went away: the call in the air is not answered
+                failure.append(error)
+
+        seller = threading.Thread(target=burst)
+        seller.start()
+        poll(lambda: len(answered) >= 5 or failure, "five sales over the link")
+        assert not failure, (failure, service.seen)
+        assert service.stop(signal.SIGTERM) == 0
+        seller.join(timeout=120)
+        client.close()
+    finally:
+        service.kill()
+    assert failure and failure[0].code.startswith("BOX_LINK"), failure
+    issued = [r for r in service.seen if r["message"] == "link.request" and r.get("name") == "issue"]
+    assert len([r for r in issued if r.get("outcome") == "ok"]) == len(answered)  # each one answered
+    assert [r["global_no"] for r in answered] == list(range(1, len(answered) + 1))
+    stopping = [r["message"] for r in service.seen]
+    assert stopping.index("service stopping") < stopping.index("service stopped")
+    # every sale the box committed was answered, and none half: the journal audits clean
+    status = one_shot_json(config, "status")
+    assert f'"last_global_no": {len(answered)}' in status
+    assert '"clean": true' in one_shot_json(config, "audit")
+
+    service = Service(config)  # the restart: the POS sells on
+    try:
+        service.wait_for("link listening")
+        with BoxClient(cable.host_path, pos, timeout=5) as client:
+            again = client.issue(sale("1.00"), request_id="after-restart")
+            assert again["global_no"] == len(answered) + 1
+            assert client.status()["last_global_no"] == len(answered) + 1
+        assert service.stop() == 0
+    finally:
+        service.kill()
