@@ -590,9 +590,8 @@ def audit(as_json: bool) -> None:
 
     def text(r: dict[str, Any]) -> str:
         checked = r.get("checked") or {}
-        head = f"{'clean' if r['clean'] else 'PROBLEMS FOUND'}: " + ", ".join(
-            f"{n} {what.replace('_', ' ')}" for what, n in checked.items()
-        )
+        counted = [f"{n} {what.replace('_', ' ')}" for what, n in checked.items() if type(n) is int]
+        head = f"{'clean' if r['clean'] else 'PROBLEMS FOUND'}: " + ", ".join(counted) + " checked"
         return "\n".join([head] + [f"  {p['code']}: {p['message']}" for p in r["problems"][:10]])
 
     _emit(report_, as_json, text)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import select
+import socket
 import stat
 import threading
 import tty
@@ -46,10 +47,18 @@ class Responder:
     signed by its device key, and can lose an answer (`lose(name, body)` true: the work is done, the answer
     never sent) or put noise and stale answers on the line first."""
 
-    def __init__(self, host_key: Any) -> None:
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)
-        self.path = os.ttyname(self.slave)
+    def __init__(self, host_key: Any, cable: bool = False) -> None:
+        """`cable`: on a TCP socket (the port a pyserial socket:// URL), where losing an answer is the
+        connection closed under the client, as a pulled cable; otherwise on a pty, where it is silence."""
+        self.cable = cable
+        self.pulled = False
+        if cable:
+            self.listener = socket.create_server(("127.0.0.1", 0))
+            self.path = "socket://127.0.0.1:%d" % self.listener.getsockname()[1]
+        else:
+            self.master, self.slave = os.openpty()
+            tty.setraw(self.slave)
+            self.path = os.ttyname(self.slave)
         self.device_key = ec.generate_private_key(ec.SECP256R1())
         self.signing_key = self.device_key  # what answers are signed with (another key: a forged answer)
         self.hosts = {cose.key_id(host_key.public_key()): host_key.public_key()}
@@ -64,14 +73,38 @@ class Responder:
         self.export = os.urandom(5000)
         self.jobs = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread = threading.Thread(target=self._serve_cable if cable else self._serve, daemon=True)
         self._thread.start()
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
-        os.close(self.master)
-        os.close(self.slave)
+        if self.cable:
+            self.listener.close()
+        else:
+            os.close(self.master)
+            os.close(self.slave)
+
+    def _serve_cable(self) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self.listener], [], [], 0.05)
+            if not ready:
+                continue
+            connection, _ = self.listener.accept()
+            with connection:
+                decoder = smp.Decoder()
+                while not self._stop.is_set() and not self.pulled:
+                    ready, _, _ = select.select([connection], [], [], 0.05)
+                    data = connection.recv(4096) if ready else b""
+                    if ready and not data:
+                        break  # the client hung up
+                    for frame in decoder.feed(data):
+                        answer = self.handle(frame)
+                        if self.pulled:
+                            break
+                        if answer is not None:
+                            connection.sendall(answer)
+            self.pulled = False  # the cable plugged in again: the next connection
 
     def _serve(self) -> None:
         decoder = smp.Decoder()
@@ -122,6 +155,7 @@ class Responder:
         else:
             answer = {"nonce": self.nonce, **outcome}
         if self.lose(name, payload["body"]):
+            self.pulled = self.cable
             return None
         if self.noise_first:  # a console's text, then a stale answer (another sequence number), then this one
             stale = packet({"nonce": self.nonce, "ok": {"stale": True}}, (sequence + 255) & 0xFF)
@@ -182,6 +216,13 @@ def host_key() -> Any:
 @pytest.fixture
 def box(host_key: Any) -> Iterator[Responder]:
     responder = Responder(host_key)
+    yield responder
+    responder.close()
+
+
+@pytest.fixture
+def cabled(host_key: Any) -> Iterator[Responder]:
+    responder = Responder(host_key, cable=True)
     yield responder
     responder.close()
 
@@ -327,6 +368,39 @@ def test_an_export_resumes_from_the_last_offset_after_a_lost_chunk(
     offsets = [body.get("offset") for name, _, body in box.requests if name == "job"]
     assert offsets == [0, 2048, 2048, 4096]  # the lost chunk asked again, nothing before it
     assert seen == [2048, 4096, 5000]
+
+
+def test_a_cable_pulled_during_an_issue_reconnects_and_issues_once(cabled: Responder, host_key: Any) -> None:
+    pulled = []
+    cabled.lose = lambda name, body: name == "issue" and not pulled and not pulled.append(1)
+    with BoxClient(cabled.path, pem(host_key), timeout=30) as client:  # the pull is seen at once, no waiting
+        receipt = client.issue(SALE, "sale-43")
+    assert receipt["repeated"] is True and len(cabled.receipts) == 1
+    assert [rid for name, rid, _ in cabled.requests if name == "issue"] == ["sale-43", "sale-43"]
+
+
+def test_a_cable_pulled_mid_export_reconnects_and_resumes(
+    cabled: Responder, host_key: Any, tmp_path: Any
+) -> None:
+    pulled = []
+    cabled.lose = lambda name, body: (
+        name == "job" and body.get("offset") == 4096 and not pulled and not pulled.append(1)
+    )
+    with BoxClient(cabled.path, pem(host_key), timeout=30) as client:
+        client.export_journal(1, 9, tmp_path / "export.json")
+    assert (tmp_path / "export.json").read_bytes() == cabled.export
+    offsets = [body.get("offset") for name, _, body in cabled.requests if name == "job"]
+    assert offsets == [0, 2048, 4096, 4096]
+    assert cabled.nonce_requests == 2  # a new line, a new nonce
+
+
+def test_a_cable_pulled_for_good_is_a_port_error_after_the_retries(cabled: Responder, host_key: Any) -> None:
+    cabled.lose = lambda name, body: True
+    with BoxClient(cabled.path, pem(host_key), timeout=30) as client:
+        with pytest.raises(FiscalError) as refused:
+            client.status()
+    assert refused.value.code == "BOX_LINK_PORT"
+    assert len(cabled.requests) == 1 + link.RETRIES
 
 
 def test_an_export_the_box_forgot_starts_once_more(client: BoxClient, box: Responder, tmp_path: Any) -> None:

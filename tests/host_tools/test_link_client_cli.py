@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import fcntl
 import json
+import select
+import socket
 import struct
 import sys
 import termios
@@ -72,6 +74,55 @@ def write_config(root: Path) -> str:
     return str(path)
 
 
+class CablePort:
+    """A TCP listener as the pyserial-like port Link.serve reads, one host connection at a time: a host
+    reaches it as `socket://...`, and `pull_at_next_answer` closes the connection instead of answering (a
+    cable pulled mid-transfer: the host's read fails at once)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = "socket://127.0.0.1:%d" % self.listener.getsockname()[1]
+        self.connection: socket.socket | None = None
+        self.timeout = 0.05
+        self.pull_at_next_answer = False
+
+    @property
+    def in_waiting(self) -> int:
+        return 0 if self.connection is None else waiting_bytes(self.connection.fileno())
+
+    def read(self, size: int) -> bytes:
+        if self.connection is None:
+            if select.select([self.listener], [], [], self.timeout)[0]:
+                self.connection, _ = self.listener.accept()
+            return b""
+        if not select.select([self.connection], [], [], self.timeout)[0]:
+            return b""
+        data = self.connection.recv(max(size, 4096))
+        if not data:
+            self._hang_up()
+        return data
+
+    def write(self, data: bytes) -> int:
+        if self.pull_at_next_answer:
+            self.pull_at_next_answer = False
+            self._hang_up()
+        elif self.connection is not None:
+            self.connection.sendall(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def _hang_up(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+
+    def close(self) -> None:
+        self._hang_up()
+        self.listener.close()
+
+
 class Rig:
     """The FDMS simulator, a Device behind Link.serve on a pty, and the host tool's environment."""
 
@@ -83,6 +134,11 @@ class Rig:
         self.device.start(self.stop)
         self.link = Link(self.device, HostKeys(root / "hosts.json"), work_dir=root / "link")
         self.served = Served(self.link)
+        self.cable = CablePort()  # the same box on a second line, for the pulled cable
+        self.cable_thread = threading.Thread(
+            target=self.link.serve, args=(self.cable, self.stop), daemon=True
+        )
+        self.cable_thread.start()
         self.env = {
             "FISCALBOX_PORT": self.served.slave_path,
             "FISCALBOX_HOST_KEY": str(root / "operator.pem"),
@@ -101,6 +157,8 @@ class Rig:
     def close(self) -> None:
         self.served.close()
         self.stop.set()
+        self.cable_thread.join()
+        self.cable.close()
         self.device.close()
         self.link.close()
         self.sim.stop()
@@ -148,9 +206,9 @@ def send_and_hang_up(rig: Rig, key_pem: bytes, name_body: tuple[int, int, dict[s
     termios.tcflush(rig.served.slave, termios.TCIFLUSH)  # the answer is lost
 
 
-def lose_one_chunk(rig: Rig, offset: int) -> list[int]:
-    """The line loses the answer to the export chunk at `offset` once (the box sent it: the host never saw
-    it); returns the offsets the box was asked for."""
+def lose_one_chunk(rig: Rig, offset: int, pull: bool = False) -> list[int]:
+    """The line loses the answer to the export chunk at `offset` once: the box answered, the host never saw it
+    (`pull`: the cable line's connection closes instead). Returns the offsets the box was asked for."""
     asked: list[int] = []
     handle = rig.link.handle
 
@@ -162,7 +220,8 @@ def lose_one_chunk(rig: Rig, offset: int) -> list[int]:
             at = cbor2.loads(message.payload)["body"].get("offset", 0)
             asked.append(at)
             if at == offset and asked.count(at) == 1:
-                return None
+                rig.cable.pull_at_next_answer = pull
+                return answer if pull else None
         return answer
 
     rig.link.handle = lossy  # type: ignore[method-assign]
@@ -228,6 +287,16 @@ def test_a_shops_first_day_over_the_link(rig: Rig, tmp_path: Path) -> None:
     rig.ok("keys", "device", "--out", str(tmp_path / "device.pem"))  # learnt over the link
     assert (tmp_path / "device.pem").read_bytes() == rig.device.keys.public_key_pem()
     verified = rig.run("journal", "verify", str(out), "--cert", str(tmp_path / "device.pem"))
+    assert verified.exit_code == 0 and verified.stdout.startswith("clean: device 10001, receipts 1..3")
+
+    # the same over a line whose cable is pulled mid-transfer: the tool sees it at once, reconnects, resumes
+    asked = lose_one_chunk(rig, 4096, pull=True)
+    cabled = rig.ok("--port", rig.cable.url, "journal", "export", "1", "3", str(tmp_path / "again.json"))
+    assert asked[:4] == [0, 2048, 4096, 4096]
+    assert cabled["size"] == (tmp_path / "again.json").stat().st_size
+    verified = rig.run(
+        "journal", "verify", str(tmp_path / "again.json"), "--cert", str(tmp_path / "device.pem")
+    )
     assert verified.exit_code == 0 and verified.stdout.startswith("clean: device 10001, receipts 1..3")
 
     # the till's key revoked: refused from now on
