@@ -38,8 +38,9 @@ from sim.printer import VirtualPrinter
 from sim.pty_port import PtyPort
 
 PRINTER_MODEL = "epson-tm-t20ii"
-DEVICE_ID = 10001  # the simulator's default scenario registers it, with the serial and activation key below
+DEVICE_ID = 10001  # a device of the simulator's default scenario (its serial and activation key are there)
 READY_SECONDS = 60.0  # how long the service may take to answer on its link after it was started
+STOP_SECONDS = 30.0  # how long it may take to finish the operation in flight once asked to stop
 EXAMPLE_SALE = {
     "receiptType": "FiscalInvoice",
     "receiptCurrency": "USD",
@@ -57,8 +58,7 @@ EXAMPLE_SALE = {
         }
     ],
     "receiptPayments": [{"moneyTypeCode": "Cash", "paymentAmount": "2.30"}],
-}
-STOP_SECONDS = 30.0  # how long it may take to finish the operation in flight once asked to stop
+}  # written beside the keys, so a person trying the box has a sale to send at once
 
 
 def _die_with_parent() -> None:
