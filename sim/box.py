@@ -38,8 +38,9 @@ from sim.printer import VirtualPrinter
 from sim.pty_port import PtyPort
 
 PRINTER_MODEL = "epson-tm-t20ii"
-DEVICE_ID = 10001  # the simulator's default scenario registers it, with the serial and activation key below
+DEVICE_ID = 10001  # a device of the simulator's default scenario (its serial and activation key are there)
 READY_SECONDS = 60.0  # how long the service may take to answer on its link after it was started
+STOP_SECONDS = 30.0  # how long it may take to finish the operation in flight once asked to stop
 EXAMPLE_SALE = {
     "receiptType": "FiscalInvoice",
     "receiptCurrency": "USD",
@@ -57,8 +58,7 @@ EXAMPLE_SALE = {
         }
     ],
     "receiptPayments": [{"moneyTypeCode": "Cash", "paymentAmount": "2.30"}],
-}
-STOP_SECONDS = 30.0  # how long it may take to finish the operation in flight once asked to stop
+}  # written beside the keys, so a person trying the box has a sale to send at once
 
 
 def _die_with_parent() -> None:
@@ -345,8 +345,19 @@ class VirtualBox:
         from sim.fdms.server import FdmsSimulator
 
         scenario = self.scenario or Scenario.default()
-        scenario.server.port = int(self.progress.get("fdms_port", 0))  # the URL the box was provisioned with
-        self.sim = FdmsSimulator(scenario, state_dir=self.state_dir / "fdms").start()
+        port = int(self.progress.get("fdms_port", 0))  # the URL the box was provisioned with
+        scenario.server.port = port
+        try:
+            self.sim = FdmsSimulator(scenario, state_dir=self.state_dir / "fdms").start()
+        except FiscalError as error:
+            if error.code != "SIM_PORT" or not port:
+                raise
+            raise FiscalError(
+                "SIM_PORT",
+                f"This virtual box's FDMS simulator listens on port {port} (the URL the box was provisioned "
+                f"with), and the port is in use: is another fiscalbox-sim box running on {self.state_dir}?",
+                "state_dir",
+            ) from None
         self.fdms_url = self.sim.url
         self.fdms_ca = Path(self.sim.ca_cert_path)
         if self.progress.get("fdms_port") != self.sim.url.rsplit(":", 1)[1]:

@@ -176,14 +176,26 @@ def serve_box(args: argparse.Namespace) -> int:
             vbox.save_pages()
             if vbox.process is not None and vbox.process.poll() is not None:
                 stopped = vbox.stop()
-                return fail(FiscalError("SIM_BOX_SERVICE", f"The box's service stopped (exit {stopped}); "
-                                        f"see {vbox.log_path}."))
+                return fail(
+                    FiscalError(
+                        "SIM_BOX_SERVICE", f"The box's service stopped (exit {stopped}); see {vbox.log_path}."
+                    )
+                )
     except FiscalError as error:
         vbox.stop()
         return fail(error)
+    except OSError as error:  # no pseudo-terminals left, a folder that vanished: said, never a traceback
+        vbox.stop()
+        return fail(FiscalError("SIM_BOX", f"The virtual box cannot run: {error.strerror or error}."))
     code = vbox.stop()
-    return 0 if code in (0, None) else fail(
-        FiscalError("SIM_BOX_SERVICE", f"The box's service stopped with exit {code}; see {vbox.log_path}.")
+    return (
+        0
+        if code in (0, None)
+        else fail(
+            FiscalError(
+                "SIM_BOX_SERVICE", f"The box's service stopped with exit {code}; see {vbox.log_path}."
+            )
+        )
     )
 
 

@@ -127,8 +127,10 @@ def test_sales_of_several_kinds_are_issued_in_sequence_and_printed(box: Target, 
     assert [a["type"] for a in answers] == ["FiscalInvoice", "FiscalInvoice", "CreditNote", "DebitNote"]
     assert [a["currency"] for a in answers] == ["USD", "ZWG", "USD", "USD"]
     assert zwg["total"] == "288.98" and credit["total"] == "-1.15"
-    assert all(a["printed"] for a in answers), [a["warnings"] for a in answers]
+    for answer in answers:  # printed, or (a rig without a printer) committed and said so
+        assert answer["printed"] or answer["warnings"][0]["code"].startswith("BOX_PRINTER"), answer
     if box.virtual is not None:  # the virtual printer's paper can be read: the receipt is really there
+        assert all(a["printed"] for a in answers), [a["warnings"] for a in answers]
         written = box.virtual.save_pages("hil-sale")
         assert len(written) == 4 and "Cement" in "".join(written[1].read_text().split())
 

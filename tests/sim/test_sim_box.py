@@ -8,6 +8,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,13 @@ import pytest
 from firmware.core.errors import FiscalError
 from host_tools.link import BoxClient
 from sim.box import device_key_pem
+from sim.fdms.scenario import Scenario
+from sim.fdms.server import FdmsSimulator
 
 
-def started(state: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+def started(state: Path, *args: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "sim.main", "box", "--state-dir", str(state)],
+        [sys.executable, "-m", "sim.main", "box", "--state-dir", str(state), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -75,8 +78,35 @@ def test_the_virtual_box_comes_up_ready_to_sell_and_resumes_on_the_same_state(tm
             with BoxClient(again["port"], pos_pem) as pos:
                 repeated = pos.issue(sale, request_id="sim-box-1")
         assert repeated["global_no"] == 1 and repeated["repeated"] is True  # exactly once across restarts
+        busy = subprocess.run(  # the same state twice at once: said in one line, the first one untouched
+            [sys.executable, "-m", "sim.main", "box", "--state-dir", str(state)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert busy.returncode == 2 and busy.stderr.startswith("error SIM_PORT: ") and busy.stdout == ""
+        assert len(busy.stderr.splitlines()) == 1 and "another fiscalbox-sim box" in busy.stderr
+        with BoxClient(again["port"], pos_pem) as pos:
+            assert pos.status()["last_global_no"] == 1
     finally:
         assert stopped(process) == 0
+
+
+def test_the_virtual_box_registers_with_an_fdms_it_is_given(tmp_path: Path) -> None:
+    with FdmsSimulator(Scenario.default(), state_dir=tmp_path / "fdms") as sim:
+        process, facts = started(tmp_path / "vbox", "--fdms-url", sim.url, "--fdms-ca", str(sim.ca_cert_path))
+        try:
+            assert facts["fdms"] == {"url": sim.url, "ca": str(sim.ca_cert_path), "simulator": False}
+            assert facts["registered"] is True and facts["device_id"] == 10001
+            assert not (tmp_path / "vbox" / "fdms").exists()  # no simulator of its own
+            with BoxClient(facts["port"], Path(facts["keys"]["operator"]).read_bytes()) as operator:
+                opened = operator.open_day()
+            deadline = time.monotonic() + 60  # delivery sends the OpenDay on its own time
+            while sim.day(10001) is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert (sim.day(10001) or {}).get("fiscalDayNo") == opened["day_no"]  # FDMS saw the OpenDay
+        finally:
+            assert stopped(process) == 0
 
 
 @pytest.mark.parametrize(
