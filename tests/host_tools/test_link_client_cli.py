@@ -14,6 +14,7 @@ import sys
 import termios
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from firmware.core import smp
 from firmware.hosts import HostKeys
 from firmware.link import Link
 from firmware.service import Device, SystemClock
+from host_tools import box_commands
 from host_tools.cli import main
 from host_tools.link import load_host_key
 from sim.fdms.scenario import Scenario
@@ -355,3 +357,20 @@ def test_a_wrong_command_line_is_one_error_line(args: list[str], tmp_path: Path)
     assert result.exit_code == 2 and result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error BOX_"), result.stderr
+
+
+def test_provision_reads_the_identity_of_a_box_toml(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    values = box_commands.provision_values(tomllib.loads((root / "docs" / "box.toml").read_text()), root)
+    assert values == {
+        "device_id": 4321,
+        "serial": "FB-0001-2026",
+        "model_name": "fiscalbox",
+        "model_version": "1.0",
+        "fdms_url": "https://fdmsapitest.zimra.co.zw",
+        "fdms_ca": "",
+        "currencies": ["USD", "ZWG"],
+    }
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    relative = box_commands.provision_values({"fdms": {"ca_file": "ca.pem"}}, tmp_path)
+    assert relative == {"fdms_ca": "-----BEGIN CERTIFICATE-----\n"}  # read beside the file, sent as text
