@@ -147,8 +147,10 @@ class Rig:
         }
 
     def run(self, *args: str, key: str = "operator", stdin: str | None = None, **env: str) -> Result:
+        """`fiscalbox ARGS` with the `key` host key; a generous --timeout unless ARGS give their own."""
         environment = {**self.env, "FISCALBOX_HOST_KEY": str(self.root / f"{key}.pem"), **env}
-        return CliRunner().invoke(main, ["--timeout", "2", *args], env=environment, input=stdin)
+        timeout = [] if "--timeout" in args else ["--timeout", str(PATIENCE)]
+        return CliRunner().invoke(main, [*timeout, *args], env=environment, input=stdin)
 
     def ok(self, *args: str, **options: Any) -> Any:
         """The command's --json answer, once it is checked to have succeeded."""
@@ -283,7 +285,7 @@ def test_a_shops_first_day_over_the_link(rig: Rig, tmp_path: Path) -> None:
     # the export loses a chunk mid-transfer and resumes from the last offset held; then verified offline
     asked = lose_one_chunk(rig, 2048)
     out = tmp_path / "export.json"
-    exported = rig.ok("journal", "export", "1", "3", str(out))
+    exported = rig.ok("--timeout", "1", "journal", "export", "1", "3", str(out))  # 1 s: the loss is noticed
     assert exported["size"] == out.stat().st_size > 2 * 2048
     assert asked[:3] == [0, 2048, 2048]  # the lost chunk asked again, nothing before it
     rig.ok("keys", "device", "--out", str(tmp_path / "device.pem"))  # learnt over the link
