@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 MPY    := $(VENV)/bin/micropython
 
-.PHONY: setup system demo test test-python test-micropython bench lint clean
+.PHONY: setup system demo test test-python test-micropython hil bench lint clean
 
 setup: system $(VENV)/.installed
 
@@ -32,6 +32,13 @@ test-python: setup
 # The fiscal core's tests again, under MicroPython: the core must run there unchanged.
 test-micropython: setup
 	$(MPY) tests/core/mp_runner.py
+
+# The end-to-end bodies of tests/hil against a real box on a rig (they run against the virtual box in `make test`).
+hil: setup
+	@if [ -z "$$FISCALBOX_HIL_PORT$$LG_ENV" ] || [ -z "$$FISCALBOX_HIL_KEY" ]; then \
+	  echo "error HIL_TARGET: make hil needs FISCALBOX_HIL_PORT (the box's serial port, or LG_ENV a labgrid environment) and FISCALBOX_HIL_KEY (an operator key PEM enrolled on it); see tests/hil/README.md" >&2; \
+	  exit 2; fi
+	FISCALBOX_HIL_REAL=1 $(PY) -m pytest tests/hil
 
 bench: setup
 	$(PY) bench/signing.py

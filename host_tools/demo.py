@@ -1,21 +1,27 @@
-"""`make demo`: a box's fiscal day against the FDMS simulator, from registration to FDMS's close.
+"""`make demo`: a shop's fiscal day on the virtual box, every step through the `fiscalbox` host tool.
 
-Starts the FDMS simulator (HTTPS with mutual TLS on loopback, its own test CA) and registers a box with it:
-taxpayer check, a device key made inside the key store, the certificate request, the certificate FDMS
-issues, and FDMS's configuration (taxes, taxpayer, limits). The day opens (GetConfig, then OpenDay), and a
-few dozen receipts of every kind (invoices, credit and debit notes, USD and ZWG, exempt, 0 %, 15 % and
-15.5 %, buyers) are issued, each committed before it is printed through the Epson TM-T20II driver into the
-virtual printer: out/receipts/ gets a text dump and a PNG of every page. In the middle FDMS becomes
-unreachable: the shop goes on issuing and printing, the receipts queue, and delivery catches up in order,
-exactly once, when FDMS is back. The paper runs out in the middle of one receipt; it stays committed and its
-reprint says COPY. A bad sale is refused with nothing written. The X report is printed; the day is closed,
-FDMS confirms the close with counters equal to the box's, and the Z report is printed. Finally the journal is
-audited, backed up and exported, and the export is checked offline by `fiscalbox journal verify`.
+Starts the FDMS simulator (HTTPS with mutual TLS on loopback, its own test CA) and the virtual box
+(sim/box.py: the real `fiscalbox-device run` on a pseudo-terminal, an Epson TM-T20II driver printing into the
+virtual printer). Then, as a shop would, each step is a `fiscalbox` command over the box's USB link, printed
+before it runs: the operator's key enrolled (the first operator key enrolls itself), the till's POS key
+enrolled, the identity provisioned, the box registered with FDMS (the activation key read from a file, sent in
+the register request), the day opened, and a few dozen sales of every kind (invoices, credit and debit notes,
+USD and ZWG, exempt, 0 %, 15 % and 15.5 %, buyers), each committed before it is printed: out/receipts/ gets a
+text dump and a PNG of every page. The paper runs out in the middle of one receipt; it stays committed and its
+reprint says COPY. A bad sale is refused with nothing written. In the middle FDMS becomes unreachable: the
+shop goes on issuing and printing, the receipts queue, and delivery catches up in order, exactly once, when
+FDMS is back. The answer to one sale is lost on the line: the tool sends it again under the same request ID
+and the box answers with the receipt already issued, as it does when the POS retries by hand. The X report is
+printed, the day closed, FDMS confirms the close with counters equal to the box's, and the Z report is
+printed. Finally the journal is audited, backed up, exported over the link and checked offline by `fiscalbox
+journal verify`.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -23,26 +29,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from firmware.backup import Anchor
-from firmware.box import Box
-from firmware.core import wire
-from firmware.core.errors import FiscalError
-from firmware.delivery import Delivery
-from firmware.fdms_client import FdmsClient
-from firmware.journal import CLOSED, Journal
-from hardware import printers
-from hardware.keystores import FileKeyStore
+from sim.box import VirtualBox, device_key_pem
 from sim.fdms.scenario import Scenario
 from sim.fdms.server import FdmsSimulator
-from sim.printer import VirtualPrinter
 from sim.shop import Shop
 
 OUT = Path("out/demo")
 PRINTED = Path("out/receipts")
-PRINTER_MODEL = "epson-tm-t20ii"
 DEVICE_ID = 10001  # as the simulator's scenario registers it, with its serial and activation key
 SHOP_SALES = 30  # sales from the simulated shop, besides the hand-written SALES below
+OUTAGE_SALES = 8  # of those, sold while FDMS is unreachable
 DAY_NO = 1
+DELIVERY_WAIT = 90.0  # seconds delivery may take to catch up (its back-off pauses are 10 s at most)
 
 
 def line(name: str, price: str, qty: str, tax_id: int, hs: str, kind: str = "Sale") -> dict[str, Any]:
@@ -124,92 +122,14 @@ BAD_SALE = {
     "receiptPayments": [{"moneyTypeCode": "Cash", "paymentAmount": "1.00"}],
 }
 
-
-class DemoClock:
-    """Starts at the real time and moves a couple of minutes per sale, so the day reads like a morning. The
-    box and the simulator share it, so FDMS's time agrees with the box's."""
-
-    def __init__(self) -> None:
-        self.t = time.time()
-
-    def now(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-
-
-def run(*command: str) -> None:
-    """Run one of the project's own commands, as a person would."""
-    print("$ " + " ".join(command), flush=True)
-    result = subprocess.run([sys.executable, "-m", *command], check=False)
-    if result.returncode != 0:
-        raise SystemExit(f"{command[0]} reported a problem (exit {result.returncode})")
-
-
-def save_pages(paper: VirtualPrinter, saved: int, stem: str) -> tuple[int, list[Path]]:
-    """Write the pages the virtual printer finished since `saved` to out/receipts/ as text and PNG."""
-    written = []
-    for page in paper.pages[saved:]:
-        text_path, _ = paper.save(page, PRINTED, stem)
-        written.append(text_path)
-    return len(paper.pages), written
-
-
-class Demo:
-    """The box, its printer and FDMS, with what the story needs to tell along the way."""
-
-    def __init__(self, sim: FdmsSimulator, clock: DemoClock, passphrase: str) -> None:
-        self.sim = sim
-        self.clock = clock
-        device = sim.scenario.device(DEVICE_ID)
-        assert device is not None
-        self.device = device
-        self.store = FileKeyStore(OUT / "keys", passphrase.encode())
-        self.journal = Journal(OUT / "journal.db", create=True)
-        self.client = FdmsClient(
-            sim.url, DEVICE_ID, "fiscalbox", "1.0", ca_file=str(sim.ca_cert_path), clock=clock
-        )
-        model = printers.PROFILES[PRINTER_MODEL]
-        self.paper = VirtualPrinter(dots=model.dots)
-        self.box = Box(
-            self.journal,
-            self.store,
-            clock,
-            anchor=Anchor(OUT / "anchor.json"),
-            printer=printers.EscposPrinter(model, self.paper),
-            fdms_client=self.client,
-        )
-        self.delivery = Delivery(self.box, self.client, clock, backoff_base=2, backoff_max=120)
-        self.box.delivery = self.delivery
-        self.saved = 0
-        self.shop = Shop(seed=2026, device_id=DEVICE_ID)
-
-    def deliver(self) -> int:
-        """Let delivery work until nothing is left (its back-off waits pass on the demo's clock)."""
-        return self.delivery.run_until_idle(advance=self.clock.advance)
-
-    def pages(self, stem: str) -> list[Path]:
-        self.saved, written = save_pages(self.paper, self.saved, stem)
-        return written
-
-    def issue(self, sale: dict[str, Any], quiet: bool = False) -> dict[str, Any]:
-        self.clock.advance(137)
-        result = self.box.issue(sale)
-        self.shop.issued(sale, result)
-        row = self.journal.receipt(result["global_no"])
-        assert row is not None
-        (OUT / "receipts" / f"{result['global_no']:04d}.json").write_text(row["body"] + "\n")
-        written = self.pages(f"{result['global_no']:04d}")
-        if not quiet:
-            print(
-                f"#{result['global_no']:<3} {result['type']:<13} {result['currency']} {result['total']:>9}"
-                f"  code {result['verification_code']}  committed"
-                + (f", printed -> {written[0]}" if result["printed"] else ", NOT printed")
-            )
-            for warning in result["warnings"]:
-                print(f"     {warning['code']}: {warning['message']}")
-        return result
+RETRIED_SALE = {
+    "receiptType": "FiscalInvoice",
+    "receiptCurrency": "USD",
+    "invoiceNo": "POS-2001",
+    "receiptLinesTaxInclusive": True,
+    "receiptLines": [line("Maize meal 10kg", "7.50", "2", 1, "11022000")],
+    "receiptPayments": [{"moneyTypeCode": "Card", "paymentAmount": "15.00"}],
+}
 
 
 def counted(n: int, noun: str) -> str:
@@ -222,163 +142,267 @@ def outbox_words(counts: dict[str, int]) -> str:
     return ", ".join(f"{counts[state]} {state}" for state in order if state in counts) or "empty"
 
 
-def checked_words(checked: dict[str, Any]) -> str:
-    """What the audit covered, "34 receipts, 1 day, ... checked", as `fiscalbox-device audit` says it."""
-    parts = [
-        counted(checked["receipts"], "receipt"),
-        counted(checked["days"], "day"),
-        counted(checked["audit_entries"], "audit entry").replace("entrys", "entries"),
-        counted(checked["checkpoints"], "checkpoint"),
-    ]
-    signatures = "" if checked.get("signatures", True) else " (signatures not checked)"
-    return ", ".join(parts) + " checked" + signatures
+def shown(path: Path) -> str:
+    """A path as a person in the project folder would type it."""
+    try:
+        return str(path.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+class Till:
+    """The shop's side: the host tool run as commands, the virtual box's paper and FDMS's view."""
+
+    def __init__(self, sim: FdmsSimulator, vbox: VirtualBox) -> None:
+        self.sim = sim
+        self.vbox = vbox
+        self.pos = Shop(seed=2026, device_id=DEVICE_ID)
+        self.sales = OUT / "sales"
+        self.sales.mkdir(parents=True, exist_ok=True)
+
+    def fiscalbox(
+        self,
+        *args: str,
+        role: str = "operator",
+        check: bool = True,
+        show: bool = True,
+        timeout: str = "",
+        link: bool = True,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `fiscalbox --port PORT --key KEY ARGS` (without the two for an offline command), saying it
+        first, as a person at the till would."""
+        options = ["--port", self.vbox.port, "--key", shown(self.vbox.keys[role])] if link else []
+        if timeout:
+            options += ["--timeout", timeout]
+        print("$ " + shlex.join(["fiscalbox", *options, *args]), flush=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "host_tools.cli", *options, *args],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if show and result.stdout.strip():
+            print("  " + result.stdout.strip().replace("\n", "\n  "))
+        if result.stderr.strip():
+            print("  " + result.stderr.strip().replace("\n", "\n  "))
+        if check and result.returncode != 0:
+            raise SystemExit(f"fiscalbox {args[0]} reported a problem (exit {result.returncode})")
+        return result
+
+    def fiscalbox_json(self, *args: str, role: str = "operator", timeout: str = "") -> Any:
+        return json.loads(self.fiscalbox(*args, "--json", role=role, show=False, timeout=timeout).stdout)
+
+    def status(self) -> dict[str, Any]:
+        """The box's status asked quietly (not a step of the story, the narrator looking)."""
+        with self.vbox.client("operator") as box:
+            return box.status()  # type: ignore[no-any-return]
+
+    def sale_file(self, sale: dict[str, Any]) -> Path:
+        path = self.sales / f"{sale['invoiceNo']}.json"
+        path.write_text(json.dumps(sale, indent=2) + "\n")
+        return path
+
+    def sell(self, sale: dict[str, Any], quiet: bool = False, timeout: str = "") -> dict[str, Any]:
+        """The POS hands the box one sale; its receipt printed, the pages saved as NNNN.txt/png."""
+        path = self.sale_file(sale)
+        result = self.fiscalbox_json(
+            "sale", shown(path), "--request-id", sale["invoiceNo"], role="pos", timeout=timeout
+        )
+        self.pos.issued(sale, result)
+        written = self.vbox.save_pages(f"{result['global_no']:04d}")
+        if not quiet:
+            if result.get("repeated"):
+                said = "issued before under this request ID: the same receipt, nothing new issued"
+                if written:
+                    said += ", printed -> " + shown(written[0])
+            else:
+                printed = "printed -> " + shown(written[0]) if result["printed"] else "NOT printed"
+                said = "committed, " + printed
+            print(
+                f"  #{result['global_no']:<3} {result['type']:<13} {result['currency']} {result['total']:>9}"
+                f"  code {result['verification_code']}  {said}"
+            )
+            for warning in result["warnings"]:
+                print(f"       {warning['code']}: {warning['message']}")
+        return result
+
+    def wait(self, done: Any, what: str) -> dict[str, Any]:
+        """Ask the box's status until `done(status)`; delivery works on its own time on the box."""
+        deadline = time.monotonic() + DELIVERY_WAIT
+        while True:
+            status = self.status()
+            if done(status):
+                return status
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{what} did not happen within {DELIVERY_WAIT:.0f} s: {status}")
+            time.sleep(0.25)
+
+    def delivered(self) -> dict[str, Any]:
+        return self.wait(lambda s: set(s["outbox"]) <= {"delivered"}, "delivery")
 
 
 def main() -> None:
     shutil.rmtree(OUT, ignore_errors=True)  # a fresh box and a fresh FDMS each time
     shutil.rmtree(PRINTED, ignore_errors=True)
-    (OUT / "receipts").mkdir(parents=True)
-    PRINTED.mkdir(parents=True)
-    passphrase = os.environ.get("FISCALBOX_KEY_PASSPHRASE", "demo-passphrase")
-    os.environ["FISCALBOX_KEY_PASSPHRASE"] = passphrase
-    clock = DemoClock()
-    with FdmsSimulator(Scenario.default(), state_dir=OUT / "fdms", clock=clock) as sim:
-        demo = Demo(sim, clock, passphrase)
-        try:
-            story(demo)
-        finally:
-            demo.journal.close()
+    OUT.mkdir(parents=True)
+    with FdmsSimulator(Scenario.default(), state_dir=OUT / "fdms") as sim:
+        print(f"FDMS simulator on {sim.url} (mutual TLS; test CA {shown(Path(sim.ca_cert_path))})")
+        vbox = VirtualBox(OUT / "box", fdms_url=sim.url, fdms_ca=sim.ca_cert_path, setup=False, pages=PRINTED)
+        with vbox:
+            assert vbox.process is not None and vbox.printer_port is not None
+            print(
+                f"Virtual box: `fiscalbox-device run` (pid {vbox.process.pid}, log {shown(vbox.log_path)}), "
+                f"its USB link on {vbox.port}, an Epson TM-T20II on {vbox.printer_port.path} printing to "
+                f"{shown(PRINTED)}/\n"
+            )
+            story(Till(sim, vbox))
 
 
-def story(demo: Demo) -> None:
-    box, sim, clock, paper = demo.box, demo.sim, demo.clock, demo.paper
-    print(f"FDMS simulator on {sim.url} (mutual TLS; test CA {sim.ca_cert_path})")
-    device = demo.device
-    answer = box.register(DEVICE_ID, device.serial, device.activation_key, ["USD", "ZWG"])
-    settings = answer["config"]
-    print(
-        f"Registered device {DEVICE_ID} ({device.serial}) for {answer['taxpayer']['taxPayerName']}: "
-        f"{demo.store.algorithm} key made in {OUT / 'keys'}, certificate valid till "
-        f"{settings['certificate_valid_till']}"
+def story(shop: Till) -> None:
+    sim, vbox = shop.sim, shop.vbox
+    device = sim.scenario.device(DEVICE_ID)
+    assert device is not None
+    print("The operator's key enrolls itself (a new box takes its first operator key so), then the till's:")
+    shop.fiscalbox("keys", "enroll", "--role", "operator", "--label", "back office")
+    shop.fiscalbox("keys", "enroll", shown(vbox.keys["pos"]), "--role", "pos", "--label", "till 1")
+
+    identity = OUT / "identity.toml"
+    identity.write_text(
+        f"[device]\nid = {DEVICE_ID}\nserial = {json.dumps(device.serial)}\n"
+        'model_name = "fiscalbox"\nmodel_version = "1.0"\n\n'
+        f"[fdms]\nurl = {json.dumps(sim.url)}\n"
+        f"ca_file = {json.dumps(str(Path(sim.ca_cert_path).absolute()))}\n"
+        'currencies = "USD,ZWG"\n'
     )
-    taxes = ", ".join(f"{t['taxID']} {t['taxName']}" for t in settings["taxes"])
-    print(f"FDMS's configuration: taxes {taxes}; QR URL {settings['qr_url']}")
-    (OUT / "device-public.pem").write_bytes(demo.store.public_key_pem())
-
-    day = box.open_day()
-    demo.deliver()
+    activation = OUT / "activation-key"
+    fd = os.open(activation, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(device.activation_key + "\n")
+    print(f"\nThe box's identity ({shown(identity)}), then registration with FDMS's activation key:")
+    shop.fiscalbox("provision", shown(identity))
+    shop.fiscalbox("register", "--activation-key-file", shown(activation))
+    shop.fiscalbox("status")
+    device_pem = OUT / "device-public.pem"
+    with vbox.client("operator") as operator:
+        device_pem.write_bytes(device_key_pem(operator))
     print(
-        f"\nJournal {OUT / 'journal.db'} (WAL, synchronous=FULL); fiscal day {day['day_no']} opened "
-        f"{day['opened']}, OpenDay accepted by FDMS\n"
+        f"  (the device key's public half, from its certificate request over the link -> {shown(device_pem)})"
     )
+
+    print("\nThe shop opens:")
+    shop.fiscalbox("day", "open")
+    print("\nThe POS sells (its invoice number as the request ID):")
     for n, sale in enumerate(SALES):
         if n == 2:
-            paper.load_paper(lines=12)  # the roll runs out a dozen lines into the next receipt
-        result = demo.issue(sale)
+            vbox.printer.load_paper(lines=12)  # the roll runs out a dozen lines into the next receipt
+        result = shop.sell(sale)
         if not result["printed"]:
-            print(f"     unprinted now: {box.status()['unprinted']}; a new roll goes in")
-            paper.load_paper()  # the stub printed before the paper ran out is torn off
             stem = f"{result['global_no']:04d}"
-            print(f"     the torn-off stub -> {demo.pages(stem + '-torn')[0]}")
-            reprint = box.reprint(result["global_no"])
-            copy = "as COPY " if reprint["copy"] else ""
-            print(f"     reprinted {copy}-> {demo.pages(stem + '-copy')[0]}")
-    try:
-        clock.advance(60)
-        box.issue(BAD_SALE)
-    except FiscalError as refusal:
-        print(f"\nA sale paid 1.00 for a 1.15 total is refused, nothing written: {refusal}\n")
+            vbox.printer.load_paper()  # a new roll; the stub printed before the paper ran out is torn off
+            print(f"  a new roll goes in; the torn-off stub -> {shown(vbox.save_pages(stem + '-torn')[0])}")
+            shop.fiscalbox("reprint", str(result["global_no"]), role="pos")
+            print(f"  -> {shown(vbox.save_pages(stem + '-copy')[0])}")
+    before = shop.status()["last_global_no"]
+    print("\nA sale paid 1.00 for a 1.15 total:")
+    refused = shop.fiscalbox("sale", shown(shop.sale_file(BAD_SALE)), role="pos", check=False)
+    after = shop.status()["last_global_no"]
+    print(
+        f"  refused (exit {refused.returncode}); last receipt still {after}, nothing written"
+        if after == before
+        else f"  NOT refused: receipt {after} was issued"
+    )
 
-    half = SHOP_SALES // 2
-    for _ in range(half):
-        demo.issue(demo.shop.next_sale(), quiet=True)
-    demo.deliver()
-    print(f"{half} more sales from the shop; FDMS has {len(sim.held_receipts(DEVICE_ID))} receipts")
+    first = SHOP_SALES - OUTAGE_SALES
+    print(f"\n{first} more sales from the shop:")
+    for _ in range(first):
+        shop.sell(shop.pos.next_sale(), quiet=True)
+    shop.delivered()
+    print(f"  FDMS has {len(sim.held_receipts(DEVICE_ID))} receipts")
 
     sim.set_faults("*", rate=1.0, kinds=["reset", "500"], seed=7)
-    print("\nFDMS becomes unreachable (connections reset, HTTP 500):")
-    for _ in range(SHOP_SALES - half):
-        demo.issue(demo.shop.next_sale(), quiet=True)
-        demo.delivery.step()
-    problem = demo.delivery.state()["problem"] or {}
+    print("\nFDMS becomes unreachable (connections reset, HTTP 500); the shop goes on:")
+    for _ in range(OUTAGE_SALES):
+        shop.sell(shop.pos.next_sale(), quiet=True)
+    status = shop.wait(lambda s: (s["fdms"]["delivery"] or {}).get("problem"), "a delivery failure")
+    problem = status["fdms"]["delivery"]["problem"]
     print(
-        f"  the shop goes on: {SHOP_SALES - half} more receipts issued and printed, outbox "
-        f"{outbox_words(box.journal.outbox_counts())}; "
-        f"delivery backs off ({problem.get('code')}: {problem.get('message')})"
+        f"  {OUTAGE_SALES} more receipts issued and printed, outbox {outbox_words(status['outbox'])}; "
+        f"delivery backs off ({problem['code']}: {problem['message']})"
     )
+    shop.fiscalbox("outbox", "--limit", "3")
     sim.clear_faults()
-    steps = demo.deliver()
+    began = time.monotonic()
+    status = shop.delivered()
     held = [h["receiptGlobalNo"] for h in sim.held_receipts(DEVICE_ID)]
-    in_order = held == list(range(1, box.journal.head()["last_global_no"] + 1))
+    in_order = held == list(range(1, status["last_global_no"] + 1))
     print(
-        f"  FDMS is back: delivery caught up in {steps} steps; FDMS holds receipts 1..{held[-1]}, "
-        f"{'each once, in order' if in_order else 'NOT in order'}\n"
+        f"  FDMS is back: delivery caught up in {time.monotonic() - began:.1f} s; FDMS holds receipts "
+        f"1..{held[-1]}, {'each once, in order' if in_order else 'NOT in order'}"
     )
 
-    report = box.x_report()
-    print(f"X report, day {report['day_no']}: {report['receipts']} receipts")
-    for document in report["documents"]:
-        print(f"  {document['type']:<13} {document['currency']} x{document['count']} {document['total']:>10}")
-    box.print_report()
-    print(f"  printed -> {demo.pages('x-report-day-%d' % report['day_no'])[0]}\n")
-    previous = box.journal.receipt(3)
-    run(
-        "host_tools.cli",
-        "explain",
-        "receipt",
-        str(OUT / "receipts" / "0004.json"),
-        "--device-id",
-        str(DEVICE_ID),
-        "--previous-hash",
-        "" if previous is None else previous["hash"],
-        "--cert",
-        str(OUT / "device-public.pem"),
-        "--qr-url",
-        settings["qr_url"],
+    print("\nThe answer to the next sale is lost on the line (the box issues it; the POS never hears):")
+    vbox.modem.lose_answers(1, group=64, command=6)  # type: ignore[union-attr]
+    first_try = shop.sell(RETRIED_SALE, timeout="3")
+    print(
+        "  the tool waited 3 s, then sent the sale again under the same request ID: "
+        + ("the box answered with the receipt it had issued" if first_try.get("repeated") else "NOT repeated")
     )
+    print("The POS, unsure, sends it once more:")
+    again = shop.sell(RETRIED_SALE)
+    last = shop.status()["last_global_no"]
+    same = again["global_no"] == first_try["global_no"] == last and again.get("repeated")
+    print(f"  {'one receipt, ' + str(last) + ', for the three sends' if same else 'DOUBLE ISSUE'}")
 
-    clock.advance(3600)
-    close = box.close_day()
+    print("\nThe X report:")
+    shop.fiscalbox("report", "x")
+    shop.fiscalbox("report", "x", "--print")
+    print(f"  -> {shown(vbox.save_pages(f'x-report-day-{DAY_NO}')[0])}")
+
+    print("\nThe shop closes:")
+    close = shop.fiscalbox_json("day", "close")
     close_path = OUT / "close-day.json"
-    close_path.write_text(wire.dumps(close) + "\n")
-    print(f"\nCloseDay for day {close['fiscalDayNo']} ({close['receiptCounter']} receipts) -> {close_path}")
-    demo.deliver()
-    closed = box.fiscal_day(DAY_NO)
-    assert closed is not None
-    theirs = sim.day(DEVICE_ID, DAY_NO) or {}
-    signed = "verified" if closed["closing_error"] is None else f"NOT verified ({closed['closing_error']})"
+    close_path.write_text(json.dumps(close, indent=2) + "\n")
     print(
-        f"FDMS: day {DAY_NO} {theirs.get('fiscalDayStatus')} at {closed['closed_at']}, after recomputing the "
-        f"counters from the {theirs.get('receipts')} receipts it holds and checking the day signature; "
-        f"FDMS's own day signature {signed} by the box"
+        f"  CloseDay for day {close['fiscalDayNo']} ({close['receiptCounter']} receipts)"
+        f" -> {shown(close_path)}"
     )
-    if closed["status"] != CLOSED:
+    status = shop.wait(
+        lambda s: s["day"]["status"] == "FiscalDayClosed" or s["days_waiting"], "FDMS's close of the day"
+    )
+    theirs = sim.day(DEVICE_ID, DAY_NO) or {}
+    held = [h["receiptGlobalNo"] for h in sim.held_receipts(DEVICE_ID)]
+    in_order = held == list(range(1, status["last_global_no"] + 1))
+    print(
+        f"  FDMS: day {DAY_NO} {theirs.get('fiscalDayStatus')}, after recomputing the counters from the "
+        f"{theirs.get('receipts')} receipts it holds (receipts 1..{held[-1]}, "
+        f"{'each once, in order' if in_order else 'NOT in order'}) and checking the day signature; "
+        f"the box: {status['day']['status']}"
+    )
+    if status["day"]["status"] != "FiscalDayClosed":
         raise SystemExit("FDMS did not close the day")
-    box.print_report(DAY_NO)
-    print(f"Z report printed -> {demo.pages(f'z-report-day-{DAY_NO}')[0]}")
-    run(
-        "host_tools.cli",
+    shop.fiscalbox("report", "z", str(DAY_NO), "--print")
+    print(f"  -> {shown(vbox.save_pages(f'z-report-day-{DAY_NO}')[0])}")
+    print("How FDMS reads the close (the integrator's debugger, offline):")
+    shop.fiscalbox(
         "explain",
         "day",
-        str(close_path),
+        shown(close_path),
         "--device-id",
         str(DEVICE_ID),
         "--day-date",
-        day["opened"][:10],
+        status["day"]["opened"][:10],
         "--cert",
-        str(OUT / "device-public.pem"),
+        shown(device_pem),
+        link=False,
     )
 
-    audit = box.audit()
-    verdict = "clean" if audit["clean"] else f"{len(audit['problems'])} problem(s)"
-    print(f"\nAudit: {verdict}, {checked_words(audit['checked'])}")
-    backup = box.backup(OUT / "backups", retain=3)
-    anchor = box.anchor.value() if box.anchor is not None else None
-    print(f"Backup: {backup['file']} with signed manifest; anchor at receipt {anchor}")
-    export_path = OUT / "journal-export.json"
-    box.export_journal(1, box.journal.head()["last_global_no"], export_path)
-    print()
-    run("host_tools.cli", "journal", "verify", str(export_path), "--cert", str(OUT / "device-public.pem"))
+    print("\nThe journal: audited, backed up, exported over the link and checked offline:")
+    shop.fiscalbox("audit")
+    shop.fiscalbox("backup", "--retain", "3")
+    info = shop.status()
+    export = OUT / "journal-export.json"
+    shop.fiscalbox("journal", "export", "1", str(info["last_global_no"]), shown(export))
+    shop.fiscalbox("journal", "verify", shown(export), "--cert", shown(device_pem))
 
 
 if __name__ == "__main__":

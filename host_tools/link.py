@@ -13,6 +13,8 @@ the receipt already issued) and the polling of a job (an export resumes from the
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import re
 import threading
@@ -38,7 +40,9 @@ READ, WRITE = smp.OP_READ, smp.OP_WRITE
 POLL_SECONDS = 0.05  # how long one read of the port waits; also the pause between polls of a running job
 SLOW_SECONDS = 90.0  # commands that wait for FDMS (register, renew, open_day) or make an RSA key
 RETRIES = 3  # reopenings of the port for one idempotent call
+RECONNECT_PAUSE = 0.25  # seconds before reopening a port that could not be opened, times the attempt
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_log = logging.getLogger("fiscalbox.link.client")
 
 # name: (group, command, op), as docs/link.md section 3
 COMMANDS: dict[str, tuple[int, int, int]] = {
@@ -77,11 +81,13 @@ Progress = Callable[[int, int], None]
 
 
 class _Lost(Exception):
-    """The line lost the exchange (a timeout, a port error); `error` is what the caller sees unretried."""
+    """The line lost the exchange (a timeout, a port error); `error` is what the caller sees unretried.
+    `absent`: the port could not even be opened (a USB device re-enumerating: worth a pause)."""
 
-    def __init__(self, error: FiscalError) -> None:
+    def __init__(self, error: FiscalError, absent: bool = False) -> None:
         super().__init__(error.message)
         self.error = error
+        self.absent = absent
 
 
 def new_request_id() -> str:
@@ -228,8 +234,12 @@ class BoxClient:
                 )
             except (OSError, ValueError) as error:
                 self._serial = None
+                errno = getattr(error, "errno", None)
+                why = os.strerror(errno) if isinstance(errno, int) else str(error)
                 raise FiscalError(
-                    "BOX_LINK_PORT", f"Cannot open the box's port {self.port}: {error}.", "port"
+                    "BOX_LINK_PORT",
+                    f"Cannot open the box's port {self.port}: {why}. Is the box plugged in?",
+                    "port",
                 ) from None
             self._decoder = smp.Decoder()
             self._frames = []
@@ -253,7 +263,7 @@ class BoxClient:
         try:
             port = self._open()
         except FiscalError as error:
-            raise _Lost(error) from None
+            raise _Lost(error, absent=True) from None
         self._sequence = (self._sequence + 1) & 0xFF
         sequence = self._sequence
         payload = cbor2.dumps(body)
@@ -352,6 +362,13 @@ class BoxClient:
                     if not retry or lost >= self.retries:
                         raise error.error from None
                     lost += 1
+                    _log.warning(
+                        json.dumps(
+                            {"event": "link.retry", "command": name, "rid": rid, "why": error.error.code}
+                        )
+                    )
+                    if error.absent:
+                        time.sleep(RECONNECT_PAUSE * lost)
                     continue
                 nonce = answer.get("nonce")
                 self._nonce = nonce if isinstance(nonce, bytes) else None
@@ -440,6 +457,14 @@ class BoxClient:
                 raise
             cose.verify1(message, self._device_key)
         self.verified = True
+
+    def device_key(self) -> Any:
+        """The device's public key this client checks answers with (learnt now if need be), or None when
+        the box has none yet or this host key may not learn it. For `fiscalbox journal verify --cert`."""
+        with self._lock:
+            if self._device_key is None and not self._learnt:
+                self._learn_device_key()
+            return self._device_key
 
     def _learn_device_key(self) -> None:
         group, command, _ = COMMANDS["status"]
@@ -575,18 +600,24 @@ class BoxClient:
         self, first: int, last: int, out_path: str | os.PathLike[str], progress: Progress | None = None
     ) -> dict[str, Any]:
         """Receipts first..last as the signed export file at `out_path` (for `fiscalbox journal verify`).
-        The file arrives in chunks; a lost line resumes from the last offset held, and the file is put in
-        place only once its SHA-256 matches the box's. `progress(bytes received, size)`."""
+        The file arrives in chunks into OUT.part; a lost line resumes from the last offset held, and so does
+        a later call for the same receipts after this one gave up (OUT.part.job names the box's job). The
+        file is put in place only once its SHA-256 matches the box's. `progress(bytes received, size)`."""
         out = Path(out_path)
         part = out.with_name(out.name + ".part")
-        job = self._do("export_journal", {"first": first, "last": last})["job"]
-        offset = 0
+        marker = out.with_name(out.name + ".part.job")
+        wanted = {"first": first, "last": last}
+        job, offset = self._held_export(part, marker, wanted)
         restarted = False
         try:
-            file = part.open("wb")
+            file = part.open("r+b" if job is not None else "wb")
         except OSError as error:
             raise FiscalError("BOX_FILE", f"Cannot write {part}: {error.strerror}.", "out") from None
         with file:
+            file.truncate(offset)
+            file.seek(offset)
+            if job is None:
+                job = self._start_export(marker, wanted)
             while True:
                 try:
                     state = self._do("job", {"job": job, "offset": offset})
@@ -594,16 +625,18 @@ class BoxClient:
                     if error.code != "BOX_LINK_NO_JOB" or restarted:
                         raise
                     restarted = True  # the box restarted and forgot the job: once more from the start
-                    job = self._do("export_journal", {"first": first, "last": last})["job"]
+                    job = self._start_export(marker, wanted)
                     offset = 0
                     file.seek(0)
                     file.truncate()
                     continue
                 if state["state"] == "failed":
+                    marker.unlink(missing_ok=True)
                     raise _refusal(state.get("error"))
                 data = state.get("data") or b""
                 if data:
                     file.write(data)
+                    file.flush()
                     offset += len(data)
                 size = state.get("size")
                 if progress is not None and size is not None:
@@ -617,7 +650,9 @@ class BoxClient:
                     time.sleep(POLL_SECONDS)
         digest = hashlib.sha256(part.read_bytes()).hexdigest()
         expected = result.get("sha256")
+        marker.unlink(missing_ok=True)
         if offset != size or (isinstance(expected, str) and expected.lower() != digest):
+            part.unlink(missing_ok=True)
             raise FiscalError(
                 "BOX_LINK_EXPORT",
                 "The export file arrived damaged (its SHA-256 differs): export it again.",
@@ -625,6 +660,25 @@ class BoxClient:
             )
         os.replace(part, out)
         return {**result, "first": first, "last": last, "file": str(out), "size": offset, "sha256": digest}
+
+    @staticmethod
+    def _held_export(part: Path, marker: Path, wanted: dict[str, int]) -> tuple[int | None, int]:
+        """The job and offset an earlier call left for the same receipts, or (None, 0)."""
+        try:
+            held = json.loads(marker.read_text())
+            if {k: held.get(k) for k in wanted} == wanted and isinstance(held.get("job"), int):
+                return held["job"], part.stat().st_size
+        except (OSError, ValueError, AttributeError):
+            pass
+        return None, 0
+
+    def _start_export(self, marker: Path, wanted: dict[str, int]) -> int:
+        job = int(self._do("export_journal", wanted)["job"])
+        try:
+            marker.write_text(json.dumps({**wanted, "job": job}))
+        except OSError as error:
+            raise FiscalError("BOX_FILE", f"Cannot write {marker}: {error.strerror}.", "out") from None
+        return job
 
 
 def _refusal(error: Any) -> FiscalError:

@@ -7,6 +7,11 @@ files that can be read and decoded.
 `fiscalbox-sim fdms --config scenario.toml` serves the ZIMRA FDMS simulator (HTTPS with mutual TLS, and a
 plain-HTTP admin port on 127.0.0.1); it prints where it listens, the CA certificate a device must trust, and
 each device's ID and activation key, then serves until SIGINT or SIGTERM. Log lines (JSON) go to stderr.
+
+`fiscalbox-sim box` runs the virtual box (sim/box.py): the real `fiscalbox-device run` on a pseudo-terminal,
+with the virtual printer and the FDMS simulator (or `--fdms-url`), provisioned and registered through the
+link; it prints one JSON line (the host port, the operator and POS key files, ...) and serves until SIGINT or
+SIGTERM. The box's own log is STATE_DIR/service.log.
 """
 
 from __future__ import annotations
@@ -135,6 +140,65 @@ def serve_fdms(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_box(args: argparse.Namespace) -> int:
+    """The virtual box until SIGINT or SIGTERM: one JSON line saying where it is, then its pages as files."""
+    from sim.box import VirtualBox
+
+    if args.fdms_ca and not args.fdms_url:
+        return fail(FiscalError("SIM_ARGUMENT", "--fdms-ca goes with --fdms-url."))
+    if args.fdms_url and not args.fdms_url.startswith("https://"):
+        return fail(FiscalError("SIM_ARGUMENT", f"--fdms-url must be an https:// URL, not {args.fdms_url}."))
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    scenario = None
+    if args.scenario:
+        from sim.fdms.scenario import Scenario, ScenarioError
+
+        try:
+            scenario = Scenario.load(args.scenario)
+        except (OSError, UnicodeDecodeError, ScenarioError) as error:
+            return fail(FiscalError("SIM_SCENARIO", f"Cannot use the scenario {args.scenario}: {error}."))
+    vbox = VirtualBox(
+        args.state_dir,
+        fdms_url=args.fdms_url,
+        fdms_ca=args.fdms_ca,
+        scenario=scenario,
+        pages=args.out,
+        device_id=args.device_id,
+        serial=args.serial,
+        setup=not args.no_setup,
+    )
+    try:
+        vbox.start()
+        print(json.dumps(vbox.facts()), flush=True)
+        while not stop.wait(args.poll):
+            vbox.save_pages()
+            if vbox.process is not None and vbox.process.poll() is not None:
+                stopped = vbox.stop()
+                return fail(
+                    FiscalError(
+                        "SIM_BOX_SERVICE", f"The box's service stopped (exit {stopped}); see {vbox.log_path}."
+                    )
+                )
+    except FiscalError as error:
+        vbox.stop()
+        return fail(error)
+    except OSError as error:  # no pseudo-terminals left, a folder that vanished: said, never a traceback
+        vbox.stop()
+        return fail(FiscalError("SIM_BOX", f"The virtual box cannot run: {error.strerror or error}."))
+    code = vbox.stop()
+    return (
+        0
+        if code in (0, None)
+        else fail(
+            FiscalError(
+                "SIM_BOX_SERVICE", f"The box's service stopped with exit {code}; see {vbox.log_path}."
+            )
+        )
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fiscalbox-sim", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -163,6 +227,19 @@ def main(argv: list[str] | None = None) -> int:
     fdms.add_argument("--json", action="store_true", help="print the start-up facts as one JSON object")
     fdms.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     fdms.set_defaults(run=serve_fdms)
+    box = commands.add_parser("box", help="the virtual box: the real service on a pseudo-terminal")
+    box.add_argument("--state-dir", default="out/vbox", help="the box's state (default out/vbox); reused")
+    box.add_argument("--fdms-url", help="an FDMS to use instead of starting the simulator (https://...)")
+    box.add_argument("--fdms-ca", help="with --fdms-url: the PEM file of the CA its certificate is from")
+    box.add_argument("--scenario", help="the simulator's scenario TOML (default: the built-in one)")
+    box.add_argument("--device-id", type=int, default=10001, help="the device to register (default 10001)")
+    box.add_argument("--serial", help="its serial (default: the scenario's for that device)")
+    box.add_argument("--out", help="where printed pages go (default STATE_DIR/receipts)")
+    box.add_argument(
+        "--no-setup", action="store_true", help="start the service only: no keys enrolled, not registered"
+    )
+    box.add_argument("--poll", type=float, default=0.2, help=argparse.SUPPRESS)
+    box.set_defaults(run=serve_box)
     args = parser.parse_args(argv)
     return int(args.run(args))
 

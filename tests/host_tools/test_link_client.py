@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import select
+import socket
 import stat
 import threading
 import tty
@@ -46,10 +47,18 @@ class Responder:
     signed by its device key, and can lose an answer (`lose(name, body)` true: the work is done, the answer
     never sent) or put noise and stale answers on the line first."""
 
-    def __init__(self, host_key: Any) -> None:
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)
-        self.path = os.ttyname(self.slave)
+    def __init__(self, host_key: Any, cable: bool = False) -> None:
+        """`cable`: on a TCP socket (the port a pyserial socket:// URL), where losing an answer is the
+        connection closed under the client, as a pulled cable; otherwise on a pty, where it is silence."""
+        self.cable = cable
+        self.pulled = False
+        if cable:
+            self.listener = socket.create_server(("127.0.0.1", 0))
+            self.path = "socket://127.0.0.1:%d" % self.listener.getsockname()[1]
+        else:
+            self.master, self.slave = os.openpty()
+            tty.setraw(self.slave)
+            self.path = os.ttyname(self.slave)
         self.device_key = ec.generate_private_key(ec.SECP256R1())
         self.signing_key = self.device_key  # what answers are signed with (another key: a forged answer)
         self.hosts = {cose.key_id(host_key.public_key()): host_key.public_key()}
@@ -64,14 +73,38 @@ class Responder:
         self.export = os.urandom(5000)
         self.jobs = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread = threading.Thread(target=self._serve_cable if cable else self._serve, daemon=True)
         self._thread.start()
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
-        os.close(self.master)
-        os.close(self.slave)
+        if self.cable:
+            self.listener.close()
+        else:
+            os.close(self.master)
+            os.close(self.slave)
+
+    def _serve_cable(self) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self.listener], [], [], 0.05)
+            if not ready:
+                continue
+            connection, _ = self.listener.accept()
+            with connection:
+                decoder = smp.Decoder()
+                while not self._stop.is_set() and not self.pulled:
+                    ready, _, _ = select.select([connection], [], [], 0.05)
+                    data = connection.recv(4096) if ready else b""
+                    if ready and not data:
+                        break  # the client hung up
+                    for frame in decoder.feed(data):
+                        answer = self.handle(frame)
+                        if self.pulled:
+                            break
+                        if answer is not None:
+                            connection.sendall(answer)
+            self.pulled = False  # the cable plugged in again: the next connection
 
     def _serve(self) -> None:
         decoder = smp.Decoder()
@@ -122,6 +155,7 @@ class Responder:
         else:
             answer = {"nonce": self.nonce, **outcome}
         if self.lose(name, payload["body"]):
+            self.pulled = self.cable
             return None
         if self.noise_first:  # a console's text, then a stale answer (another sequence number), then this one
             stale = packet({"nonce": self.nonce, "ok": {"stale": True}}, (sequence + 255) & 0xFF)
@@ -187,7 +221,22 @@ def box(host_key: Any) -> Iterator[Responder]:
 
 
 @pytest.fixture
+def cabled(host_key: Any) -> Iterator[Responder]:
+    responder = Responder(host_key, cable=True)
+    yield responder
+    responder.close()
+
+
+@pytest.fixture
 def client(box: Responder, host_key: Any) -> Iterator[BoxClient]:
+    """A client that waits long (a loaded machine never makes it give up early) ..."""
+    with BoxClient(box.path, pem(host_key), timeout=30) as made:
+        yield made
+
+
+@pytest.fixture
+def hasty(box: Responder, host_key: Any) -> Iterator[BoxClient]:
+    """... and one that notices a lost answer soon, for the tests that lose one on a pty (silence)."""
     with BoxClient(box.path, pem(host_key), timeout=LOST) as made:
         yield made
 
@@ -242,11 +291,11 @@ def test_a_key_that_cannot_learn_the_device_key_takes_answers_unchecked_unless_s
     assert client.issue(SALE, "a")["global_no"] == 1
     assert client.verified is False and client.last_proof is not None
     client.close()  # one reader on the line at a time
-    with BoxClient(box.path, pem(host_key), timeout=LOST, strict=True) as strict:
+    with BoxClient(box.path, pem(host_key), timeout=30, strict=True) as strict:
         with pytest.raises(FiscalError) as refused:
             strict.issue(SALE, "b")
     assert refused.value.code == "BOX_LINK_SIGNATURE"
-    with BoxClient(box.path, pem(host_key), timeout=LOST, device_key=public_pem(box.device_key)) as given:
+    with BoxClient(box.path, pem(host_key), timeout=30, device_key=public_pem(box.device_key)) as given:
         given.issue(SALE, "c")
         assert given.verified is True
 
@@ -274,11 +323,11 @@ def test_noise_and_a_stale_answer_on_the_line_are_passed_over(client: BoxClient,
 
 
 def test_an_issue_whose_answer_is_lost_is_retried_under_the_same_id_and_issued_once(
-    client: BoxClient, box: Responder
+    hasty: BoxClient, box: Responder
 ) -> None:
     lost = []
     box.lose = lambda name, body: name == "issue" and not lost and not lost.append(1)
-    receipt = client.issue(SALE, "sale-42")
+    receipt = hasty.issue(SALE, "sale-42")
     assert receipt["repeated"] is True and receipt["global_no"] == 1
     assert len(box.receipts) == 1
     assert [rid for name, rid, _ in box.requests if name == "issue"] == ["sale-42", "sale-42"]
@@ -286,47 +335,98 @@ def test_an_issue_whose_answer_is_lost_is_retried_under_the_same_id_and_issued_o
 
 
 def test_an_issue_without_an_id_gets_one_and_keeps_it_across_the_retry(
-    client: BoxClient, box: Responder
+    hasty: BoxClient, box: Responder
 ) -> None:
     lost = []
     box.lose = lambda name, body: name == "issue" and not lost and not lost.append(1)
-    client.issue(SALE)
+    hasty.issue(SALE)
     rids = [rid for name, rid, _ in box.requests if name == "issue"]
-    assert len(rids) == 2 and rids[0] == rids[1] == client.last_request_id
+    assert len(rids) == 2 and rids[0] == rids[1] == hasty.last_request_id
     assert len(box.receipts) == 1
 
 
-def test_a_write_that_is_not_idempotent_is_not_sent_twice(client: BoxClient, box: Responder) -> None:
+def test_a_write_that_is_not_idempotent_is_not_sent_twice(hasty: BoxClient, box: Responder) -> None:
     box.lose = lambda name, body: name == "close_day"
     with pytest.raises(FiscalError) as refused:
-        client.close_day()
+        hasty.close_day()
     assert refused.value.code == "BOX_LINK_TIMEOUT"
     assert [name for name, _, _ in box.requests] == ["close_day"]
 
 
-def test_a_box_that_never_answers_is_a_timeout(client: BoxClient, box: Responder) -> None:
+def test_a_box_that_never_answers_is_a_timeout(hasty: BoxClient, box: Responder) -> None:
     box.lose = lambda name, body: True
     with pytest.raises(FiscalError) as refused:
-        client.status()
+        hasty.status()
     assert refused.value.code == "BOX_LINK_TIMEOUT"
     assert len(box.requests) == 1 + link.RETRIES
 
 
 def test_an_export_resumes_from_the_last_offset_after_a_lost_chunk(
-    client: BoxClient, box: Responder, tmp_path: Any
+    hasty: BoxClient, box: Responder, tmp_path: Any
 ) -> None:
     lost = []
     box.lose = lambda name, body: (
         name == "job" and body.get("offset") == 2048 and not lost and not lost.append(1)
     )
     seen = []
-    result = client.export_journal(1, 9, tmp_path / "export.json", lambda done, total: seen.append(done))
+    result = hasty.export_journal(1, 9, tmp_path / "export.json", lambda done, total: seen.append(done))
     assert (tmp_path / "export.json").read_bytes() == box.export
     assert not (tmp_path / "export.json.part").exists()
     assert result["size"] == 5000 and result["sha256"] == hashlib.sha256(box.export).hexdigest()
     offsets = [body.get("offset") for name, _, body in box.requests if name == "job"]
     assert offsets == [0, 2048, 2048, 4096]  # the lost chunk asked again, nothing before it
     assert seen == [2048, 4096, 5000]
+
+
+def test_a_cable_pulled_during_an_issue_reconnects_and_issues_once(cabled: Responder, host_key: Any) -> None:
+    pulled = []
+    cabled.lose = lambda name, body: name == "issue" and not pulled and not pulled.append(1)
+    with BoxClient(cabled.path, pem(host_key), timeout=30) as client:  # the pull is seen at once, no waiting
+        receipt = client.issue(SALE, "sale-43")
+    assert receipt["repeated"] is True and len(cabled.receipts) == 1
+    assert [rid for name, rid, _ in cabled.requests if name == "issue"] == ["sale-43", "sale-43"]
+
+
+def test_a_cable_pulled_mid_export_reconnects_and_resumes(
+    cabled: Responder, host_key: Any, tmp_path: Any
+) -> None:
+    pulled = []
+    cabled.lose = lambda name, body: (
+        name == "job" and body.get("offset") == 4096 and not pulled and not pulled.append(1)
+    )
+    with BoxClient(cabled.path, pem(host_key), timeout=30) as client:
+        client.export_journal(1, 9, tmp_path / "export.json")
+    assert (tmp_path / "export.json").read_bytes() == cabled.export
+    offsets = [body.get("offset") for name, _, body in cabled.requests if name == "job"]
+    assert offsets == [0, 2048, 4096, 4096]
+    assert cabled.nonce_requests == 2  # a new line, a new nonce
+
+
+def test_an_export_given_up_goes_on_where_it_stopped_when_asked_again(
+    cabled: Responder, host_key: Any, tmp_path: Any
+) -> None:
+    cabled.lose = lambda name, body: name == "job" and body.get("offset") == 2048  # the cable stays out
+    with BoxClient(cabled.path, pem(host_key), timeout=30) as client:
+        with pytest.raises(FiscalError) as refused:
+            client.export_journal(1, 9, tmp_path / "export.json")
+        assert refused.value.code == "BOX_LINK_PORT"
+        assert (tmp_path / "export.json.part").stat().st_size == 2048
+        cabled.lose = lambda name, body: False  # plugged in again: the same export asked for once more
+        client.export_journal(1, 9, tmp_path / "export.json")
+    assert (tmp_path / "export.json").read_bytes() == cabled.export
+    assert not (tmp_path / "export.json.part").exists() and not (tmp_path / "export.json.part.job").exists()
+    assert [name for name, _, _ in cabled.requests].count("export_journal") == 1
+    offsets = [body.get("offset") for name, _, body in cabled.requests if name == "job"]
+    assert offsets == [0] + [2048] * (1 + link.RETRIES) + [2048, 4096]
+
+
+def test_a_cable_pulled_for_good_is_a_port_error_after_the_retries(cabled: Responder, host_key: Any) -> None:
+    cabled.lose = lambda name, body: True
+    with BoxClient(cabled.path, pem(host_key), timeout=30) as client:
+        with pytest.raises(FiscalError) as refused:
+            client.status()
+    assert refused.value.code == "BOX_LINK_PORT"
+    assert len(cabled.requests) == 1 + link.RETRIES
 
 
 def test_an_export_the_box_forgot_starts_once_more(client: BoxClient, box: Responder, tmp_path: Any) -> None:
@@ -361,7 +461,7 @@ def test_a_damaged_export_is_not_put_in_place(client: BoxClient, box: Responder,
 
 def test_a_port_that_cannot_be_opened(host_key: Any, tmp_path: Any) -> None:
     with pytest.raises(FiscalError) as refused:
-        BoxClient(str(tmp_path / "no-such-tty"), pem(host_key)).status()
+        BoxClient(str(tmp_path / "no-such-tty"), pem(host_key), retries=0).status()
     assert refused.value.code == "BOX_LINK_PORT"
 
 
