@@ -383,9 +383,16 @@ class ServiceLock:
                 break
             except BlockingIOError:
                 holder = _holder(self._handle)
-                if (holder and _alive(int(holder.rpartition(" ")[2]))) or time.monotonic() > deadline:
+                if holder and _alive(int(holder.rpartition(" ")[2])):
                     self._handle.close()
                     raise _busy(holder) from None
+                if time.monotonic() > deadline:
+                    self._handle.close()
+                    raise FiscalError(
+                        "BOX_BUSY",
+                        "A one-shot fiscalbox-device command is using the box: let it finish (or stop it), "
+                        "then start the service.",
+                    ) from None
                 time.sleep(0.1)
         self._handle.truncate(0)
         self._handle.write(str(os.getpid()))
@@ -588,9 +595,17 @@ class Device:
     def _start_delivery(self) -> None:
         if self.delivery is None or self._stop is None:
             return
-        thread = threading.Thread(target=self.delivery.run, args=(self._stop,), name="delivery", daemon=True)
+        thread = threading.Thread(
+            target=self._deliver, args=(self.delivery, self._stop), name="delivery", daemon=True
+        )
         thread.start()
         self._threads.append(thread)
+
+    def _deliver(self, worker: Delivery, stop: threading.Event) -> None:
+        try:
+            worker.run(stop)
+        except Exception:  # a fault of the worker itself (FDMS's and the network's never end it)
+            self.log.exception("delivery stopped by a fault: restart the service")
 
     def close(self) -> None:
         """Stop: the operation in flight finishes first (it holds the box's lock), then the journal closes."""
@@ -686,16 +701,23 @@ class Device:
         with self.lock:
             checked = _check_identity_values(values)
             if self.box is not None or is_registered(self.cfg):
-                held = readable_settings(self.box.journal) if self.box is not None else {}
+                held = readable_settings(self.box.journal) if self.box is not None else self._anchored()
                 for name, key in (("device_id", "id"), ("serial", "serial")):
-                    was = held.get(name, self.cfg.device[key])
-                    if name in checked and checked[name] != was:
+                    was = held.get(name) or self.cfg.device[key]  # 0 or "": not known, nothing to keep
+                    if name in checked and was and checked[name] != was:
                         raise FiscalError(
                             "BOX_SETTINGS",
                             f"This box is registered as {name} {was!r}: a registered box cannot change it. "
                             "Nothing was changed.",
                             name,
                         )
+                if checked.get("fdms_url") == "":
+                    raise FiscalError(
+                        "BOX_SETTINGS",
+                        "A registered box delivers to FDMS: give its address, not an empty one. Nothing was "
+                        "changed.",
+                        "fdms_url",
+                    )
             path = Path(self.cfg.box["provisioned"])
             ca_path = configuration.provisioned_ca_path(path)
             stored = configuration.read_identity(path)
@@ -718,6 +740,14 @@ class Device:
             )
             return identity
 
+    def _anchored(self) -> dict[str, Any]:
+        """The device the anchor names, for a registered box whose journal is not open."""
+        try:
+            device_id = Anchor(self.cfg.journal["anchor"]).read()["device_id"]
+        except FiscalError:
+            return {}
+        return {"device_id": device_id} if device_id else {}
+
     def _reconnect_fdms(self) -> None:
         """A registered box's new FDMS address or CA: its client replaced, the delivery worker told."""
         assert self.box is not None
@@ -737,6 +767,8 @@ class Device:
             return {"csr": self.keys.certificate_request(common_name(self.cfg)).decode()}
 
     def install_certificate(self, certificate: str) -> dict[str, Any]:
+        if not isinstance(certificate, str):
+            raise FiscalError("BOX_USAGE", "The certificate is PEM text.", "certificate")
         with self.lock:
             pem = certificate.encode()
             self.keys.install_certificate(pem)

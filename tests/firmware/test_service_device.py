@@ -3,6 +3,7 @@ operation answers what the one-shot `--json` command prints."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 from collections.abc import Iterator
@@ -11,9 +12,11 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from cryptography.hazmat.primitives import hashes
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.x509.oid import NameOID
 
 from firmware import config as configuration
 from firmware.core.errors import FiscalError
@@ -58,6 +61,23 @@ def identity(sim: FdmsSimulator) -> dict[str, Any]:
         "fdms_ca": Path(sim.ca_cert_path).read_text(),
         "currencies": ["USD", "ZWG"],
     }
+
+
+def certificate_for(public_key: Any) -> str:
+    """A certificate for `public_key`, issued by a throwaway CA (PEM text)."""
+    issuer = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ZIMRA-test")]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")]))
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .sign(issuer, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM).decode()
 
 
 def one_shot(path: str, *args: str) -> Any:
@@ -108,6 +128,11 @@ def test_a_device_is_provisioned_keyed_and_registered_then_sells(
         der = encode_dss_signature(int.from_bytes(signature[:32]), int.from_bytes(signature[32:]))
         public.verify(der, b"payload", ec.ECDSA(hashes.SHA256()))
 
+        with pytest.raises(FiscalError):
+            device.install_certificate(certificate_for(ec.generate_private_key(ec.SECP256R1()).public_key()))
+        installed = device.install_certificate(certificate_for(public))
+        assert installed["subject"] == "CN=ZIMRA-test" and installed["valid_till"].endswith("Z")
+
         registered = device.register(sim.activation_keys[DEVICE_ID])
         assert device.registered and registered["taxpayer"] == sim.scenario.taxpayer.name
         assert (tmp_path / "journal.db").exists()
@@ -121,6 +146,9 @@ def test_a_device_is_provisioned_keyed_and_registered_then_sells(
         with pytest.raises(FiscalError) as refused:
             device.provision({"serial": "SOMEONE-ELSE"})
         assert refused.value.field == "serial"
+        with pytest.raises(FiscalError) as refused:
+            device.provision({"fdms_url": ""})
+        assert refused.value.field == "fdms_url"
         assert device.provision({"model_version": "1.1"})["model_version"] == "1.1"
 
         device.open_day()
@@ -180,6 +208,7 @@ def test_a_device_without_a_journal_but_registered_says_restore(tmp_path: Path, 
         device.close()
     for suffix in ("", "-wal", "-shm"):
         Path(str(tmp_path / "journal.db") + suffix).unlink(missing_ok=True)
+    (tmp_path / "provisioned.json").unlink()  # the identity too: the anchor still names the device
     device = Device(configuration.load(path, ENV), ENV, SystemClock())
     try:
         status = device.status()
@@ -191,6 +220,7 @@ def test_a_device_without_a_journal_but_registered_says_restore(tmp_path: Path, 
         with pytest.raises(FiscalError) as refused:
             device.provision({"device_id": DEVICE_ID + 5})
         assert refused.value.field == "device_id"  # the anchor still names the device
+        assert device.provision({"device_id": DEVICE_ID})["device_id"] == DEVICE_ID
     finally:
         device.close()
     assert not (tmp_path / "journal.db").exists()

@@ -3,6 +3,7 @@ sales finishes the one in flight (answered, committed whole) and exits 0, and a 
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 from collections.abc import Iterator
@@ -11,12 +12,17 @@ from pathlib import Path
 import pytest
 from box_rig import sale
 from click.testing import CliRunner
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from service_rig import ENV, PtyBridge, Service, host_key, make_box, poll, write_config
 
 from firmware.core.errors import FiscalError
 from firmware.main import main
 from firmware.service import SystemClock
 from host_tools.link import BoxClient
+from sim.fdms.scenario import Scenario
+from sim.fdms.server import FdmsSimulator
+from sim.shop import Shop
 
 
 @pytest.fixture
@@ -83,3 +89,44 @@ def test_sigterm_in_a_burst_of_sales_finishes_the_one_in_flight_and_a_restart_se
         assert service.stop() == 0
     finally:
         service.kill()
+
+
+def test_a_box_set_up_over_the_link_is_registered_sells_and_logs_no_secret(
+    tmp_path: Path, cable: PtyBridge
+) -> None:
+    operator = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    with FdmsSimulator(Scenario.default(), state_dir=tmp_path / "fdms") as sim:
+        device = sim.scenario.device(10001)
+        assert device is not None
+        activation_key = sim.activation_keys[10001]
+        config = write_config(tmp_path, link_port=cable.box_path)
+        service = Service(config)
+        try:
+            service.wait_for("link listening")
+            with BoxClient(cable.host_path, operator, timeout=30) as client:
+                client.enroll_self("operator", "office")
+                assert client.status()["device_id"] is None
+                identity = {
+                    "device_id": 10001,
+                    "serial": device.serial,
+                    "fdms_url": sim.url,
+                    "fdms_ca": Path(sim.ca_cert_path).read_text(),
+                }
+                assert client.provision(identity)["device_id"] == 10001
+                registered = client.register(activation_key)
+                assert registered["taxpayer"] == sim.scenario.taxpayer.name
+                client.open_day()
+                sale = Shop(seed=5, device_id=10001).next_sale()
+                issued = client.issue(sale, request_id="first-sale")
+                assert issued["global_no"] == 1
+                poll(lambda: len(sim.held_receipts(10001)) == 1, "the sale delivered")
+            assert service.stop() == 0
+        finally:
+            service.kill()
+    log = "\n".join(json.dumps(record) for record in service.seen)
+    item = sale["receiptLines"][0]["receiptLineName"]
+    for secret in (activation_key, ENV["FISCALBOX_KEY_PASSPHRASE"], "PRIVATE KEY", item):
+        assert secret not in log, secret
+    assert "registered" in [r["message"] for r in service.seen]
