@@ -2,8 +2,8 @@
 
 `fiscalbox --port PORT --key PEM COMMAND`: the port and the host key also come from FISCALBOX_PORT and
 FISCALBOX_HOST_KEY, or from a host config file (--host-config, FISCALBOX_HOST_CONFIG, or
-~/.config/fiscalbox/host.toml) holding `port = ...`, `key = ...` and `timeout = ...`. Every command takes
---json (the box's answer, field for field); a refusal is one line `error CODE: message` and exit 2.
+~/.config/fiscalbox/host.toml) holding `port`, `key`, `timeout` and `device_key`. Every command takes --json
+(the box's answer, field for field); a refusal is one line `error CODE: message` and exit 2.
 """
 
 from __future__ import annotations
@@ -46,8 +46,15 @@ def _default_host_config() -> Path:
 class Connection:
     """The group's link options; the client is made (and the port opened) only when a command needs it."""
 
-    def __init__(self, port: str | None, key: str | None, host_config: str | None, timeout: float | None):
-        self.options = {"port": port, "key": key, "timeout": timeout}
+    def __init__(
+        self,
+        port: str | None,
+        key: str | None,
+        host_config: str | None,
+        timeout: float | None,
+        device_key: str | None = None,
+    ) -> None:
+        self.options = {"port": port, "key": key, "timeout": timeout, "device_key": device_key}
         self.host_config = host_config
         self._client: BoxClient | None = None
 
@@ -61,11 +68,12 @@ class Connection:
             raise FiscalError("BOX_FILE", f"Cannot read {path}: {error.strerror}.", "host_config") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise FiscalError("BOX_CONFIG", f"{path} is not TOML: {error}.", "host_config") from None
-        unknown = sorted(set(settings) - {"port", "key", "timeout"})
+        unknown = sorted(set(settings) - {"port", "key", "timeout", "device_key"})
         if unknown:
             raise FiscalError("BOX_CONFIG", f"{path}: unknown setting {unknown[0]}.", unknown[0])
-        if "key" in settings:  # relative to the file, as a person reads it
-            settings["key"] = str((path.parent / Path(str(settings["key"])).expanduser()).resolve())
+        for name in ("key", "device_key"):  # relative to the file, as a person reads it
+            if name in settings:
+                settings[name] = str((path.parent / Path(str(settings[name])).expanduser()).resolve())
         return settings
 
     def client(self) -> BoxClient:
@@ -93,9 +101,23 @@ class Connection:
             raise FiscalError(
                 "BOX_FILE", f"Cannot read the host key {key_path}: {error.strerror}.", "key"
             ) from None
+        device_key = None
+        if settings.get("device_key"):
+            try:
+                device_key = Path(str(settings["device_key"])).expanduser().read_bytes()
+            except OSError as error:
+                raise FiscalError(
+                    "BOX_FILE",
+                    f"Cannot read the device key {settings['device_key']}: {error.strerror}.",
+                    "device_key",
+                ) from None
         passphrase = os.environ.get(HOST_KEY_PASSPHRASE_ENV)
         self._client = BoxClient(
-            str(port), pem, float(timeout), passphrase=passphrase.encode() if passphrase else None
+            str(port),
+            pem,
+            float(timeout),
+            passphrase=passphrase.encode() if passphrase else None,
+            device_key=device_key,
         )
         return self._client
 
@@ -108,9 +130,15 @@ def link_options(f: Callable[[], None]) -> Callable[..., None]:
     """The group-level options of the link commands; `cli.main` wears it."""
 
     @functools.wraps(f)
-    def group(port: str | None, key: str | None, host_config: str | None, timeout: float | None) -> None:
+    def group(
+        port: str | None,
+        key: str | None,
+        host_config: str | None,
+        timeout: float | None,
+        device_key: str | None,
+    ) -> None:
         ctx = click.get_current_context()
-        connection = Connection(port, key, host_config, timeout)
+        connection = Connection(port, key, host_config, timeout, device_key)
         ctx.obj = connection
         ctx.call_on_close(connection.close)
         f()
@@ -129,6 +157,12 @@ def link_options(f: Callable[[], None]) -> Callable[..., None]:
         click.option(
             "--timeout", type=click.FloatRange(min=0.1), help="Seconds to wait for an answer [default: 10]."
         ),
+        click.option(
+            "--device-key",
+            envvar="FISCALBOX_DEVICE_KEY",
+            metavar="PEM",
+            help="The box's device key or certificate: every answer is checked against it (`keys device`).",
+        ),
     ]
     for option in reversed(options):
         group = option(group)
@@ -137,6 +171,35 @@ def link_options(f: Callable[[], None]) -> Callable[..., None]:
 
 # ---------------------------------------------------------------------------------------------------------
 # Shared pieces
+
+
+class _OneOf(click.Choice):  # type: ignore[type-arg]
+    """A choice whose refusal fits on the one error line."""
+
+    def get_missing_message(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "Choose " + " or ".join(str(choice) for choice in self.choices) + "."
+
+
+class _Whole(click.ParamType):
+    """A whole number from `low` up, refused with a sentence that says what it is."""
+
+    name = "number"
+
+    def __init__(self, what: str, low: int = 1) -> None:
+        self.what = what
+        self.low = low
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        if not (text.isascii() and text.isdigit() and len(text) <= 18 and int(text) >= self.low):
+            kind = "a positive whole number" if self.low == 1 else f"a whole number from {self.low} up"
+            self.fail(f"{value[:40]!r}: {self.what} is {kind}.", param, ctx)
+        return int(text)
+
+
+RECEIPT_NO = _Whole("a receipt number")
 
 
 def _box(action: Callable[[BoxClient], T]) -> T:
@@ -228,7 +291,7 @@ def _entry_text(entry: dict[str, Any]) -> str:
 
 
 @click.argument("public_key", required=False)
-@click.option("--role", type=click.Choice(["pos", "operator"]), required=True, help="What the key may ask.")
+@click.option("--role", type=_OneOf(["pos", "operator"]), required=True, help="What the key may ask.")
 @click.option("--label", help="A name for the key (the till, the person) [default: the file's name].")
 @as_json_option
 def keys_enroll(public_key: str | None, role: str, label: str | None, as_json: bool) -> None:
@@ -501,8 +564,8 @@ def _report_text(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@click.argument("kind", type=click.Choice(["x", "z"]))
-@click.argument("day", type=click.IntRange(min=1), required=False)
+@click.argument("kind", type=_OneOf(["x", "z"]))
+@click.argument("day", type=_Whole("a fiscal day number"), required=False)
 @click.option("--print", "to_printer", is_flag=True, help="Print it on the box's printer.")
 @as_json_option
 def report(kind: str, day: int | None, to_printer: bool, as_json: bool) -> None:
@@ -522,7 +585,7 @@ def report(kind: str, day: int | None, to_printer: bool, as_json: bool) -> None:
     _emit(figures, as_json, _report_text)
 
 
-@click.argument("global_no", type=click.IntRange(min=1), required=False)
+@click.argument("global_no", type=RECEIPT_NO, required=False)
 @click.option("--unprinted", is_flag=True, help="Print every receipt that has no finished print yet.")
 @as_json_option
 def reprint(global_no: int | None, unprinted: bool, as_json: bool) -> None:
@@ -553,7 +616,7 @@ def reprint(global_no: int | None, unprinted: bool, as_json: bool) -> None:
         )
 
 
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many to list.")
+@click.option("--limit", type=_Whole("--limit"), default=20, show_default=True, help="How many to list.")
 @as_json_option
 def outbox(limit: int, as_json: bool) -> None:
     """What waits for FDMS: the outbox by state, the oldest receipts waiting, what FDMS flagged."""
@@ -598,7 +661,7 @@ def audit(as_json: bool) -> None:
     sys.exit(0 if report_.get("clean") else 1)
 
 
-@click.option("--retain", type=click.IntRange(min=1), help="Keep only the newest N backups on the box.")
+@click.option("--retain", type=_Whole("--retain"), help="Keep only the newest N backups on the box.")
 @as_json_option
 def backup(retain: int | None, as_json: bool) -> None:
     """Back the journal up on the box (its configured backup folder), with a signed manifest."""
@@ -607,8 +670,8 @@ def backup(retain: int | None, as_json: bool) -> None:
     _emit(result, as_json, lambda r: f"backup {r.get('file')}, manifest {r.get('manifest_file')}")
 
 
-@click.argument("first", type=click.IntRange(min=1))
-@click.argument("last", type=click.IntRange(min=1))
+@click.argument("first", type=RECEIPT_NO)
+@click.argument("last", type=RECEIPT_NO)
 @click.argument("out", type=click.Path(dir_okay=False))
 @as_json_option
 def journal_export(first: int, last: int, out: str, as_json: bool) -> None:
@@ -621,7 +684,7 @@ def journal_export(first: int, last: int, out: str, as_json: bool) -> None:
     )
 
 
-@click.option("--since", type=click.IntRange(min=0), required=True, help="Days back to send again.")
+@click.option("--since", type=_Whole("--since", 0), required=True, help="Days back to send again.")
 @as_json_option
 def replay(since: int, as_json: bool) -> None:
     """Queue the receipts of the last SINCE days for FDMS again (after FDMS lost them)."""

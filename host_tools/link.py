@@ -13,6 +13,8 @@ the receipt already issued) and the polling of a job (an export resumes from the
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import re
 import threading
@@ -38,7 +40,9 @@ READ, WRITE = smp.OP_READ, smp.OP_WRITE
 POLL_SECONDS = 0.05  # how long one read of the port waits; also the pause between polls of a running job
 SLOW_SECONDS = 90.0  # commands that wait for FDMS (register, renew, open_day) or make an RSA key
 RETRIES = 3  # reopenings of the port for one idempotent call
+RECONNECT_PAUSE = 0.25  # seconds before reopening a port that could not be opened, times the attempt
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_log = logging.getLogger("fiscalbox.link.client")
 
 # name: (group, command, op), as docs/link.md section 3
 COMMANDS: dict[str, tuple[int, int, int]] = {
@@ -77,11 +81,13 @@ Progress = Callable[[int, int], None]
 
 
 class _Lost(Exception):
-    """The line lost the exchange (a timeout, a port error); `error` is what the caller sees unretried."""
+    """The line lost the exchange (a timeout, a port error); `error` is what the caller sees unretried.
+    `absent`: the port could not even be opened (a USB device re-enumerating: worth a pause)."""
 
-    def __init__(self, error: FiscalError) -> None:
+    def __init__(self, error: FiscalError, absent: bool = False) -> None:
         super().__init__(error.message)
         self.error = error
+        self.absent = absent
 
 
 def new_request_id() -> str:
@@ -228,8 +234,12 @@ class BoxClient:
                 )
             except (OSError, ValueError) as error:
                 self._serial = None
+                errno = getattr(error, "errno", None)
+                why = os.strerror(errno) if isinstance(errno, int) else str(error)
                 raise FiscalError(
-                    "BOX_LINK_PORT", f"Cannot open the box's port {self.port}: {error}.", "port"
+                    "BOX_LINK_PORT",
+                    f"Cannot open the box's port {self.port}: {why}. Is the box plugged in?",
+                    "port",
                 ) from None
             self._decoder = smp.Decoder()
             self._frames = []
@@ -253,7 +263,7 @@ class BoxClient:
         try:
             port = self._open()
         except FiscalError as error:
-            raise _Lost(error) from None
+            raise _Lost(error, absent=True) from None
         self._sequence = (self._sequence + 1) & 0xFF
         sequence = self._sequence
         payload = cbor2.dumps(body)
@@ -352,6 +362,13 @@ class BoxClient:
                     if not retry or lost >= self.retries:
                         raise error.error from None
                     lost += 1
+                    _log.warning(
+                        json.dumps(
+                            {"event": "link.retry", "command": name, "rid": rid, "why": error.error.code}
+                        )
+                    )
+                    if error.absent:
+                        time.sleep(RECONNECT_PAUSE * lost)
                     continue
                 nonce = answer.get("nonce")
                 self._nonce = nonce if isinstance(nonce, bytes) else None

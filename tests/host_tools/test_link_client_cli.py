@@ -299,6 +299,16 @@ def test_a_shops_first_day_over_the_link(rig: Rig, tmp_path: Path) -> None:
     )
     assert verified.exit_code == 0 and verified.stdout.startswith("clean: device 10001, receipts 1..3")
 
+    # a till given the device key checks every answer against it: one signed by another key is refused
+    rig.ok("keys", "new", str(tmp_path / "stranger.pem"))
+    sale_file = str(tmp_path / "sale.json")
+    forged = rig.run("--device-key", str(tmp_path / "stranger.pem"), "sale", sale_file, key="pos")
+    assert forged.exit_code == 2 and forged.stderr.splitlines()[-1].startswith("error BOX_LINK_SIGNATURE: ")
+    checked = rig.run(
+        "--device-key", str(tmp_path / "device.pem"), "sale", sale_file, key="pos"
+    )  # the day is closed
+    assert checked.exit_code == 2 and checked.stderr.splitlines()[-1].startswith("error BOX_DAY_NOT_OPEN: ")
+
     # the till's key revoked: refused from now on
     rig.ok("keys", "revoke", till["kid"])
     refused = rig.run("status", key="pos")
@@ -314,3 +324,34 @@ def test_without_a_port_or_key_the_tool_says_where_to_give_them(tmp_path: Path) 
     result = CliRunner().invoke(main, ["status"], env=env)
     assert result.exit_code == 2 and result.stderr.startswith("error BOX_FILE: key: Cannot read the host key")
     assert str(tmp_path / "fiscalbox" / "op.pem") in result.stderr  # relative to host.toml
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["report"],
+        ["report", "y"],
+        ["report", "z"],
+        ["report", "x", "3"],
+        ["reprint"],
+        ["reprint", "abc"],
+        ["keys", "enroll"],
+        ["keys", "enroll", "--role", "king"],
+        ["replay", "--since", "-1"],
+        ["journal", "export", "1", "0", "out.json"],
+        ["--timeout", "0", "status"],
+        ["register"],
+        ["sale", "no-such-sale.json"],
+        ["provision", "no-such-box.toml"],
+    ],
+)
+def test_a_wrong_command_line_is_one_error_line(args: list[str], tmp_path: Path) -> None:
+    env = {
+        "XDG_CONFIG_HOME": str(tmp_path),
+        "FISCALBOX_PORT": "/dev/null-box",
+        "FISCALBOX_ACTIVATION_KEY": "",
+    }
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == 2 and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error BOX_"), result.stderr
