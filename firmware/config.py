@@ -210,6 +210,16 @@ def read_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
     return identity
 
 
+def with_identity(cfg: Config, identity: dict[str, Any], path: str, environ: Mapping[str, str]) -> Config:
+    """`cfg` with a provisioned `identity` (as its file holds it) in force, as `load` would give it: an
+    environment override still wins."""
+    merged = {section: dict(getattr(cfg, section)) for section in DEFAULTS}
+    for (section, key), value in _identity_settings(identity, path).items():
+        if f"FISCALBOX_{section.upper()}_{key.upper()}" not in environ:
+            merged[section][key] = value
+    return Config(**merged)
+
+
 def _identity_settings(identity: dict[str, Any], path: str) -> dict[tuple[str, str], Any]:
     """The settings a provisioned identity stands for (the CA as the file holding it, or "")."""
     settings: dict[tuple[str, str], Any] = {}

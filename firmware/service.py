@@ -484,20 +484,6 @@ def identity_in_force(cfg: configuration.Config) -> dict[str, Any]:
     }
 
 
-def _overlay(cfg: configuration.Config, identity: dict[str, Any], ca_path: str) -> configuration.Config:
-    """cfg with a newly provisioned identity in force (as config.load would give it at the next start)."""
-    device, fdms_settings = dict(cfg.device), dict(cfg.fdms)
-    for name, value in identity.items():
-        section, key = configuration.IDENTITY[name]
-        target = device if section == "device" else fdms_settings
-        if name == "currencies":
-            value = ",".join(value)
-        elif name == "fdms_ca":
-            value = ca_path if value else ""
-        target[key] = value
-    return configuration.Config(**{**cfg.__dict__, "device": device, "fdms": fdms_settings})
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The device
 
@@ -731,7 +717,7 @@ class Device:
                 raise FiscalError(
                     "BOX_FILE", f"Cannot write the identity to {path}: {error.strerror}.", "values"
                 ) from None
-            self.cfg = _overlay(self.cfg, checked, str(ca_path))
+            self.cfg = configuration.with_identity(self.cfg, stored, str(path), self.environ)
             if self.box is not None and {"fdms_url", "fdms_ca", "model_name", "model_version"} & set(checked):
                 self._reconnect_fdms()
             identity = identity_in_force(self.cfg)

@@ -268,3 +268,16 @@ def test_moved_and_bad_service_settings_are_refused_saying_what_to_write(tmp_pat
             configuration.load(None, {"FISCALBOX_BACKUP_AT": at})
         assert refused.value.field == "backup.at"
     assert configuration.load(None, {"FISCALBOX_BACKUP_AT": ""}).backup["at"] == ""
+
+
+def test_an_environment_override_still_wins_over_what_is_provisioned(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    env = {**ENV, "FISCALBOX_DEVICE_MODEL_NAME": "shop-build"}
+    device = Device(configuration.load(path, env), env, SystemClock())
+    try:
+        in_force = device.provision({"model_name": "from-the-link", "device_id": 5})
+    finally:
+        device.close()
+    assert (in_force["model_name"], in_force["device_id"]) == ("shop-build", 5)
+    assert configuration.load(path, env).device["model_name"] == "shop-build"  # as at the next start
+    assert configuration.load(path, {}).device["model_name"] == "from-the-link"
