@@ -600,18 +600,24 @@ class BoxClient:
         self, first: int, last: int, out_path: str | os.PathLike[str], progress: Progress | None = None
     ) -> dict[str, Any]:
         """Receipts first..last as the signed export file at `out_path` (for `fiscalbox journal verify`).
-        The file arrives in chunks; a lost line resumes from the last offset held, and the file is put in
-        place only once its SHA-256 matches the box's. `progress(bytes received, size)`."""
+        The file arrives in chunks into OUT.part; a lost line resumes from the last offset held, and so does
+        a later call for the same receipts after this one gave up (OUT.part.job names the box's job). The
+        file is put in place only once its SHA-256 matches the box's. `progress(bytes received, size)`."""
         out = Path(out_path)
         part = out.with_name(out.name + ".part")
-        job = self._do("export_journal", {"first": first, "last": last})["job"]
-        offset = 0
+        marker = out.with_name(out.name + ".part.job")
+        wanted = {"first": first, "last": last}
+        job, offset = self._held_export(part, marker, wanted)
         restarted = False
         try:
-            file = part.open("wb")
+            file = part.open("r+b" if job is not None else "wb")
         except OSError as error:
             raise FiscalError("BOX_FILE", f"Cannot write {part}: {error.strerror}.", "out") from None
         with file:
+            file.truncate(offset)
+            file.seek(offset)
+            if job is None:
+                job = self._start_export(marker, wanted)
             while True:
                 try:
                     state = self._do("job", {"job": job, "offset": offset})
@@ -619,16 +625,18 @@ class BoxClient:
                     if error.code != "BOX_LINK_NO_JOB" or restarted:
                         raise
                     restarted = True  # the box restarted and forgot the job: once more from the start
-                    job = self._do("export_journal", {"first": first, "last": last})["job"]
+                    job = self._start_export(marker, wanted)
                     offset = 0
                     file.seek(0)
                     file.truncate()
                     continue
                 if state["state"] == "failed":
+                    marker.unlink(missing_ok=True)
                     raise _refusal(state.get("error"))
                 data = state.get("data") or b""
                 if data:
                     file.write(data)
+                    file.flush()
                     offset += len(data)
                 size = state.get("size")
                 if progress is not None and size is not None:
@@ -642,7 +650,9 @@ class BoxClient:
                     time.sleep(POLL_SECONDS)
         digest = hashlib.sha256(part.read_bytes()).hexdigest()
         expected = result.get("sha256")
+        marker.unlink(missing_ok=True)
         if offset != size or (isinstance(expected, str) and expected.lower() != digest):
+            part.unlink(missing_ok=True)
             raise FiscalError(
                 "BOX_LINK_EXPORT",
                 "The export file arrived damaged (its SHA-256 differs): export it again.",
@@ -650,6 +660,25 @@ class BoxClient:
             )
         os.replace(part, out)
         return {**result, "first": first, "last": last, "file": str(out), "size": offset, "sha256": digest}
+
+    @staticmethod
+    def _held_export(part: Path, marker: Path, wanted: dict[str, int]) -> tuple[int | None, int]:
+        """The job and offset an earlier call left for the same receipts, or (None, 0)."""
+        try:
+            held = json.loads(marker.read_text())
+            if {k: held.get(k) for k in wanted} == wanted and isinstance(held.get("job"), int):
+                return held["job"], part.stat().st_size
+        except (OSError, ValueError, AttributeError):
+            pass
+        return None, 0
+
+    def _start_export(self, marker: Path, wanted: dict[str, int]) -> int:
+        job = int(self._do("export_journal", wanted)["job"])
+        try:
+            marker.write_text(json.dumps({**wanted, "job": job}))
+        except OSError as error:
+            raise FiscalError("BOX_FILE", f"Cannot write {marker}: {error.strerror}.", "out") from None
+        return job
 
 
 def _refusal(error: Any) -> FiscalError:

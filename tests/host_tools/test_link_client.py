@@ -394,6 +394,24 @@ def test_a_cable_pulled_mid_export_reconnects_and_resumes(
     assert cabled.nonce_requests == 2  # a new line, a new nonce
 
 
+def test_an_export_given_up_goes_on_where_it_stopped_when_asked_again(
+    cabled: Responder, host_key: Any, tmp_path: Any
+) -> None:
+    cabled.lose = lambda name, body: name == "job" and body.get("offset") == 2048  # the cable stays out
+    with BoxClient(cabled.path, pem(host_key), timeout=30) as client:
+        with pytest.raises(FiscalError) as refused:
+            client.export_journal(1, 9, tmp_path / "export.json")
+        assert refused.value.code == "BOX_LINK_PORT"
+        assert (tmp_path / "export.json.part").stat().st_size == 2048
+        cabled.lose = lambda name, body: False  # plugged in again: the same export asked for once more
+        client.export_journal(1, 9, tmp_path / "export.json")
+    assert (tmp_path / "export.json").read_bytes() == cabled.export
+    assert not (tmp_path / "export.json.part").exists() and not (tmp_path / "export.json.part.job").exists()
+    assert [name for name, _, _ in cabled.requests].count("export_journal") == 1
+    offsets = [body.get("offset") for name, _, body in cabled.requests if name == "job"]
+    assert offsets == [0] + [2048] * (1 + link.RETRIES) + [2048, 4096]
+
+
 def test_a_cable_pulled_for_good_is_a_port_error_after_the_retries(cabled: Responder, host_key: Any) -> None:
     cabled.lose = lambda name, body: True
     with BoxClient(cabled.path, pem(host_key), timeout=30) as client:
