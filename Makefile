@@ -46,6 +46,8 @@ bench: setup
 	$(PY) bench/crash.py --kills 1000
 	$(PY) bench/printing.py
 	$(PY) bench/fdms.py
+	$(PY) bench/link.py
+	$(PY) bench/link_fuzz.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

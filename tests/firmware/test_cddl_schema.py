@@ -154,8 +154,16 @@ def test_answers() -> None:
 def test_a_key_called_at_and_values_cbor_cannot_carry_are_refused() -> None:
     assert _refused("issue", {"sale": {"@": 1}}).field == "sale.@"
     assert _refused("issue", {"sale": {"lines": [{"@": 1}]}}).field == "sale.lines[0].@"
+    assert _refused("issue", {"sale": {"x": [[], [{"a": {"@": 1}}]]}}).field == "sale.x[1][0].a.@"
     _refused("issue", {"sale": {"x": object()}})
     _refused("no_such_command", {})
+
+
+def test_each_rule_is_compiled_with_only_the_rules_it_uses() -> None:
+    assert link_schema._needed("issue") == ["issue"]
+    assert link_schema._needed("provision") == ["whole", "provision", "identity"]
+    assert set(link_schema._needed("answer")) == {"answer", "outcome", "error", "rid", "id16", "group_id",
+                                                   "command_id"}
 
 
 def test_the_cddl_ships_with_the_package() -> None:
