@@ -229,6 +229,14 @@ def cabled(host_key: Any) -> Iterator[Responder]:
 
 @pytest.fixture
 def client(box: Responder, host_key: Any) -> Iterator[BoxClient]:
+    """A client that waits long (a loaded machine never makes it give up early) ..."""
+    with BoxClient(box.path, pem(host_key), timeout=30) as made:
+        yield made
+
+
+@pytest.fixture
+def hasty(box: Responder, host_key: Any) -> Iterator[BoxClient]:
+    """... and one that notices a lost answer soon, for the tests that lose one on a pty (silence)."""
     with BoxClient(box.path, pem(host_key), timeout=LOST) as made:
         yield made
 
@@ -283,11 +291,11 @@ def test_a_key_that_cannot_learn_the_device_key_takes_answers_unchecked_unless_s
     assert client.issue(SALE, "a")["global_no"] == 1
     assert client.verified is False and client.last_proof is not None
     client.close()  # one reader on the line at a time
-    with BoxClient(box.path, pem(host_key), timeout=LOST, strict=True) as strict:
+    with BoxClient(box.path, pem(host_key), timeout=30, strict=True) as strict:
         with pytest.raises(FiscalError) as refused:
             strict.issue(SALE, "b")
     assert refused.value.code == "BOX_LINK_SIGNATURE"
-    with BoxClient(box.path, pem(host_key), timeout=LOST, device_key=public_pem(box.device_key)) as given:
+    with BoxClient(box.path, pem(host_key), timeout=30, device_key=public_pem(box.device_key)) as given:
         given.issue(SALE, "c")
         assert given.verified is True
 
@@ -315,11 +323,11 @@ def test_noise_and_a_stale_answer_on_the_line_are_passed_over(client: BoxClient,
 
 
 def test_an_issue_whose_answer_is_lost_is_retried_under_the_same_id_and_issued_once(
-    client: BoxClient, box: Responder
+    hasty: BoxClient, box: Responder
 ) -> None:
     lost = []
     box.lose = lambda name, body: name == "issue" and not lost and not lost.append(1)
-    receipt = client.issue(SALE, "sale-42")
+    receipt = hasty.issue(SALE, "sale-42")
     assert receipt["repeated"] is True and receipt["global_no"] == 1
     assert len(box.receipts) == 1
     assert [rid for name, rid, _ in box.requests if name == "issue"] == ["sale-42", "sale-42"]
@@ -327,41 +335,41 @@ def test_an_issue_whose_answer_is_lost_is_retried_under_the_same_id_and_issued_o
 
 
 def test_an_issue_without_an_id_gets_one_and_keeps_it_across_the_retry(
-    client: BoxClient, box: Responder
+    hasty: BoxClient, box: Responder
 ) -> None:
     lost = []
     box.lose = lambda name, body: name == "issue" and not lost and not lost.append(1)
-    client.issue(SALE)
+    hasty.issue(SALE)
     rids = [rid for name, rid, _ in box.requests if name == "issue"]
-    assert len(rids) == 2 and rids[0] == rids[1] == client.last_request_id
+    assert len(rids) == 2 and rids[0] == rids[1] == hasty.last_request_id
     assert len(box.receipts) == 1
 
 
-def test_a_write_that_is_not_idempotent_is_not_sent_twice(client: BoxClient, box: Responder) -> None:
+def test_a_write_that_is_not_idempotent_is_not_sent_twice(hasty: BoxClient, box: Responder) -> None:
     box.lose = lambda name, body: name == "close_day"
     with pytest.raises(FiscalError) as refused:
-        client.close_day()
+        hasty.close_day()
     assert refused.value.code == "BOX_LINK_TIMEOUT"
     assert [name for name, _, _ in box.requests] == ["close_day"]
 
 
-def test_a_box_that_never_answers_is_a_timeout(client: BoxClient, box: Responder) -> None:
+def test_a_box_that_never_answers_is_a_timeout(hasty: BoxClient, box: Responder) -> None:
     box.lose = lambda name, body: True
     with pytest.raises(FiscalError) as refused:
-        client.status()
+        hasty.status()
     assert refused.value.code == "BOX_LINK_TIMEOUT"
     assert len(box.requests) == 1 + link.RETRIES
 
 
 def test_an_export_resumes_from_the_last_offset_after_a_lost_chunk(
-    client: BoxClient, box: Responder, tmp_path: Any
+    hasty: BoxClient, box: Responder, tmp_path: Any
 ) -> None:
     lost = []
     box.lose = lambda name, body: (
         name == "job" and body.get("offset") == 2048 and not lost and not lost.append(1)
     )
     seen = []
-    result = client.export_journal(1, 9, tmp_path / "export.json", lambda done, total: seen.append(done))
+    result = hasty.export_journal(1, 9, tmp_path / "export.json", lambda done, total: seen.append(done))
     assert (tmp_path / "export.json").read_bytes() == box.export
     assert not (tmp_path / "export.json.part").exists()
     assert result["size"] == 5000 and result["sha256"] == hashlib.sha256(box.export).hexdigest()
@@ -453,7 +461,7 @@ def test_a_damaged_export_is_not_put_in_place(client: BoxClient, box: Responder,
 
 def test_a_port_that_cannot_be_opened(host_key: Any, tmp_path: Any) -> None:
     with pytest.raises(FiscalError) as refused:
-        BoxClient(str(tmp_path / "no-such-tty"), pem(host_key)).status()
+        BoxClient(str(tmp_path / "no-such-tty"), pem(host_key), retries=0).status()
     assert refused.value.code == "BOX_LINK_PORT"
 
 

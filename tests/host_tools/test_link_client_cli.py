@@ -14,6 +14,7 @@ import sys
 import termios
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from firmware.core import smp
 from firmware.hosts import HostKeys
 from firmware.link import Link
 from firmware.service import Device, SystemClock
+from host_tools import box_commands
 from host_tools.cli import main
 from host_tools.link import load_host_key
 from sim.fdms.scenario import Scenario
@@ -145,8 +147,10 @@ class Rig:
         }
 
     def run(self, *args: str, key: str = "operator", stdin: str | None = None, **env: str) -> Result:
+        """`fiscalbox ARGS` with the `key` host key; a generous --timeout unless ARGS give their own."""
         environment = {**self.env, "FISCALBOX_HOST_KEY": str(self.root / f"{key}.pem"), **env}
-        return CliRunner().invoke(main, ["--timeout", "2", *args], env=environment, input=stdin)
+        timeout = [] if "--timeout" in args else ["--timeout", str(PATIENCE)]
+        return CliRunner().invoke(main, [*timeout, *args], env=environment, input=stdin)
 
     def ok(self, *args: str, **options: Any) -> Any:
         """The command's --json answer, once it is checked to have succeeded."""
@@ -281,7 +285,7 @@ def test_a_shops_first_day_over_the_link(rig: Rig, tmp_path: Path) -> None:
     # the export loses a chunk mid-transfer and resumes from the last offset held; then verified offline
     asked = lose_one_chunk(rig, 2048)
     out = tmp_path / "export.json"
-    exported = rig.ok("journal", "export", "1", "3", str(out))
+    exported = rig.ok("--timeout", "1", "journal", "export", "1", "3", str(out))  # 1 s: the loss is noticed
     assert exported["size"] == out.stat().st_size > 2 * 2048
     assert asked[:3] == [0, 2048, 2048]  # the lost chunk asked again, nothing before it
     rig.ok("keys", "device", "--out", str(tmp_path / "device.pem"))  # learnt over the link
@@ -355,3 +359,20 @@ def test_a_wrong_command_line_is_one_error_line(args: list[str], tmp_path: Path)
     assert result.exit_code == 2 and result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error BOX_"), result.stderr
+
+
+def test_provision_reads_the_identity_of_a_box_toml(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    values = box_commands.provision_values(tomllib.loads((root / "docs" / "box.toml").read_text()), root)
+    assert values == {
+        "device_id": 4321,
+        "serial": "FB-0001-2026",
+        "model_name": "fiscalbox",
+        "model_version": "1.0",
+        "fdms_url": "https://fdmsapitest.zimra.co.zw",
+        "fdms_ca": "",
+        "currencies": ["USD", "ZWG"],
+    }
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    relative = box_commands.provision_values({"fdms": {"ca_file": "ca.pem"}}, tmp_path)
+    assert relative == {"fdms_ca": "-----BEGIN CERTIFICATE-----\n"}  # read beside the file, sent as text
