@@ -517,6 +517,7 @@ class Device:
         self.delivery: Delivery | None = None
         self._stop: threading.Event | None = None  # set by start(): the service's life
         self._threads: list[threading.Thread] = []
+        self._printer_missing = False
         self.missing: FiscalError | None = None  # why there is no box (not registered, journal missing)
         try:
             if Path(cfg.journal["path"]).exists():
@@ -551,7 +552,13 @@ class Device:
         try:
             self.box.printer = build_printer(self.cfg)
         except FiscalError as error:
-            self.log.warning("printer not connected", extra={"fields": error.as_dict()})
+            if not self._printer_missing:  # said once, not at every sale
+                self.log.warning("printer not connected", extra={"fields": error.as_dict()})
+            self._printer_missing = True
+        else:
+            if self._printer_missing:
+                self.log.info("printer connected")
+            self._printer_missing = False
 
     def _require_box(self) -> Box:
         if self.box is None:

@@ -5,20 +5,21 @@ on SIGTERM and SIGINT."""
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from box_rig import StepClock
+from box_rig import StepClock, sale
 from click.testing import CliRunner
 from service_rig import ENV, Service, make_box, poll, write_config
 
 from firmware import config as configuration
 from firmware.box import Box
 from firmware.main import _with_box, main
-from firmware.service import BackupSchedule, Device, backup_loop
+from firmware.service import BackupSchedule, Device, SystemClock, backup_loop
 from sim.fdms.scenario import Scenario
 from sim.fdms.server import FdmsSimulator
 from sim.printer import VirtualPrinter
@@ -164,3 +165,26 @@ def test_the_service_delivers_what_waits_and_a_restart_resumes(
         assert [h["receiptGlobalNo"] for h in sim.held_receipts(10001)] == [1, 2, 3, 4, 5]
         code, output = one_shot(config, "outbox", "--json")
         assert code == 0 and json.loads(output)["counts"] == {"delivered": 5}
+
+
+def test_a_printer_plugged_in_late_is_connected_at_the_next_print_and_its_absence_said_once(
+    tmp_path: Path, paper: tuple[VirtualPrinter, PtyPort], caplog: pytest.LogCaptureFixture
+) -> None:
+    printer, port = paper
+    make_box(tmp_path, totals=(), clock=SystemClock())
+    plug = tmp_path / "printer"  # the udev name, not there until the printer is plugged in
+    config = write_config(tmp_path, f'[printer]\nmodel = "epson-tm-t20ii"\nport = "{plug}"\n')
+    with caplog.at_level(logging.INFO, logger="fiscalbox.device"):
+        device = Device(configuration.load(config, ENV), ENV, SystemClock())
+        try:
+            assert device.box is not None and device.box.printer is None
+            device.issue(sale("2.00"))
+            device.issue(sale("3.00"))
+            assert device.status()["unprinted_count"] == 2 and printer.pages == []
+            plug.symlink_to(port.path)
+            device.issue(sale("4.00"))
+            assert len(printer.pages) == 1 and device.print_unprinted()["printed"] == [1, 2]
+        finally:
+            device.close()
+    said = [r.getMessage() for r in caplog.records]
+    assert said.count("printer not connected") == 1 and said.count("printer connected") == 1
