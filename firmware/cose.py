@@ -25,7 +25,9 @@ TAG_SIGN1 = 18
 ALG, CRIT, KID = 1, 2, 4
 MAX_DEPTH = 32  # nesting any link message needs is far less; cbor2's own limit is 400
 
-_PLAIN = (str, bytes, int, float, bool, type(None))
+_SCALARS = {str, bytes, int, float, bool, type(None)}  # exact types: a bool is no key, a simple value no list
+_MAPS = {dict, cbor2.frozendict}  # cbor2 6 gives a frozendict (and a tuple) inside a tag
+_ARRAYS = {list, tuple}
 
 
 def _frame_error(message: str) -> FiscalError:
@@ -33,23 +35,25 @@ def _frame_error(message: str) -> FiscalError:
 
 
 def _plain(value: Any, depth: int) -> Any:
-    """Tuples as lists, frozendicts as dicts; refuses what no link message holds (dates, sets, cycles)."""
-    if isinstance(value, _PLAIN):
+    """Tuples as lists, frozendicts as dicts; refuses what no link message holds (dates, sets, cycles).
+    Dispatches on exact types: it walks every item of every request, so it is kept lean."""
+    kind = type(value)
+    if kind in _SCALARS:
         return value
     if depth >= MAX_DEPTH:
         raise _frame_error("The message is nested deeper than %d levels; no link message is." % MAX_DEPTH)
-    if isinstance(value, (list, tuple)):
-        return [_plain(item, depth + 1) for item in value]
-    if isinstance(value, dict) or type(value).__name__ == "frozendict":
+    if kind in _ARRAYS:
+        return [item if type(item) in _SCALARS else _plain(item, depth + 1) for item in value]
+    if kind in _MAPS:
         out = {}
         for key, item in value.items():
-            if not isinstance(key, (str, int)) or isinstance(key, bool):
+            if type(key) is not str and type(key) is not int:
                 raise _frame_error("A map in the message has a key that is neither text nor an integer.")
-            out[key] = _plain(item, depth + 1)
+            out[key] = item if type(item) in _SCALARS else _plain(item, depth + 1)
         return out
-    if isinstance(value, cbor2.CBORTag) and depth == 0:
+    if kind is cbor2.CBORTag and depth == 0:
         return cbor2.CBORTag(value.tag, _plain(value.value, depth + 1))
-    raise _frame_error("The message holds a CBOR item no link message has (%s)." % type(value).__name__)
+    raise _frame_error("The message holds a CBOR item no link message has (%s)." % kind.__name__)
 
 
 def loads(data: bytes) -> Any:

@@ -214,3 +214,6 @@ def test_loads_gives_plain_lists_and_dicts() -> None:
     assert isinstance(value, cbor2.CBORTag) and value.value == [{"a": [1, 2]}, [3]]
     assert type(value.value[0]) is dict and type(value.value[1]) is list
     _refused("BOX_LINK_FRAME", cose.loads, cbor2.dumps([cbor2.CBORTag(18, [])]))  # a tag deeper down
+    for data in ("f7", "f0", "81f0", "a1f500", "d9010281f6", "a1a0f6", "c11a514b67b0"):
+        _refused("BOX_LINK_FRAME", cose.loads, bytes.fromhex(data))  # undefined, simple, set, keys, date
+    assert cose.loads(bytes.fromhex("a2616101201b7fffffffffffffff")) == {"a": 1, -1: 2**63 - 1}
