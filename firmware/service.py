@@ -565,10 +565,34 @@ class Device:
             raise self.missing or _not_registered()
         return self.box
 
-    def _printing_box(self) -> Box:
+    def _printing(self, work: Callable[[Box], dict[str, Any]]) -> dict[str, Any]:
+        """A printing operation: the printer connected first if it is not; after a print that found it
+        gone (unplugged, switched off), its port is let go, so the next print opens it afresh."""
         box = self._require_box()
         self._connect_printer()
-        return box
+        try:
+            result = work(box)
+        except FiscalError as error:
+            if error.code == "BOX_PRINTER_OFFLINE":
+                self._let_printer_go()
+            raise
+        faults = [w.get("code") for w in result.get("warnings") or []] + [
+            (result.get("error") or {}).get("code")
+        ]
+        if "BOX_PRINTER_OFFLINE" in faults:
+            self._let_printer_go()
+        return result
+
+    def _let_printer_go(self) -> None:
+        assert self.box is not None
+        with self.box.lock:
+            printer, self.box.printer = self.box.printer, None
+        self.log.warning("printer gone: its port is opened afresh at the next print")
+        self._printer_missing = True
+        port = getattr(printer, "port", None) or getattr(getattr(printer, "device", None), "port", None)
+        if port is not None:
+            with contextlib.suppress(Exception):  # a port already gone may refuse even to close
+                port.close()
 
     # -- the service's life --------------------------------------------------------------------------------
 
@@ -669,16 +693,16 @@ class Device:
     # -- the fiscal day --------------------------------------------------------------------------------------
 
     def issue(self, sale: dict[str, Any], request_id: str | None = None) -> dict[str, Any]:
-        return self._printing_box().issue(sale, request_id=request_id)
+        return self._printing(lambda box: box.issue(sale, request_id=request_id))
 
     def reprint(self, global_no: int) -> dict[str, Any]:
-        return self._printing_box().reprint(global_no)
+        return self._printing(lambda box: box.reprint(global_no))
 
     def print_unprinted(self) -> dict[str, Any]:
-        return self._printing_box().print_unprinted()
+        return self._printing(lambda box: box.print_unprinted())
 
     def print_report(self, day: int | None = None) -> dict[str, Any]:
-        return self._printing_box().print_report(day)
+        return self._printing(lambda box: box.print_report(day))
 
     def open_day(self) -> dict[str, Any]:
         return self._require_box().open_day()

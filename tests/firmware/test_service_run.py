@@ -167,7 +167,7 @@ def test_the_service_delivers_what_waits_and_a_restart_resumes(
         assert code == 0 and json.loads(output)["counts"] == {"delivered": 5}
 
 
-def test_a_printer_plugged_in_late_is_connected_at_the_next_print_and_its_absence_said_once(
+def test_a_printer_plugged_in_late_or_again_is_connected_at_the_next_print_its_absence_said_once(
     tmp_path: Path, paper: tuple[VirtualPrinter, PtyPort], caplog: pytest.LogCaptureFixture
 ) -> None:
     printer, port = paper
@@ -184,7 +184,18 @@ def test_a_printer_plugged_in_late_is_connected_at_the_next_print_and_its_absenc
             plug.symlink_to(port.path)
             device.issue(sale("4.00"))
             assert len(printer.pages) == 1 and device.print_unprinted()["printed"] == [1, 2]
+            port.unplug_after(0)  # pulled out; then another printer is plugged in under the same name
+            codes = [w["code"] for w in device.issue(sale("5.00"))["warnings"]]
+            assert "BOX_PRINTER_OFFLINE" in codes
+            another = VirtualPrinter(dots=576)
+            with serve_on_pty(another) as other:
+                plug.unlink()
+                plug.symlink_to(other.path)
+                device.issue(sale("6.00"))
+                assert device.print_unprinted()["printed"] == [4]
+                assert len(another.pages) == 2 and device.status()["unprinted_count"] == 0
         finally:
             device.close()
     said = [r.getMessage() for r in caplog.records]
-    assert said.count("printer not connected") == 1 and said.count("printer connected") == 1
+    assert said.count("printer not connected") == 1 and said.count("printer connected") == 2
+    assert said.count("printer gone: its port is opened afresh at the next print") == 1
