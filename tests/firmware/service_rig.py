@@ -46,12 +46,14 @@ def make_box(root: Path, totals: tuple[str, ...] = ("4.00", "6.50"), clock: Any 
             box.issue(sale(total))
 
 
-def write_config(root: Path, extra: str = "", backup_at: str = "", link_port: str = "") -> str:
+def write_config(
+    root: Path, extra: str = "", backup_at: str = "", link_port: str = "", zone: str = "Africa/Harare"
+) -> str:
     path = root / "box.toml"
     path.write_text(
         f'[keys]\ndirectory = "{root / "keys"}"\n\n'
         f'[journal]\npath = "{root / "journal.db"}"\nanchor = "{root / "anchor.json"}"\n\n'
-        f'[box]\nprovisioned = "{root / "provisioned.json"}"\n\n'
+        f'[box]\nprovisioned = "{root / "provisioned.json"}"\nzone = "{zone}"\n\n'
         f'[backup]\nat = "{backup_at}"\ndir = "{root / "backups"}"\nretain = 2\n\n'
         f'[link]\nport = "{link_port}"\nhosts = "{root / "hosts.json"}"\n\n' + extra
     )

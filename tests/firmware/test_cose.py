@@ -69,8 +69,10 @@ def test_rfc9052_and_cose_wg_examples_verify() -> None:
 
 def test_cose_wg_failures_are_refused_with_the_right_code() -> None:
     for case in VECTORS["fail"]:
+
         def check(data: bytes = bytes.fromhex(case["cbor"])) -> None:
             cose.verify1(cose.decode1(data), _vector_key())
+
         _refused(case["code"], check)
 
 
@@ -90,8 +92,12 @@ def test_round_trip_rs256_pkcs1_v15(rsa_key) -> None:
     message = cose.decode1(_signed(rsa_key))
     assert message.alg == cose.RS256 and len(message.signature) == 256
     cose.verify1(message, rsa_key.public_key())
-    cose.verify1(message, rsa_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    cose.verify1(
+        message,
+        rsa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+    )
 
 
 def test_es256_raw_turns_a_key_store_der_signature_into_r_and_s(ec_key) -> None:

@@ -8,6 +8,7 @@ import json
 import logging
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,7 +78,11 @@ def test_the_service_prints_what_was_left_refuses_one_shots_and_stops_on_sigterm
 
 def test_the_service_makes_its_daily_backup_and_stops_on_sigint(tmp_path: Path) -> None:
     make_box(tmp_path)
-    config = write_config(tmp_path, backup_at="00:00")  # passed today, and no backup of today yet
+    # a zone where it is around noon now, so both starts below fall on the same local day
+    offset = 12 - time.gmtime().tm_hour
+    zone = "Etc/GMT" if offset == 0 else f"Etc/GMT{-offset:+d}"  # Etc/GMT-3 is three hours ahead of UTC
+    # 00:00 has passed today, and there is no backup of today yet
+    config = write_config(tmp_path, backup_at="00:00", zone=zone)
     service = Service(config)
     try:
         made = service.wait_for("backup made")

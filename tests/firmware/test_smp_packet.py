@@ -35,8 +35,15 @@ def test_the_vectors_are_what_the_smp_package_writes() -> None:
         assert b"".join(packet.encode(frame)).hex() == case["packet_120"], case["name"]
         if "header" in case:
             parsed = Header.loads(frame[: Header.SIZE])
-            assert [parsed.version, parsed.op, parsed.flags, parsed.length, parsed.group_id, parsed.sequence,
-                    parsed.command_id] == case["header"], case["name"]
+            assert [
+                parsed.version,
+                parsed.op,
+                parsed.flags,
+                parsed.length,
+                parsed.group_id,
+                parsed.sequence,
+                parsed.command_id,
+            ] == case["header"], case["name"]
 
 
 def test_encode_and_decode_agree_with_the_smp_package_for_every_size() -> None:
@@ -55,7 +62,14 @@ def test_headers_agree_with_the_smp_package() -> None:
     for _ in range(500):
         op, group, seq, cmd = rng.randrange(4), rng.randrange(65536), rng.randrange(256), rng.randrange(256)
         body = cbor2.dumps({"d": "x" * rng.randrange(40)})
-        theirs = Header(op=OP(op), version=Version.V2, flags=Flag(0), length=len(body), group_id=group,
-                        sequence=seq, command_id=cmd)
+        theirs = Header(
+            op=OP(op),
+            version=Version.V2,
+            flags=Flag(0),
+            length=len(body),
+            group_id=group,
+            sequence=seq,
+            command_id=cmd,
+        )
         assert smp.header(op, group, seq, cmd, len(body)) == bytes(theirs)
         assert smp.parse_header(bytes(theirs) + body) == (1, op, 0, len(body), group, seq, cmd)
