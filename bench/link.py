@@ -3,7 +3,8 @@
 The box is the real service (`fiscalbox-device run`, its own process) with its link on a pty; the bench is the
 POS: it signs a five-line sale with its enrolled P-256 key and the nonce of the previous answer, sends it,
 reads the answer and verifies the device's signature on it, one sale after another. The floor is Box.issue
-on a box of its own, in this process, on the same disk, with the same sales; floor and pty rounds alternate.
+on a box of its own, in this process, on the same disk, with the same sales and request IDs (the link keeps
+each sale's ID in the journal, exactly once); floor and pty rounds alternate.
 
 A pty has no baud rate: the 115,200-baud figure puts a relay between two ptys that passes each byte no
 sooner than a real line would (10 bits a byte, 11,520 bytes/s each way, in pieces of 16 bytes).
@@ -214,7 +215,8 @@ SALE_NUMBERS = itertools.count(1)  # one invoice number and request ID per sale,
 
 
 def direct_sale(box: Box) -> None:
-    box.issue(five_line_sale(next(SALE_NUMBERS)))
+    n = next(SALE_NUMBERS)
+    box.issue(five_line_sale(n), request_id="bench-%d" % n)  # as the link calls it: the POS's request ID kept
 
 
 def link_sale(host: Pos) -> None:
@@ -257,9 +259,9 @@ class Served:
         found = []
         while not self.service.lines.empty():
             line = self.service.lines.get()
-            message = json.loads(line)["message"] if line else ""
-            if message.startswith("{") and '"name": "issue"' in message:
-                found.append(float(json.loads(message)["ms"]))
+            record = json.loads(line) if line else {}
+            if record.get("message") == "link.request" and record.get("name") == "issue":
+                found.append(float(record["ms"]))
         return found
 
     def close(self) -> None:

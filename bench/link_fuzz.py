@@ -2,10 +2,10 @@
 
 Drives tests/firmware/fuzz_rig.py (the fuzzer `make test` runs 100,000 inputs of): truncated packets, bad
 CRCs, bad base64, oversized lengths, wrong headers, garbage, deeply nested CBOR, huge maps, right CBOR of the
-wrong shape, right shape with bad signatures, replays and line noise, against a real Device behind a real
-Link; most in-process through the framer and Link.handle, a sample over a pty to the running serve loop. Every
-input is followed by a good echo frame, which must be answered (the link resynchronises); the journal's
-tables and the host keys file are digested before and after.
+wrong shape, right shape with bad signatures, replays, well-signed requests whose bodies the CDDL refuses, and
+line noise, against a real Device behind a real Link; most in-process through the framer and Link.handle, a
+sample over a pty to the running serve loop. Every input is followed by a good echo frame, which must be
+answered (the link resynchronises); the journal's tables and the host keys file are digested before and after.
 
 Prints the table and writes bench/results/link_fuzz.json (--json: the JSON on stdout too). Exits 1 on a
 crash, a traceback, a state change or a missed resync: unlike a speed figure, that is a defect.
@@ -35,8 +35,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1, help="seed of the fuzzer (1)")
     parser.add_argument("--json", action="store_true", help="also print the JSON result on stdout")
     args = parser.parse_args()
-    if args.frames < 12 or args.pty < 0:
-        parser.error("--frames must be at least 12 (one of each kind) and --pty at least 0")
+    if args.frames < 13 or args.pty < 0:
+        parser.error("--frames must be at least 13 (one of each kind) and --pty at least 0")
 
     result = results_head("link_fuzz", quick=args.frames < 1_000_000, seed=args.seed)
     with tempfile.TemporaryDirectory(prefix="fiscalbox-fuzz-") as scratch:

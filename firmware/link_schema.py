@@ -111,18 +111,22 @@ def _schema(name: str) -> Any:
 
 
 class _Marked(Exception):
-    """A map in the message already has the key "@"; `path` is where, built on the way out."""
+    """What the message holds that pycddl must not see; `path` is where, built on the way out."""
 
-    def __init__(self) -> None:
-        super().__init__(MARK)
-        self.path = MARK
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
 
 
 def _marked(value: Any) -> Any:
-    """The message with "@": 0 added to every map (the path is only spelt out for a refusal)."""
+    """The message with "@": 0 added to every map (the path is only spelt out for a refusal). A number
+    beyond 64 bits is refused here: CBOR carries it as a tagged byte string, pycddl's bytes (or bool)."""
+    if type(value) is int and not -(2**64) <= value < 2**64:
+        raise _Marked("a number beyond 64 bits", "")
     if isinstance(value, dict):
         if MARK in value:
-            raise _Marked()
+            raise _Marked("a field called %s" % MARK, MARK)
         out: dict[Any, Any] = {MARK: 0}
         for key, item in value.items():
             try:
@@ -144,7 +148,7 @@ def _marked(value: Any) -> Any:
 
 
 def _under(step: str, path: str) -> str:
-    return step + path if path.startswith("[") else step + "." + path
+    return step + path if path.startswith("[") or not path else step + "." + path
 
 
 def _join(where: str, key: str) -> str:
@@ -183,6 +187,10 @@ def _refusal(name: str, text: str) -> FiscalError:
         if typed and typed.group(1) in _TYPES:
             return _bad(what, where, "must be " + _TYPES[typed.group(1)])
     where, detail = found[0]
+    container = re.search(r"got (Map|Array)\(", detail)
+    if container:
+        return _bad(what, where, "is a %s where docs/link.md has none" % ("map" if container.group(1) == "Map"
+                                                                          else "list"))
     bound = re.search(r"expected (?:value \.le )?(\d+), got", detail)
     if bound:
         return _bad(what, where, "must be at most " + bound.group(1))
@@ -208,8 +216,8 @@ def check(name: str, body: object) -> None:
     try:
         data = cbor2.dumps(_marked(body))
     except _Marked as marked:
-        message = "No link message has a field called %s." % MARK
-        raise FiscalError("BOX_LINK_SCHEMA", message, marked.path) from None
+        message = "No link message has %s%s." % (marked.message, " (%s)" % marked.path if marked.path else "")
+        raise FiscalError("BOX_LINK_SCHEMA", message, marked.path or None) from None
     except Exception:
         message = "The %s request holds a value CBOR cannot carry." % name
         raise FiscalError("BOX_LINK_SCHEMA", message) from None
@@ -217,3 +225,8 @@ def check(name: str, body: object) -> None:
         schema.validate_cbor(data)
     except pycddl.ValidationError as error:
         raise _refusal(name, str(error)) from None
+    except BaseException as error:  # pycddl's Rust panics (PanicException is no Exception): never past here
+        if type(error).__name__ != "PanicException":
+            raise
+        message = "The box could not check the %s request against docs/link.md; it was refused." % name
+        raise FiscalError("BOX_LINK_SCHEMA", message) from None

@@ -39,6 +39,52 @@ NO_ANSWER = "no answer"  # a frame came out; the link answers nothing (an answer
 UNANSWERED = "dropped or no answer"  # over the pty the two look the same: nothing comes back
 _B64 = set(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
 _NOT_B64 = bytes(b for b in range(256) if b not in _B64 and b not in (0x0A, 0x06, 0x04))
+_FIELDS = ("global_no", "limit", "day", "sale", "values", "algorithm", "replace", "certificate",
+           "activation_key", "retain", "first", "last", "since", "job", "offset", "public_key", "role",
+           "label", "kid")
+# What each field of docs/link.md section 3 holds, and the fields of each command: the fuzzer's own judgement
+# of a body, independent of link.cddl.
+_WHOLE = ("global_no", "limit", "day", "retain", "first", "last", "since", "job", "offset")
+_KINDS: dict[str, Any] = {
+    **dict.fromkeys(_WHOLE, "whole"),
+    "sale": "map", "values": "map", "algorithm": ("ecdsa", "rsa"), "replace": "bool",
+    "certificate": "text", "activation_key": "text", "label": "text", "public_key": "bytes",
+    "kid": "bytes16", "role": ("pos", "operator"),
+}  # fmt: skip
+_BODIES: dict[str, set[str]] = {
+    "receipt": {"global_no"}, "outbox": {"limit"}, "z_report": {"day"}, "issue": {"sale"},
+    "reprint": {"global_no"}, "print_report": {"day"}, "provision": {"values"},
+    "generate_key": {"algorithm", "replace"}, "install_certificate": {"certificate"},
+    "register": {"activation_key"}, "backup": {"retain"}, "export_journal": {"first", "last"},
+    "replay": {"since"}, "job": {"job", "offset"}, "enroll": {"public_key", "role", "label"},
+    "revoke": {"kid"},
+}  # fmt: skip
+
+
+_FITTING: dict[Any, Any] = {
+    "whole": 1, "map": {}, "bool": True, "text": "x", "bytes": b"\x30", "bytes16": bytes(16),
+    ("ecdsa", "rsa"): "ecdsa", ("pos", "operator"): "pos",
+}  # fmt: skip
+
+
+def _fits(kind: Any, value: Any) -> bool:
+    """Whether `value` is of the kind a field wants (so a body made only of fitting values may be good)."""
+    if isinstance(kind, tuple):
+        return type(value) is str and value in kind
+    return {
+        "whole": type(value) is int and 0 <= value < 2**63,
+        "map": type(value) is dict,
+        "bool": type(value) is bool,
+        "text": type(value) is str,
+        "bytes": type(value) is bytes,
+        "bytes16": type(value) is bytes and len(value) == 16,
+    }[kind]
+
+
+_ODD_VALUES: tuple[Any, ...] = (
+    10**12, -1, 2**64, 2**63, 2**70, "x" * 70, b"\x00" * 3, b"\x00" * 16, [], {}, None, True, 1.5,
+    {"a": [1]}, {"x": 1}, {1: 2}, [[[]]], ["ecdsa"], "", -(2**63), "rsa", b"ecdsa", "operator", [b"pos"],
+)  # fmt: skip
 
 
 class _Tracebacks(logging.Handler):
@@ -135,6 +181,7 @@ class Fuzzer:
             "right CBOR, wrong shape": self.wrong_shape,
             "bad signature": self.bad_signature,
             "replay": self.replay,
+            "signed, wrong body": self.wrong_body,
             "line noise": self.line_noise,
         }
 
@@ -341,6 +388,22 @@ class Fuzzer:
         )
         host = t.operator if name == "open_day" else t.pos
         return smp.encode(_frame(group, command, {"req": self.signature_bytes(host, name, body)}, op))
+
+    def wrong_body(self) -> bytes:
+        """A request well signed by an operator, with the current nonce, whose body is wrong by construction
+        (judged here, not by link_schema): every field of the command with a fitting value but one that does
+        not fit, or an extra key. Anything but BOX_LINK_SCHEMA in answer is a hole in the CDDL check."""
+        rng = self.rng
+        command = rng.choice([c for c in COMMANDS if c.group in (64, 65) and c.name != "nonce"])
+        body: dict[str, Any] = {key: _FITTING[_KINDS[key]] for key in sorted(_BODIES.get(command.name, ()))}
+        if body and rng.randrange(5):
+            key = rng.choice(sorted(body))
+            body[key] = rng.choice([v for v in _ODD_VALUES if not _fits(_KINDS[key], v)])
+        else:
+            body[rng.choice([f for f in _FIELDS if f not in body] + ["x", "@"])] = rng.choice(_ODD_VALUES)
+        host = self.t.stranger if command.name == "enroll" and rng.randrange(4) == 0 else self.t.operator
+        request = self.signature_bytes(host, command.name, body)
+        return smp.encode(_frame(command.group, command.id, {"req": request}, command.op))
 
     def line_noise(self) -> bytes:
         rng = self.rng

@@ -141,19 +141,32 @@ class PtyBridge:
         for fd in (self._box_slave, self._host_slave):
             tty.setraw(fd)
         self._closing = threading.Event()
+        self._swap = threading.Lock()
         self._thread = threading.Thread(target=self._pump, daemon=True)
         self._thread.start()
 
     def _pump(self) -> None:
-        ends = {self._box_master: self._host_master, self._host_master: self._box_master}
         while not self._closing.is_set():
-            ready, _, _ = select.select(list(ends), [], [], 0.1)
-            for fd in ready:
-                try:
-                    data = os.read(fd, 4096)
-                except OSError:  # no one has that end open just now (the service restarting)
-                    continue
-                os.write(ends[fd], data)
+            with self._swap:
+                ends = {self._box_master: self._host_master, self._host_master: self._box_master}
+                ready, _, _ = select.select(list(ends), [], [], 0.05)
+                for fd in ready:
+                    try:
+                        data = os.read(fd, 4096)
+                    except OSError:  # no one has that end open just now (the service restarting)
+                        continue
+                    os.write(ends[fd], data)
+
+    def unplug_host(self) -> str:
+        """Pull the cable out of the host: its end of the line vanishes (a host reading it gets an error at
+        once); a new host end is there instead, whose path is returned."""
+        with self._swap:
+            os.close(self._host_master)
+            os.close(self._host_slave)
+            self._host_master, self._host_slave = os.openpty()
+            tty.setraw(self._host_slave)
+            self.host_path = os.ttyname(self._host_slave)
+        return self.host_path
 
     def close(self) -> None:
         self._closing.set()

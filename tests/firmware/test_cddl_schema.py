@@ -157,6 +157,42 @@ def test_controls_keep_their_base_type() -> None:
     link_schema.check("receipt", {"global_no": 2**63 - 1})
 
 
+def test_what_pycddl_alone_gets_wrong_is_refused() -> None:
+    # Each of these passes (or panics in) pycddl 0.6.4 checking the plain CDDL type; link.cddl's types and
+    # link_schema's 64-bit check refuse them.
+    cases = [
+        ("register", {"activation_key": {"x": 1}}, "activation_key"),  # a map with text keys passes `tstr`
+        ("receipt", {"global_no": {1: 2}}, "global_no"),  # a map with integer keys passes `uint`
+        ("generate_key", {"algorithm": b"ecdsa"}, "algorithm"),  # bytes against a text literal: a panic
+        ("generate_key", {"algorithm": ["ecdsa"]}, "algorithm"),  # a list passes a choice of literals
+        ("enroll", {"public_key": b"0", "role": ["pos"], "label": "x"}, "role"),
+        ("generate_key", {"algorithm": "rsa", "replace": 2**64}, "replace"),  # a bignum passes `bool`
+        ("enroll", {"public_key": 2**64, "role": "pos", "label": "x"}, "public_key"),  # ...and `bstr`
+        ("issue", {"sale": {"lines": [1, -(2**70)]}}, "sale.lines[1]"),
+        ("provision", {"values": {"currencies": [{"a": 1}]}}, "values.currencies[0]"),
+        ("install_certificate", {"certificate": ["PEM"]}, "certificate"),
+    ]
+    for name, body, field in cases:
+        assert _refused(name, body).field == field, (name, body)
+    outcome = {"g": 64, "c": 6, "rid": "r", "error": {"code": "X", "message": "m.", "field": ["a"]}}
+    _refused("outcome", outcome)  # a list passed `tstr / null`
+
+
+def test_a_panic_inside_pycddl_is_a_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The CDDL avoids every panic the fuzz found; should another input reach one, it is still a refusal,
+    # not a PanicException (which no `except Exception` catches) escaping into the link.
+    class PanicException(BaseException):
+        pass
+
+    class Panicking:
+        def validate_cbor(self, data: bytes) -> None:
+            raise PanicException("called `Option::unwrap()` on a `None` value")
+
+    monkeypatch.setitem(link_schema._schemas, "status", Panicking())
+    error = _refused("status", {})
+    assert "could not check" in error.message
+
+
 def test_the_signed_payload_and_its_request_id() -> None:
     def payload(**change: object) -> dict:
         body = {"g": 64, "c": 6, "nonce": N16, "rid": "POS-1:2026-12-04_0001.a", "body": {"sale": {}}}
@@ -188,8 +224,9 @@ def test_answers() -> None:
     _refused("answer", {"nonce": N16})
     _refused("answer", {"nonce": N16, "ok": 1, "cose": b""})
     _refused("answer", {"nonce": N16, "error": {"code": "X"}})
-    refusal = {"code": "X", "message": "m.", "field": None}
+    refusal = {"code": "X", "message": "m.", "field": "rid"}
     link_schema.check("outcome", {"g": 64, "c": 6, "rid": "r", "error": refusal})
+    _refused("outcome", {"g": 64, "c": 6, "rid": "r", "error": {**refusal, "field": None}})  # left out
 
 
 def test_a_key_called_at_and_values_cbor_cannot_carry_are_refused() -> None:
@@ -202,9 +239,9 @@ def test_a_key_called_at_and_values_cbor_cannot_carry_are_refused() -> None:
 
 def test_each_rule_is_compiled_with_only_the_rules_it_uses() -> None:
     assert link_schema._needed("issue") == ["issue"]
-    assert link_schema._needed("provision") == ["whole", "provision", "identity"]
+    assert link_schema._needed("provision") == ["whole", "string", "provision", "identity"]
     assert set(link_schema._needed("answer")) == {"answer", "outcome", "error", "rid", "id16", "group_id",
-                                                   "command_id"}
+                                                   "command_id", "string", "octets"}
 
 
 def test_the_cddl_ships_with_the_package() -> None:

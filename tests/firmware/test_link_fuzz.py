@@ -20,6 +20,7 @@ FRAMING = ("truncated", "bad CRC", "bad base64", "oversized length", "line noise
 SIGNED = {
     "bad signature": {"BOX_LINK_SIGNATURE", "BOX_LINK_UNKNOWN_KEY", "BOX_LINK_FRAME", "BOX_LINK_ENROLL"},
     "replay": {"BOX_LINK_NONCE", "BOX_LINK_OP", "BOX_LINK_ROLE", "BOX_LINK_SCHEMA", "ok (repeated)"},
+    "signed, wrong body": {"BOX_LINK_SCHEMA", "BOX_LINK_ENROLL"},
 }
 
 
@@ -34,7 +35,7 @@ def check(report: Report, dropped: str) -> None:
     print(report.table(f"{report.total} inputs, {report.seconds:.1f} s"))
     assert report.crashes == []
     assert report.resync_failures == [] and report.resynced == report.total
-    assert len(report.inputs) == 12 and min(report.inputs.values()) >= report.total // 12
+    assert len(report.inputs) == 13 and min(report.inputs.values()) >= report.total // 13
     for kind in FRAMING:
         assert set(report.answers[kind]) == {dropped}, (kind, report.answers[kind])
     for kind, codes in SIGNED.items():
@@ -57,6 +58,7 @@ def test_a_hundred_thousand_fuzzed_inputs_crash_nothing_change_nothing(target: T
     assert report.answers["wrong header"]["SMP rc 8"] > 0 and report.answers["wrong header"]["no answer"] > 0
     assert report.answers["deeply nested CBOR"]["BOX_LINK_FRAME"] > 0
     assert report.answers["bad signature"]["BOX_LINK_SIGNATURE"] > 0
+    assert report.answers["signed, wrong body"]["BOX_LINK_SCHEMA"] > 0
     # The digest does see a change: a good sale afterwards moves it.
     answer = target.pos.send(64, 6, {"req": target.pos.signed("issue", {"sale": sale("9.20")}, rid="after")})
     assert "cose" in answer and target.state() != before
