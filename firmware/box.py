@@ -110,6 +110,13 @@ def settings_from_config(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def device_key(keys: KeyStore) -> dict[str, Any] | None:
+    """The device key's public half, so a host can check what the box signs (receipts, link answers)."""
+    if keys.algorithm is None:
+        return None
+    return {"algorithm": keys.algorithm, "public_key": keys.public_key_pem().decode()}
+
+
 class Box:
     """A fiscal box over an open journal. The boot check runs on construction; issuing obeys its verdict."""
 
@@ -773,6 +780,7 @@ class Box:
                 "delivery": delivery,
             },
             "warnings": [],
+            "device_key": device_key(self.keys),
         }
         if day is not None:
             end = localtime.add_hours(day["opened"], self._max_hours())

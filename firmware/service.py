@@ -28,7 +28,7 @@ from cryptography import x509
 from firmware import config as configuration
 from firmware import cose, verify
 from firmware.backup import Anchor, missing_journal
-from firmware.box import Box
+from firmware.box import Box, device_key
 from firmware.core import fdms
 from firmware.core.errors import FiscalError
 from firmware.delivery import Delivery
@@ -676,6 +676,7 @@ class Device:
             },
             "warnings": [] if journal_missing else [{**problem, "colour": "Yellow", "field": None}],
             "days_waiting": [],
+            "device_key": device_key(self.keys),
         }
 
     def receipt(self, global_no: int) -> dict[str, Any]:

@@ -96,7 +96,7 @@ def test_a_device_is_provisioned_keyed_and_registered_then_sells(
         assert status["device_id"] is None and status["warnings"][0]["code"] == "BOX_NOT_PROVISIONED"
         assert set(status) == {
             "device_id", "serial", "last_global_no", "day", "outbox", "unprinted", "unprinted_count",
-            "journal", "fdms", "warnings", "days_waiting",
+            "journal", "fdms", "warnings", "days_waiting", "device_key",
         }  # fmt: skip
         with pytest.raises(FiscalError) as refused:
             device.open_day()

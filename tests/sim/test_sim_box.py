@@ -62,7 +62,9 @@ def test_the_virtual_box_comes_up_ready_to_sell_and_resumes_on_the_same_state(tm
                 operator.open_day()
                 device_key = device_key_pem(operator)
             issued = pos.issue(sale, request_id="sim-box-1")
+            assert pos.verified is True  # a POS key checks the signed answer under the key status gives
         assert issued["global_no"] == 1 and issued["printed"] is True
+        assert device_key == pos.status()["device_key"]["public_key"].encode()
     finally:
         code = stopped(process)
     assert code == 0
