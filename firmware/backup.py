@@ -7,6 +7,7 @@ highest global number the box is known to have committed. A restore that would l
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -32,13 +33,19 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write a temporary file, fsync it, rename it over `path`, fsync the directory."""
+    """Write a temporary file, fsync it, rename it over `path`, fsync the directory: a power cut leaves the
+    old file or the new one, never half of one. The one helper for every file the box replaces."""
     temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise
     _fsync_directory(path.parent)
 
 

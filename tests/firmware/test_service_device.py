@@ -197,6 +197,32 @@ def test_a_device_is_provisioned_keyed_and_registered_then_sells(
             printed["fdms"].pop("delivery"), expected["fdms"].pop("delivery")
         assert printed == expected, command
 
+    # an FDMS address provision refuses is refused before anything is written
+    device = Device(configuration.load(path, ENV), ENV, SystemClock())
+    try:
+        for refused_url in ("http://fdms.example", "https://", "https://fdms.example:99999", "ftp://x"):
+            before = (tmp_path / "provisioned.json").read_bytes()
+            with pytest.raises(FiscalError) as refused:
+                device.provision({"fdms_url": refused_url})
+            assert (refused.value.code, refused.value.field) == ("BOX_SETTINGS", "fdms_url")
+            assert (tmp_path / "provisioned.json").read_bytes() == before
+    finally:
+        device.close()
+    # one the client refuses, already in the identity file (written before provision checked it): the box
+    # still starts, with delivery off and status saying what to fix; provisioning a good one turns it on
+    stored = json.loads((tmp_path / "provisioned.json").read_text())
+    (tmp_path / "provisioned.json").write_text(json.dumps({**stored, "fdms_url": "http://fdms.example"}))
+    device = Device(configuration.load(path, ENV), ENV, SystemClock())
+    try:
+        assert device.registered and device.delivery is None
+        warning = [w for w in device.status()["warnings"] if w["field"] == "fdms_url"]
+        assert len(warning) == 1 and "provision" in warning[0]["message"]
+        device.provision({"fdms_url": sim.url})
+        assert device.delivery is not None and device.box is not None and device.box.fdms is not None
+        assert not [w for w in device.status()["warnings"] if w["field"] == "fdms_url"]
+    finally:
+        device.close()
+
 
 def test_a_device_without_a_journal_but_registered_says_restore(tmp_path: Path, sim: FdmsSimulator) -> None:
     path = write_config(tmp_path)
