@@ -9,7 +9,7 @@ import pytest
 from box_rig import Rig, sale
 from click.testing import CliRunner
 
-from firmware.backup import Anchor, restore
+from firmware.backup import Anchor, restore, write_atomically
 from firmware.box import Box
 from firmware.core.errors import FiscalError
 from host_tools.cli import main as host_main
@@ -63,6 +63,16 @@ def test_a_backup_that_cannot_be_written_is_a_box_error_not_a_traceback(rig: Rig
         box.backup(Path("/proc"))  # a folder where no file can be made
     assert (refused.value.code, refused.value.field) == ("BOX_BACKUP", "dest")
     assert "/proc" in refused.value.message
+
+
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    """The one atomic-write helper (backups, anchor, identity, host keys) cleans up after itself."""
+    target = tmp_path / "hosts.json"
+    target.mkdir()
+    (target / "inside").write_text("kept")  # a rename over a folder that is not empty fails
+    with pytest.raises(OSError):
+        write_atomically(target, b"new")
+    assert (target / "inside").read_text() == "kept" and list(tmp_path.iterdir()) == [target]
 
 
 def test_restore_refuses_to_go_backwards_and_restores_a_current_backup(

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID
+from service_rig import write_config  # the service tests' box.toml
 
 from firmware import config as configuration
 from firmware.core.errors import FiscalError
@@ -36,19 +37,6 @@ DEVICE_ID = 10001
 def sim(tmp_path: Path) -> Iterator[FdmsSimulator]:
     with FdmsSimulator(Scenario.default(), state_dir=tmp_path / "fdms") as running:
         yield running
-
-
-def write_config(root: Path) -> str:
-    """A box configuration naming no identity: it comes by `provision`."""
-    path = root / "box.toml"
-    path.write_text(
-        f'[keys]\ndirectory = "{root / "keys"}"\n\n'
-        f'[journal]\npath = "{root / "journal.db"}"\nanchor = "{root / "anchor.json"}"\n\n'
-        f'[box]\nprovisioned = "{root / "provisioned.json"}"\n\n'
-        f'[backup]\ndir = "{root / "backups"}"\nretain = 2\n\n'
-        f'[link]\nport = ""\nhosts = "{root / "hosts.json"}"\n'
-    )
-    return str(path)
 
 
 def identity(sim: FdmsSimulator) -> dict[str, Any]:
