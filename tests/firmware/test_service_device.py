@@ -261,11 +261,22 @@ def test_the_provisioned_identity_wins_over_the_file_and_a_damaged_one_is_refuse
     loaded = configuration.load(path, {"FISCALBOX_FDMS_CURRENCIES": "ZWG"})
     assert loaded.device["id"] == 77 and loaded.fdms["ca_file"] == ""
     assert loaded.fdms["currencies"] == "ZWG"  # the environment still wins
-    for damaged in ("not json", json.dumps({"device_id": "77"}), json.dumps({"pin": "1234"}), "[]"):
-        provisioned.write_text(damaged)
+    for damaged in (
+        b"not json",
+        json.dumps({"device_id": "77"}).encode(),
+        json.dumps({"pin": "1234"}).encode(),
+        b"[]",
+        b"\xff\xfe",  # not UTF-8
+        b"[" * 100_000,  # deeper than the JSON reader goes
+        json.dumps({"device_id": 10**10}).encode(),  # out of range: the identity file's, not [device] id's
+        json.dumps({"device_id": 0}).encode(),  # what provision refuses, the file may not hold either
+        json.dumps({"currencies": ["usd"]}).encode(),
+    ):
+        provisioned.write_bytes(damaged)
         with pytest.raises(FiscalError) as refused:
             configuration.load(path, {})
-        assert (refused.value.code, refused.value.field) == ("BOX_CONFIG", "box.provisioned")
+        assert (refused.value.code, refused.value.field) == ("BOX_CONFIG", "box.provisioned"), damaged[:20]
+        assert str(provisioned) in refused.value.message
 
 
 def test_moved_and_bad_service_settings_are_refused_saying_what_to_write(tmp_path: Path) -> None:
