@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from firmware.backup import write_atomically
 from firmware.core import fdms, localtime
 from firmware.core.errors import FiscalError
 from firmware.fdms_client import FdmsError, FdmsUnavailable
@@ -276,7 +277,7 @@ class Delivery:
                 "needs_person": needs_person,
             }
         )
-        log.info(json.dumps({"event": "delivery.backoff", "code": error.code, "seconds": round(delay, 1)}))
+        log.info("delivery.backoff", extra={"fields": {"code": error.code, "seconds": round(delay, 1)}})
 
     def _set_problem(self, problem: dict[str, Any] | None) -> None:
         """The problem now, kept for `status` in the state file (written only when there is something to
@@ -285,16 +286,11 @@ class Delivery:
         self.problem = problem
         if self.state_file is not None and (problem is not None or self._file_has_problem):
             record = {"problem": problem, "updated": self.box.now_local(), "pid": os.getpid()}
-            temporary = self.state_file.with_name(self.state_file.name + ".part")
             try:
-                with open(temporary, "w", encoding="utf-8") as out:
-                    json.dump(record, out)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(temporary, self.state_file)
+                write_atomically(self.state_file, json.dumps(record).encode())
                 self._file_has_problem = problem is not None
             except OSError as error:  # a status file must never stop delivery
-                log.warning(json.dumps({"event": "delivery.state_file", "error": str(error)}))
+                log.warning("delivery.state_file", extra={"fields": {"error": str(error)}})
         now = problem or {}
         if self.on_problem is not None and (now.get("code"), now.get("message")) != (
             before.get("code"),
@@ -440,17 +436,9 @@ class Delivery:
         code = str(status.get("fiscalDayClosingErrorCode") or "BOX_CLOSE_NOT_TAKEN")
         failures = self.close_failures[attempt] = self.close_failures.get(attempt, 0) + 1
         self.close_sent.discard(attempt)
-        log.warning(
-            json.dumps(
-                {
-                    "event": "delivery.close_failed",
-                    "day_no": day_no,
-                    "status": status.get("fiscalDayStatus"),
-                    "code": code,
-                    "attempt": failures,
-                }
-            )
-        )
+        fields = {"day_no": day_no, "status": status.get("fiscalDayStatus"), "code": code}
+        fields["attempt"] = failures
+        log.warning("delivery.close_failed", extra={"fields": fields})
         said = f"FDMS did not close day {day_no}: it answered {status.get('fiscalDayStatus')} ({code})"
         if failures < self.close_attempts:
             raise RetryLater(
@@ -577,7 +565,7 @@ class Delivery:
             code = "BOX_SERVER_SIGNATURE"
         else:
             return None
-        log.warning(json.dumps({"event": "delivery.server_signature", "what": what, "code": code}))
+        log.warning("delivery.server_signature", extra={"fields": {"what": what, "code": code}})
         return signature_finding(code, what)
 
     def _server_signed(self, text: str, signature: dict[str, Any]) -> bool:

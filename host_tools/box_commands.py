@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sys
 import tomllib
@@ -136,7 +137,9 @@ def link_options(f: Callable[[], None]) -> Callable[..., None]:
         host_config: str | None,
         timeout: float | None,
         device_key: str | None,
+        verbose: bool,
     ) -> None:
+        _log_link(verbose)
         ctx = click.get_current_context()
         connection = Connection(port, key, host_config, timeout, device_key)
         ctx.obj = connection
@@ -163,10 +166,24 @@ def link_options(f: Callable[[], None]) -> Callable[..., None]:
             metavar="PEM",
             help="The box's device key or certificate: every answer is checked against it (`keys device`).",
         ),
+        click.option("--verbose", is_flag=True, help="Also say on standard error what the link retried."),
     ]
     for option in reversed(options):
         group = option(group)
     return group
+
+
+_LINK_HANDLERS: list[logging.Handler] = []
+
+
+def _log_link(verbose: bool) -> None:
+    """The link client's retry lines on standard error only with --verbose: without a handler Python would
+    print them anyway, and an error must stay the one `error CODE: message` line."""
+    logger = logging.getLogger("fiscalbox.link.client")
+    while _LINK_HANDLERS:
+        logger.removeHandler(_LINK_HANDLERS.pop())
+    _LINK_HANDLERS.append(logging.StreamHandler() if verbose else logging.NullHandler())
+    logger.addHandler(_LINK_HANDLERS[0])
 
 
 # ---------------------------------------------------------------------------------------------------------

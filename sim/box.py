@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import secrets
@@ -250,6 +251,7 @@ class VirtualBox:
         self.process: subprocess.Popen[bytes] | None = None
         self.keys = {"operator": self.state_dir / "operator.pem", "pos": self.state_dir / "pos.pem"}
         self.progress: dict[str, Any] = {}
+        self._lock: Any = None  # the state dir's lock file, held while this box runs
 
     # --- paths ----------------------------------------------------------------------------------------------
 
@@ -282,6 +284,7 @@ class VirtualBox:
 
     def _start(self) -> None:
         self._make_state_dir()
+        self._lock_state_dir()  # before anything is written: a second start must not touch the running box
         progress_file = self.state_dir / "vbox.json"
         self.progress = json.loads(progress_file.read_text()) if progress_file.exists() else {}
         for path in self.keys.values():
@@ -335,6 +338,27 @@ class VirtualBox:
             ) from None
         if not os.access(self.state_dir, os.W_OK | os.X_OK):
             raise FiscalError("SIM_STATE_DIR", f"Cannot write to {self.state_dir}.", "state_dir")
+
+    def _lock_state_dir(self) -> None:
+        """One virtual box on a state dir at a time: `vbox.lock`, locked for this box's life."""
+        path = self.state_dir / "vbox.lock"
+        try:
+            handle = open(path, "a")  # noqa: SIM115 (held until stop)
+        except OSError as error:
+            raise FiscalError(
+                "SIM_STATE_DIR", f"Cannot lock {path}: {error.strerror}.", "state_dir"
+            ) from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise FiscalError(
+                "SIM_BUSY",
+                f"{self.state_dir} is in use by another fiscalbox-sim box: stop it (Ctrl-C in its terminal) "
+                "or give another --state-dir. Nothing was changed.",
+                "state_dir",
+            ) from None
+        self._lock = handle
 
     def _start_fdms(self) -> None:
         if self.fdms_url:
@@ -541,6 +565,9 @@ class VirtualBox:
         if self.sim is not None:
             self.sim.stop()
             self.sim = None
+        if self._lock is not None:
+            self._lock.close()  # closing drops the lock
+            self._lock = None
         return code
 
     def __enter__(self) -> VirtualBox:
