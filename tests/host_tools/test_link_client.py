@@ -358,6 +358,7 @@ def test_a_box_that_never_answers_is_a_timeout(hasty: BoxClient, box: Responder)
     with pytest.raises(FiscalError) as refused:
         hasty.status()
     assert refused.value.code == "BOX_LINK_TIMEOUT"
+    assert f"({1 + link.RETRIES} tries)" in refused.value.message  # the time waited in all, not one try's
     assert len(box.requests) == 1 + link.RETRIES
 
 
@@ -463,6 +464,26 @@ def test_a_port_that_cannot_be_opened(host_key: Any, tmp_path: Any) -> None:
     with pytest.raises(FiscalError) as refused:
         BoxClient(str(tmp_path / "no-such-tty"), pem(host_key), retries=0).status()
     assert refused.value.code == "BOX_LINK_PORT"
+
+
+def test_a_port_that_does_not_exist_is_not_retried(host_key: Any, tmp_path: Any, caplog: Any) -> None:
+    caplog.set_level("WARNING", "fiscalbox.link.client")
+    with pytest.raises(FiscalError) as refused:
+        BoxClient(str(tmp_path / "no-such-tty"), pem(host_key)).status()
+    assert "No such file or directory" in refused.value.message
+    assert [r for r in caplog.records if "link.retry" in r.getMessage()] == []
+
+
+def test_a_second_program_on_the_same_port_is_told_it_is_in_use(
+    client: BoxClient, box: Responder, host_key: Any
+) -> None:
+    assert client.status()["device_id"] == 4321  # the first holds the port open
+    with BoxClient(box.path, pem(host_key), timeout=30) as second:
+        with pytest.raises(FiscalError) as refused:
+            second.status()
+    assert refused.value.code == "BOX_LINK_PORT"
+    assert f"{box.path} is in use by another program" in refused.value.message
+    assert client.status()["device_id"] == 4321  # and the first is not knocked out
 
 
 def test_a_request_id_outside_the_rule_is_refused_before_sending(client: BoxClient, box: Responder) -> None:
