@@ -169,6 +169,23 @@ def link_options(f: Callable[[], None]) -> Callable[..., None]:
     return group
 
 
+def interrupted(ctx: click.Context) -> FiscalError:
+    """What Ctrl-C left behind: whether a request that changes something may have reached the box."""
+    connection = ctx.find_object(Connection)
+    client = connection._client if connection is not None else None
+    rid = client.last_request_id if client is not None else None
+    if rid is None:
+        return FiscalError(
+            "BOX_INTERRUPTED", "Stopped (Ctrl-C); nothing was asked of the box that changes it."
+        )
+    message = "Stopped (Ctrl-C) while the box was asked to do something: it may have done it. Check with "
+    if ctx.invoked_subcommand == "sale":
+        message += f"`fiscalbox status`, or send the sale again with --request-id {rid} (never issued twice)."
+    else:
+        message += "`fiscalbox status`."
+    return FiscalError("BOX_INTERRUPTED", message)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Shared pieces
 

@@ -3,7 +3,9 @@ modules the box uses: framing, signing, the nonce, signed answers, retries and r
 
 from __future__ import annotations
 
+import _thread
 import hashlib
+import json
 import os
 import select
 import socket
@@ -15,6 +17,7 @@ from typing import Any
 
 import cbor2
 import pytest
+from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -23,6 +26,7 @@ from firmware import cose
 from firmware.core import smp
 from firmware.core.errors import FiscalError
 from host_tools import link
+from host_tools.cli import main
 from host_tools.link import BoxClient
 
 LOST = 0.5  # seconds the client waits in the tests where an answer is lost on purpose
@@ -472,6 +476,27 @@ def test_a_port_that_does_not_exist_is_not_retried(host_key: Any, tmp_path: Any,
         BoxClient(str(tmp_path / "no-such-tty"), pem(host_key)).status()
     assert "No such file or directory" in refused.value.message
     assert [r for r in caplog.records if "link.retry" in r.getMessage()] == []
+
+
+def test_ctrl_c_during_a_sale_is_one_error_line_saying_how_to_check(
+    box: Responder, host_key: Any, tmp_path: Any
+) -> None:
+    (tmp_path / "pos.pem").write_bytes(pem(host_key))
+    (tmp_path / "sale.json").write_text(json.dumps(SALE))
+
+    def ctrl_c(name: str, body: Any) -> bool:
+        if name == "issue":
+            _thread.interrupt_main()  # as the terminal's SIGINT: the sale sent, its answer not yet back
+        return name == "issue"
+
+    box.lose = ctrl_c
+    args = ["--port", box.path, "--key", str(tmp_path / "pos.pem"), "sale", str(tmp_path / "sale.json")]
+    result = CliRunner().invoke(main, [*args, "--request-id", "till-1-42"])
+    assert result.exit_code == 2
+    assert "Aborted" not in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error BOX_INTERRUPTED: ")
+    assert "fiscalbox status" in last and "--request-id till-1-42" in last
 
 
 def test_a_second_program_on_the_same_port_is_told_it_is_in_use(
