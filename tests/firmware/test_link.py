@@ -144,7 +144,7 @@ def test_an_unknown_key_is_refused(link: Link, pos: Host) -> None:
     assert "an operator enrolls it first" in said["message"]
 
 
-def test_an_unknown_key_on_a_box_without_an_operator_is_told_to_enroll_itself_as_the_first(link: Link) -> None:
+def test_an_unknown_key_on_a_box_without_an_operator_is_told_to_enroll_as_the_first(link: Link) -> None:
     said = refused(Host(link), "BOX_LINK_UNKNOWN_KEY", "status")
     assert "enroll it as the first operator key (`fiscalbox keys enroll --role operator`)" in said["message"]
 
