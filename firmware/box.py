@@ -181,7 +181,9 @@ class Box:
             if not self.boot["clean"] and self.boot["problems"][0]["code"] == "BOX_JOURNAL_CORRUPT":
                 raise _refuse("BOX_JOURNAL_CORRUPT", self.boot["problems"][0]["message"])
             raise _refuse(
-                "BOX_NOT_PROVISIONED", "The box is not registered yet: run `fiscalbox-device register` first."
+                "BOX_NOT_PROVISIONED",
+                "The box is not registered yet: register it first (`fiscalbox register` over the link when "
+                "it runs as a service, `fiscalbox-device register` on the box otherwise).",
             )
 
     def _public_key(self) -> Any:
@@ -288,7 +290,8 @@ class Box:
         if self._taxes is None or "device_id" not in self._settings:
             raise _refuse(
                 "BOX_NOT_PROVISIONED",
-                "The box has no taxpayer settings yet: register it first (`fiscalbox-device register`).",
+                "The box has no taxpayer settings yet: register it first (`fiscalbox register` over the link "
+                "when it runs as a service, `fiscalbox-device register` on the box otherwise).",
             )
         if self.keys.algorithm is None:
             raise _refuse("BOX_KEY_MISSING", "The box has no device key yet: generate one first.")

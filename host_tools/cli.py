@@ -394,7 +394,7 @@ def explain_day(
 
 @main.group()
 def journal() -> None:
-    """A box's journal, offline."""
+    """A box's journal: `export` fetches it from the box over the link, `verify` checks an export offline."""
 
 
 @journal.command("verify")
