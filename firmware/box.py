@@ -1067,6 +1067,8 @@ class Box:
             taxpayer = {"taxPayerName": config["taxpayer_name"], "taxPayerTIN": config["taxpayer_tin"]}
         with self.lock:
             self._advance_anchor()  # from now on a missing journal is this device's, to be restored
+            if self.boot.get("skipped"):  # opened before its key existed: check the journal now it has one
+                self.boot = self._boot_check()
         return {"taxpayer": taxpayer, "config": config, "warnings": warnings}
 
     def refresh_config(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -339,11 +339,16 @@ def keys_list(as_json: bool) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the PEM to this file too.")
 @as_json_option
 def keys_device(out: str | None, as_json: bool) -> None:
-    """The box's device key (public half, PEM): what `journal verify --cert` checks an export with. An
-    operator key learns it from the box's own certificate request."""
-    key = _box(lambda box: box.device_key())
+    """The box's device key (public half, PEM), from its status (any enrolled key, a POS key too, may read
+    it): what `journal verify --cert` checks an export with."""
+    key = _box(lambda box: link.device_public_key(box.status()))
     if key is None:
-        _fail(FiscalError("BOX_KEY_MISSING", "The box has no device key yet, or this key may not read it."))
+        _fail(
+            FiscalError(
+                "BOX_KEY_MISSING",
+                "The box has no device key yet: it makes one when it is registered (`fiscalbox register`).",
+            )
+        )
     pem = key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
     if out is not None:
         try:

@@ -499,6 +499,22 @@ def test_ctrl_c_during_a_sale_is_one_error_line_saying_how_to_check(
     assert "fiscalbox status" in last and "--request-id till-1-42" in last
 
 
+def test_keys_device_reads_the_status_and_says_when_the_box_has_no_key_yet(
+    box: Responder, host_key: Any, tmp_path: Any
+) -> None:
+    (tmp_path / "pos.pem").write_bytes(pem(host_key))
+    args = ["--port", box.path, "--key", str(tmp_path / "pos.pem"), "keys", "device"]
+    shown = CliRunner().invoke(main, args)
+    assert shown.exit_code == 0 and shown.stdout.strip() == public_pem(box.device_key).strip()
+    box.status_key = False  # a box not registered yet: no device key in its status
+    missing = CliRunner().invoke(main, args)
+    assert missing.exit_code == 2
+    assert missing.output.strip() == (
+        "error BOX_KEY_MISSING: The box has no device key yet: it makes one when it is registered "
+        "(`fiscalbox register`)."
+    )
+
+
 def test_a_second_program_on_the_same_port_is_told_it_is_in_use(
     client: BoxClient, box: Responder, host_key: Any
 ) -> None:

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from click.testing import CliRunner
+
+from host_tools.cli import main
 from host_tools.link import BoxClient
 from sim.box import EXAMPLE_SALE, VirtualBox
 
@@ -13,6 +16,12 @@ from sim.box import EXAMPLE_SALE, VirtualBox
 def test_a_sale_whose_answer_is_lost_on_the_line_is_issued_once(tmp_path: Path) -> None:
     with VirtualBox(tmp_path / "vbox") as vbox:
         assert vbox.modem is not None
+        checked = vbox.status()["journal"]  # the running service checked its journal with its new key
+        assert checked["clean"] is True and checked["skipped"] is None
+        pos_key = str(vbox.keys["pos"])
+        shown = CliRunner().invoke(main, ["--port", vbox.port, "--key", pos_key, "keys", "device", "--json"])
+        assert shown.exit_code == 0, shown.output  # a POS key reads it from the status
+        assert json.loads(shown.stdout)["public_key"] == vbox.status()["device_key"]["public_key"]
         with vbox.client("operator") as operator:
             operator.open_day()
         vbox.modem.lose_answers(1, group=64, command=6)  # the answer, nothing else
