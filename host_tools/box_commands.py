@@ -265,6 +265,14 @@ def _progress(as_json: bool, what: str, unit: str = "") -> Iterator[Callable[[in
 as_json_option = click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
 
 
+def counted(n: int, things: str) -> str:
+    """`35 receipts`, `1 day`, `1 audit entry`: `things` is the plural, with _ for spaces."""
+    text = things.replace("_", " ")
+    if n == 1:
+        text = text[:-3] + "y" if text.endswith("ies") else text.removesuffix("s")
+    return f"{n:,} {text}"
+
+
 def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{n:,} {state}" for state, n in sorted(counts.items())) or "empty"
 
@@ -415,8 +423,11 @@ def provision(file: str, as_json: bool) -> None:
         _fail(error)
 
     def text(r: dict[str, Any]) -> str:
-        shown = {k: v for k, v in r.items() if k != "fdms_ca"}
-        return "provisioned: " + ", ".join(f"{k} {v}" for k, v in shown.items())
+        def value(v: Any) -> Any:
+            return ", ".join(map(str, v)) if isinstance(v, list) else v  # USD, ZWG: not a Python list
+
+        shown = {k: value(v) for k, v in r.items() if k != "fdms_ca"}
+        return "provisioned: " + "; ".join(f"{k} {v}" for k, v in shown.items())
 
     _emit(_box(lambda box: box.provision(values)), as_json, text)
 
@@ -675,8 +686,8 @@ def audit(as_json: bool) -> None:
 
     def text(r: dict[str, Any]) -> str:
         checked = r.get("checked") or {}
-        counted = [f"{n} {what.replace('_', ' ')}" for what, n in checked.items() if type(n) is int]
-        head = f"{'clean' if r['clean'] else 'PROBLEMS FOUND'}: " + ", ".join(counted) + " checked"
+        numbers = [counted(n, what) for what, n in checked.items() if type(n) is int]
+        head = f"{'clean' if r['clean'] else 'PROBLEMS FOUND'}: " + ", ".join(numbers) + " checked"
         return "\n".join([head] + [f"  {p['code']}: {p['message']}" for p in r["problems"][:10]])
 
     _emit(report_, as_json, text)
