@@ -32,3 +32,10 @@ def test_a_sale_whose_answer_is_lost_on_the_line_is_issued_once(tmp_path: Path) 
         [page] = vbox.save_pages("lost")  # printed once, by the first send
         assert "EXAMPLE-1" in page.read_text()
         assert json.loads((tmp_path / "vbox" / "vbox.json").read_text())["registered"] is True
+
+
+def test_a_box_left_to_set_up_by_hand_says_the_simulators_device_to_register_as(tmp_path: Path) -> None:
+    with VirtualBox(tmp_path / "vbox", setup=False) as vbox:
+        facts = vbox.facts()
+    assert facts["registered"] is False and facts["port"] == str(tmp_path / "vbox" / "link")
+    assert facts["fdms_device"] == {"device_id": 10001, "serial": "FB-0001", "activation_key": "ABCD1234"}
