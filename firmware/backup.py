@@ -170,7 +170,8 @@ def missing_journal(path: Path, anchor: Anchor) -> FiscalError:
         )
     return FiscalError(
         "BOX_NOT_PROVISIONED",
-        f"There is no journal at {path} yet: register the box (`fiscalbox-device register`) to create it.",
+        f"There is no journal at {path} yet: register the box to create it (`fiscalbox register` over the "
+        "link when it runs as a service, `fiscalbox-device register` on the box otherwise).",
     )
 
 

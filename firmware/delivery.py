@@ -140,7 +140,8 @@ class Delivery:
         self.attempts: dict[int, int] = {}  # global_no -> calls made for it (kept in memory only)
         self.problem: dict[str, Any] | None = None  # the last refusal or outage, for status()
         self.reporting_frequency = 5  # minutes, from Ping
-        self.last_ping: float | None = None
+        self.last_ping: float | None = None  # on the delivery clock, for when the next one is due
+        self.last_ping_at: str | None = None  # local time, as status shows every other time
         self.server_keys: dict[str, Any] = {}  # FDMS signing certificates by thumbprint
         self.close_sent: set[tuple[int, str]] = set()  # (day, close request time) sent by this run
         self.files_sent: dict[tuple[int, int], str] = {}  # offline mode: (day, sequence) -> operation ID
@@ -303,7 +304,7 @@ class Delivery:
         return {
             "problem": self.problem,
             "clock_skew_seconds": None if self.client.clock_skew is None else round(self.client.clock_skew),
-            "last_ping": self.last_ping,
+            "last_ping": self.last_ping_at,
             "sent": self.sent,
         }
 
@@ -540,6 +541,7 @@ class Delivery:
             return IDLE
         answer = self.client.ping().body
         self.last_ping = now
+        self.last_ping_at = self.box.now_local()
         frequency = answer.get("reportingFrequency")
         if isinstance(frequency, int) and frequency > 0:
             self.reporting_frequency = frequency

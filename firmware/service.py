@@ -326,7 +326,8 @@ def _busy(holder: str) -> FiscalError:
     return FiscalError(
         "BOX_BUSY",
         f"The box's service (fiscalbox-device run{holder}) holds the journal: use the `fiscalbox` host tool "
-        "over the link, or stop the service (`systemctl stop fiscalbox`) first. Nothing was done.",
+        "over the link, or stop the service (`systemctl stop fiscalbox` on a box; the virtual box: stop "
+        "fiscalbox-sim box) first. Nothing was done.",
     )
 
 

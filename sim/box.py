@@ -257,9 +257,14 @@ class VirtualBox:
 
     @property
     def port(self) -> str:
-        """The host end of the link: what `fiscalbox --port` and `BoxClient` open."""
+        """The host end of the link: what `fiscalbox --port` and `BoxClient` open. STATE/link, a symbolic link
+        to this run's pseudo-terminal made again at each start: one path across restarts."""
         assert self.modem is not None, "the virtual box is not started"
-        return self.modem.host_path
+        return str(self.link_path)
+
+    @property
+    def link_path(self) -> Path:
+        return self.state_dir / "link"
 
     @property
     def config_path(self) -> Path:
@@ -297,6 +302,10 @@ class VirtualBox:
             _write_private(passphrase_file, secrets.token_urlsafe(24).encode())
         self._start_fdms()
         self.modem = NullModem()
+        fresh = self.link_path.with_name("link.new")
+        fresh.unlink(missing_ok=True)
+        fresh.symlink_to(self.modem.host_path)
+        os.replace(fresh, self.link_path)  # the stable path now points at this run's pty
         self.printer_port = PtyPort(self.printer)
         self._write_config()
         environ = dict(self.environ)
@@ -498,8 +507,10 @@ class VirtualBox:
     def facts(self) -> dict[str, Any]:
         """What `fiscalbox-sim box` prints on start: where everything is."""
         assert self.printer_port is not None
+        assert self.modem is not None
         facts: dict[str, Any] = {
             "port": self.port,
+            "pty": self.modem.host_path,
             "keys": {role: str(path) for role, path in self.keys.items()},
             "fdms": {
                 "url": self.fdms_url,
@@ -512,6 +523,14 @@ class VirtualBox:
             "example_sale": str(self.state_dir / "example-sale.json"),
             "registered": bool(self.progress.get("registered")),
         }
+        if not self.progress.get("registered") and self.sim is not None:
+            known = self.sim.scenario.device(self.device_id)  # what a set-up by hand (--no-setup) needs
+            if known is not None:
+                facts["fdms_device"] = {
+                    "device_id": known.id,
+                    "serial": known.serial,
+                    "activation_key": known.activation_key,
+                }
         if self.progress.get("registered"):
             status = self.status()
             day = status.get("day")

@@ -190,6 +190,13 @@ def test_the_certificate_is_renewed_with_a_new_key_mid_life(site: Site) -> None:
     assert report["clean"] and report["signatures_checked"], report["problems"]
 
 
+def test_the_last_ping_is_local_time_as_every_other_time_of_the_status(site: Site) -> None:
+    box, delivery = site.box(10002)
+    site.settle(delivery)
+    pinged = box.status()["fdms"]["delivery"]["last_ping"]
+    assert isinstance(pinged, str) and pinged == box.now_local()[: len(pinged)]
+
+
 def test_a_box_clock_behind_fdms_is_reported_and_changes_no_receipt(site: Site) -> None:
     box, delivery = site.box(10002)
     box.open_day()

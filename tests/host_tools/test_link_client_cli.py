@@ -229,6 +229,8 @@ def test_a_shops_first_day_over_the_link(rig: Rig, tmp_path: Path) -> None:
     )
     identity = rig.ok("provision", str(tmp_path / "identity.toml"))
     assert identity["device_id"] == DEVICE_ID and identity["currencies"] == ["USD", "ZWG"]
+    said = rig.run("provision", str(tmp_path / "identity.toml"))
+    assert said.exit_code == 0 and "currencies USD, ZWG" in said.stdout and "[" not in said.stdout
     refused = rig.run("register")
     assert refused.exit_code == 2 and refused.stderr.startswith("error BOX_USAGE: ")
     rig.ok("register", FISCALBOX_ACTIVATION_KEY=device.activation_key)
@@ -355,6 +357,11 @@ def test_a_wrong_command_line_is_one_error_line(args: list[str], tmp_path: Path)
     assert result.exit_code == 2 and result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error BOX_"), result.stderr
+
+
+def test_counts_are_said_in_the_singular_for_one() -> None:
+    assert box_commands.counted(35, "receipts") == "35 receipts"
+    assert [box_commands.counted(1, w) for w in ("days", "audit_entries")] == ["1 day", "1 audit entry"]
 
 
 def test_provision_reads_the_identity_of_a_box_toml(tmp_path: Path) -> None:

@@ -58,6 +58,7 @@ def test_the_virtual_box_comes_up_ready_to_sell_and_resumes_on_the_same_state(tm
             with pytest.raises(FiscalError) as refused:
                 pos.open_day()  # the POS key was enrolled as a POS key
             assert refused.value.code == "BOX_LINK_ROLE"
+            pos.close()  # one program on the port at a time: the operator's turn
             with BoxClient(facts["port"], operator_pem) as operator:
                 operator.open_day()
                 device_key = device_key_pem(operator)
@@ -75,8 +76,10 @@ def test_the_virtual_box_comes_up_ready_to_sell_and_resumes_on_the_same_state(tm
         assert again["registered"] is True and again["last_global_no"] == 1
         assert again["day"] == {"day_no": 1, "status": "FiscalDayOpened"}
         assert again["fdms"]["url"] == facts["fdms"]["url"]  # the URL the box was provisioned with
-        with BoxClient(again["port"], operator_pem) as operator:
+        assert again["port"] == facts["port"] == str(state / "link")  # one path across restarts
+        with BoxClient(facts["port"], operator_pem) as operator:  # the path the first run gave still works
             assert device_key_pem(operator) == device_key  # not registered again: the same device key
+            operator.close()
             with BoxClient(again["port"], pos_pem) as pos:
                 repeated = pos.issue(sale, request_id="sim-box-1")
         assert repeated["global_no"] == 1 and repeated["repeated"] is True  # exactly once across restarts
