@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import select
 import socket
 import struct
@@ -313,18 +314,23 @@ def test_without_a_port_or_key_the_tool_says_where_to_give_them(tmp_path: Path) 
 def test_a_box_that_is_not_there_is_one_error_line_and_verbose_shows_the_retries(tmp_path: Path) -> None:
     """Its own process: in one with no logging set up, Python prints a library's warnings on stderr."""
     assert CliRunner().invoke(main, ["keys", "new", str(tmp_path / "op.pem")]).exit_code == 0
+    silent, line = os.openpty()  # a port that is there, where nothing ever answers: the client retries
     env = {
         "XDG_CONFIG_HOME": str(tmp_path),
-        "FISCALBOX_PORT": str(tmp_path / "no-box"),
+        "FISCALBOX_PORT": os.ttyname(line),
         "FISCALBOX_HOST_KEY": str(tmp_path / "op.pem"),
     }
-    command = [sys.executable, "-c", "from host_tools.cli import main; main()"]
-    quiet = subprocess.run([*command, "status"], env=env, capture_output=True, text=True)
-    assert quiet.returncode == 2 and quiet.stderr.startswith("error BOX_LINK_PORT: ")
+    command = [sys.executable, "-c", "from host_tools.cli import main; main()", "--timeout", "0.3"]
+    try:
+        quiet = subprocess.run([*command, "status"], env=env, capture_output=True, text=True)
+        verbose = subprocess.run([*command, "--verbose", "status"], env=env, capture_output=True, text=True)
+    finally:
+        os.close(silent)
+        os.close(line)
+    assert quiet.returncode == 2 and quiet.stderr.startswith("error BOX_LINK_TIMEOUT: ")
     assert quiet.stderr.count("\n") == 1 and quiet.stderr.endswith("\n")  # the whole of stderr: one line
-    verbose = subprocess.run([*command, "--verbose", "status"], env=env, capture_output=True, text=True)
     lines = verbose.stderr.splitlines()
-    assert verbose.returncode == 2 and lines[-1] == quiet.stderr.strip()
+    assert verbose.returncode == 2 and lines[-1].startswith("error BOX_LINK_TIMEOUT: ")
     assert lines[:-1] and all(json.loads(line)["event"] == "link.retry" for line in lines[:-1])
 
 
