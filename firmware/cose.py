@@ -43,20 +43,26 @@ def _frame_error(message: str) -> FiscalError:
 
 def _plain(value: Any, depth: int) -> Any:
     """Tuples as lists, frozendicts as dicts; refuses what no link message holds (dates, sets, cycles).
-    Dispatches on exact types: it walks every item of every request, so it is kept lean."""
+    Dispatches on exact types and changes the decoded lists and maps in place (they are the caller's own,
+    fresh from the decoder): it walks every item of every request, so it is kept lean."""
     kind = type(value)
     if kind in _SCALARS:
         return value
     if depth >= MAX_DEPTH:
         raise _frame_error("The message is nested deeper than %d levels; no link message is." % MAX_DEPTH)
-    if kind in _ARRAYS:
-        return [item if type(item) in _SCALARS else _plain(item, depth + 1) for item in value]
+    if kind is list or kind is tuple:
+        items = value if kind is list else list(value)
+        for at, item in enumerate(items):
+            if type(item) not in _SCALARS:
+                items[at] = _plain(item, depth + 1)
+        return items
     if kind in _MAPS:
-        out = {}
-        for key, item in value.items():
+        out = value if kind is dict else dict(value)
+        for key, item in out.items():
             if type(key) is not str and type(key) is not int:
                 raise _frame_error("A map in the message has a key that is neither text nor an integer.")
-            out[key] = item if type(item) in _SCALARS else _plain(item, depth + 1)
+            if type(item) not in _SCALARS:
+                out[key] = _plain(item, depth + 1)
         return out
     if kind is cbor2.CBORTag and depth == 0:
         return cbor2.CBORTag(value.tag, _plain(value.value, depth + 1))
