@@ -85,10 +85,7 @@ def loads(data: bytes) -> Any:
 
 def deflate(data: bytes) -> bytes:
     """`data` as raw DEFLATE (RFC 1951, no zlib or gzip wrapper): the link's compressed form (link.md 4)."""
-    # The window no larger than the message, and a small hash table: zlib's defaults (32 KB, memLevel 8) cost
-    # 48 us a sale in allocation alone, these 8 us, for the same bytes. Any inflater reads the stream.
-    bits = min(zlib.MAX_WBITS, max(10, len(data).bit_length()))
-    packer = zlib.compressobj(6, zlib.DEFLATED, -bits, 4)
+    packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
     return packer.compress(data) + packer.flush()
 
 
