@@ -14,9 +14,9 @@ from firmware.core import fdms
 from firmware.core.errors import FiscalError
 from firmware.delivery import IDLE
 from firmware.journal import CLOSED
-from host_tools.journal_file import verify_export
 from hardware.signatures import load_public_key
 from hardware.signatures import verify as verify_signature
+from host_tools.journal_file import verify_export
 from sim.fdms.judge import Held, recompute_counters
 from sim.shop import Shop
 
