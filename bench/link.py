@@ -179,6 +179,7 @@ class Pos:
         self.decoder = smp.Decoder()
         self.sequence = 0
         self.nonce = b""
+        self.deflate = False
         self.sent = self.received = 0  # bytes on the line, the last exchange
 
     def exchange(self, group: int, command: int, op: int, body: dict[str, Any]) -> dict[str, Any]:
@@ -196,14 +197,18 @@ class Pos:
                 return dict(cbor2.loads(frames[0][smp.HEADER_SIZE :]))
 
     def connect(self) -> None:
-        self.nonce = self.exchange(64, 0, smp.OP_READ, {})["nonce"]
+        answer = self.exchange(64, 0, smp.OP_READ, {})
+        self.nonce = answer["nonce"]
+        self.deflate = answer["ok"].get("deflate") is True  # the box takes compressed requests
 
     def issue(self, sale: dict[str, Any], rid: str) -> dict[str, Any]:
         payload = {"g": 64, "c": 6, "nonce": self.nonce, "rid": rid, "body": {"sale": sale}}
         request = cose.sign1(cbor2.dumps(payload), self.sign, self.alg, self.kid)
-        answer = self.exchange(64, 6, smp.OP_WRITE, {"req": request})
+        body = {"zreq": cose.deflate(request)} if self.deflate else {"req": request}
+        answer = self.exchange(64, 6, smp.OP_WRITE, body)
         self.nonce = answer["nonce"]
-        message = cose.decode1(answer["cose"])
+        signed = cose.inflate(answer["zcose"], 1 << 20) if "zcose" in answer else answer["cose"]
+        message = cose.decode1(signed)
         cose.verify1(message, self.device_key)
         outcome = cbor2.loads(message.payload)
         if "ok" not in outcome:

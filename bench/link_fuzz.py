@@ -35,8 +35,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1, help="seed of the fuzzer (1)")
     parser.add_argument("--json", action="store_true", help="also print the JSON result on stdout")
     args = parser.parse_args()
-    if args.frames < 13 or args.pty < 0:
-        parser.error("--frames must be at least 13 (one of each kind) and --pty at least 0")
+    if args.frames < 17 or args.pty < 0:
+        parser.error("--frames must be at least 17 (one of each kind) and --pty at least 0")
 
     result = results_head("link_fuzz", quick=args.frames < 1_000_000, seed=args.seed)
     with tempfile.TemporaryDirectory(prefix="fiscalbox-fuzz-") as scratch:

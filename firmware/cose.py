@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -68,6 +69,37 @@ def loads(data: bytes) -> Any:
     if stream.tell() != len(stream.getbuffer()):
         raise _frame_error("The message has bytes after its CBOR item.")
     return _plain(value, 0)
+
+
+def deflate(data: bytes) -> bytes:
+    """`data` as raw DEFLATE (RFC 1951, no zlib or gzip wrapper): the link's compressed form (link.md 4)."""
+    packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
+def inflate(data: Any, limit: int, field: str | None = None) -> bytes:
+    """What the raw DEFLATE stream `data` holds, never more than `limit` bytes: a stream that would inflate
+    beyond it (a zip bomb), a cut or damaged one, or bytes after its end are BOX_LINK_FRAME, before anything
+    else looks at them."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise FiscalError("BOX_LINK_FRAME", "The compressed message is not a byte string.", field)
+    unpacker = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        out = unpacker.decompress(bytes(data), limit)
+    except zlib.error:
+        raise FiscalError(
+            "BOX_LINK_FRAME", "The compressed message is not raw DEFLATE (RFC 1951) data.", field
+        ) from None
+    if not unpacker.eof:
+        if unpacker.unconsumed_tail or len(out) >= limit:
+            raise FiscalError(
+                "BOX_LINK_FRAME", "The compressed message inflates to more than %d bytes." % limit, field
+            )
+        raise FiscalError("BOX_LINK_FRAME", "The compressed message is cut short: its stream has no end.",
+                          field)
+    if unpacker.unused_data:
+        raise FiscalError("BOX_LINK_FRAME", "The compressed message has bytes after its stream's end.", field)
+    return out
 
 
 def key_id(public_key: Any) -> bytes:

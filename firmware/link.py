@@ -10,8 +10,10 @@ backup, export) runs as a job in a worker thread, which the host polls.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
+import select
 import shutil
 import tempfile
 import threading
@@ -35,6 +37,7 @@ OS, FISCAL, HOSTS = 0, 64, 65
 NONCE_SIZE = 16
 CHUNK = 2048  # bytes of an export a `job` answer carries
 BUF_COUNT = 4
+READ_SIZE = 65536  # bytes the serve loop takes from the port at a time: a whole request and more
 RC_EINVAL, RC_ENOTSUP = 3, 8  # MCUmgr's return codes: invalid value, not supported
 ROLES = {"any": 0, "pos": 1, "operator": 2}
 
@@ -225,13 +228,24 @@ class Link:
     def handle(self, frame: bytes) -> bytes | None:
         """One SMP frame in, its answer frame out; None for a frame that cannot be answered (shorter than
         a header, or itself an answer)."""
+        answer, record = self.respond(frame)
+        if record is not None:
+            self._log_request(record)
+        return answer
+
+    def _log_request(self, record: dict[str, Any]) -> None:
+        self.log.info("link.request", extra={"fields": record})
+
+    def respond(self, frame: bytes) -> tuple[bytes | None, dict[str, Any] | None]:
+        """The answer frame and the request's log record, not yet logged: the serve loop logs it once the
+        answer is on its way, so the host is not kept waiting for the log line."""
         started = time.monotonic()
         try:
             version, op, _flags, length, group, sequence, command_id = smp.parse_header(frame)
         except ValueError:
-            return None
+            return None, None
         if op not in (READ, WRITE):
-            return None  # an answer sent to the box: answering it could start a loop between two devices
+            return None, None  # an answer sent to the box: answering could start a loop between two devices
         record: dict[str, Any] = {"group": group, "command": command_id}
         with self._lock:
             try:
@@ -250,8 +264,7 @@ class Link:
                 record["outcome"] = error.code
                 body = cbor2.dumps({"nonce": self._nonce, "error": error_map(error)})
             record["ms"] = round((time.monotonic() - started) * 1000, 2)
-            self.log.info("link.request", extra={"fields": record})
-        return smp.header(op + 1, group, sequence, command_id, len(body), version=version) + body
+        return smp.header(op + 1, group, sequence, command_id, len(body), version=version) + body, record
 
     def _answer(
         self,
@@ -301,7 +314,8 @@ class Link:
             if body:
                 raise refuse("BOX_LINK_FRAME", "The nonce is asked for with an empty map, unsigned.")
             record["outcome"] = "ok"
-            return {"nonce": self._nonce, "ok": {"nonce": self._nonce}}
+            return {"nonce": self._nonce, "ok": {"nonce": self._nonce, "deflate": True}}
+        compressed = set(body) == {"zreq"}
         request = self._authenticate(command, body, record)
         if command.op == WRITE:
             self._nonce = os.urandom(NONCE_SIZE)  # good once, whatever the outcome
@@ -321,15 +335,28 @@ class Link:
             outcome = {"error": error_map(internal(error))}
             record["outcome"] = "BOX_INTERNAL"
         if command.op == READ:
+            if compressed and "ok" in outcome:
+                outcome = {"zok": cose.deflate(cbor2.dumps(outcome["ok"]))}
             return {"nonce": self._nonce, **outcome}
         payload = {"g": command.group, "c": command.id, "rid": request.rid, **outcome}
-        return {"nonce": self._nonce, **self._signed(payload)}
+        answer = self._signed(payload)
+        if compressed and "cose" in answer:
+            answer = {"zcose": cose.deflate(answer["cose"])}
+        return {"nonce": self._nonce, **answer}
 
     def _authenticate(self, command: Command, body: dict[Any, Any], record: dict[str, Any]) -> Request:
         """The checks before anything runs, in the order of docs/link.md section 4; none changes anything."""
-        if set(body) != {"req"} or not isinstance(body["req"], bytes):
-            raise refuse("BOX_LINK_FRAME", 'A signed request is {"req": COSE_Sign1 bytes}.', "req")
-        message = cose.decode1(body["req"])
+        if set(body) == {"zreq"}:  # compressed: raw DEFLATE of the COSE_Sign1, at most a frame's worth
+            signed = cose.inflate(body["zreq"], smp.MAX_FRAME, "zreq")
+        elif set(body) == {"req"} and isinstance(body["req"], bytes):
+            signed = body["req"]
+        else:
+            raise refuse(
+                "BOX_LINK_FRAME",
+                'A signed request is {"req": COSE_Sign1 bytes}, or {"zreq": those bytes DEFLATE-compressed}.',
+                "req",
+            )
+        message = cose.decode1(signed)
         payload = cbor_map(message.payload) if isinstance(message.payload, bytes) else None
         shape = {"g": int, "c": int, "nonce": bytes, "rid": str, "body": dict}
         if (
@@ -536,10 +563,10 @@ class Link:
         if getattr(port, "timeout", None) is None:
             port.timeout = 0.1  # so `stop` is noticed
         decoder = smp.Decoder(smp.MAX_FRAME)
+        read = _reader(port)
         while not stop.is_set():
             try:
-                waiting = getattr(port, "in_waiting", 0)
-                data = port.read(waiting if waiting > 0 else 1)
+                data = read()
             except (OSError, serial.SerialException) as error:
                 self.log.warning("link.port", extra={"fields": {"error": str(error)}})
                 stop.wait(0.5)
@@ -548,16 +575,52 @@ class Link:
                 continue
             try:
                 for frame in decoder.feed(data):
-                    answer = self.handle(frame)
-                    if answer is not None:
-                        # No flush(): pyserial's is tcdrain, which waits for the host to read the answer
-                        # (on a pty it made an echo's p99 3 ms instead of 0.3 ms). write() has handed it on.
-                        port.write(smp.encode(answer))
+                    answer, record = self.respond(frame)
+                    try:
+                        if answer is not None:
+                            # No flush(): pyserial's is tcdrain, which waits for the host to read the answer
+                            # (on a pty it made an echo's p99 3 ms instead of 0.3 ms). write() has handed
+                            # it on, the whole packet in one call.
+                            port.write(smp.encode(answer))
+                    finally:
+                        if record is not None:
+                            self._log_request(record)
             except (OSError, serial.SerialException) as error:
                 self.log.warning("link.port", extra={"fields": {"error": str(error)}})
             except Exception:  # a bug of the link itself: logged, and the line is read on
                 self.log.exception("link.internal")
                 decoder = smp.Decoder(smp.MAX_FRAME)
+
+
+def _reader(port: Any) -> Callable[[], bytes]:
+    """How the serve loop reads `port`: all the bytes waiting, in one system call where the port is a file
+    descriptor (a tty, a pty: pyserial's read(1) then read(in_waiting) took three calls and two copies a
+    request); through pyserial otherwise (socket://, loop://). Empty after the port's timeout."""
+    try:
+        fd = port.fileno()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation, serial.SerialException):
+        fd = None
+    if not isinstance(fd, int):
+
+        def read_port() -> bytes:
+            waiting = getattr(port, "in_waiting", 0)
+            return bytes(port.read(waiting if waiting > 0 else 1))
+
+        return read_port
+
+    def read_fd() -> bytes:
+        ready, _, _ = select.select([fd], [], [], port.timeout)
+        if not ready:
+            return b""
+        try:
+            data = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            return b""
+        if not data:  # readable but empty: the other end is gone (a pty whose host closed it)
+            raise serial.SerialException("the port reports end of file")
+        return data
+
+    return read_fd
 
 
 def open_port(url_or_path: str, baud: int = 115200) -> Any:

@@ -36,7 +36,7 @@ _TYPES = {
     "array": "a list",
 }
 
-_MESSAGES = {"signed", "request", "answer", "outcome", "error", "identity", "rid"}
+_MESSAGES = {"signed", "request", "answer", "outcome", "error", "identity", "rid", "nonce_ok"}
 
 _SOURCE_TEXT = SOURCE.read_text(encoding="utf-8")
 _schemas: dict[str, Any] = {}

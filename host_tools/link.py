@@ -41,6 +41,7 @@ POLL_SECONDS = 0.05  # how long one read of the port waits; also the pause betwe
 SLOW_SECONDS = 90.0  # commands that wait for FDMS (register, renew, open_day) or make an RSA key
 RETRIES = 3  # reopenings of the port for one idempotent call
 RECONNECT_PAUSE = 0.25  # seconds before reopening a port that could not be opened, times the attempt
+ANSWER_LIMIT = 1 << 20  # bytes a compressed answer may inflate to here: far more than any box answer holds
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _log = logging.getLogger("fiscalbox.link.client")
 
@@ -182,16 +183,21 @@ class BoxClient:
         device_key: Any = None,
         retries: int = RETRIES,
         strict: bool = False,
+        compress: bool = True,
     ) -> None:
         """`port`: a device path, a pty path or a pyserial URL. `key_pem`: the host key (ECDSA P-256).
         `device_key`: the device's public key (PEM or object) when the caller already knows it; otherwise
         it is learnt from the box on the first signed answer and pinned for this client's life. `strict`:
-        refuse an answer that cannot be checked (the device key unknown) rather than take it unchecked."""
+        refuse an answer that cannot be checked (the device key unknown) rather than take it unchecked.
+        `compress`: send requests DEFLATE-compressed when the box takes them (False: always plain `req`)."""
         self.port = port
         self.timeout = timeout
         self.retries = retries
         self._key = load_host_key(key_pem, passphrase)
         self.kid = cose.key_id(self._key.public_key())
+        self._alg, self._sign = cose.signer(self._key)
+        self.compress = compress
+        self.deflate = False  # whether requests go compressed: learnt from the box's nonce answer
         if isinstance(device_key, str):
             device_key = device_key.encode()
         self._device_key = _load_public(device_key) if isinstance(device_key, bytes) else device_key
@@ -269,8 +275,9 @@ class BoxClient:
         payload = cbor2.dumps(body)
         frame = smp.header(op, group, sequence, command, len(payload)) + payload
         try:
+            # One write of the whole packet, no flush(): pyserial's is tcdrain, which waits until the box has
+            # read the request before this side starts reading the answer.
             port.write(smp.encode(frame))
-            port.flush()
         except (OSError, serial.SerialTimeoutException) as error:
             raise self._lost_port(error) from None
         deadline = time.monotonic() + wait
@@ -312,12 +319,16 @@ class BoxClient:
         if not isinstance(nonce, bytes):
             raise FiscalError("BOX_LINK_FRAME", "The box answered the nonce request without a nonce.")
         self._nonce = nonce
+        ok = answer.get("ok")
+        self.deflate = self.compress and isinstance(ok, dict) and ok.get("deflate") is True
 
     def _signed(self, group: int, command: int, body: dict[str, Any], rid: str) -> dict[str, Any]:
+        """The request's SMP body: the COSE_Sign1, DEFLATE-compressed (`zreq`) when the box said it takes
+        that (docs/link.md section 4), else as it is (`req`)."""
         assert self._nonce is not None
         payload = cbor2.dumps({"g": group, "c": command, "nonce": self._nonce, "rid": rid, "body": body})
-        alg, sign = cose.signer(self._key)
-        return {"req": cose.sign1(payload, sign, alg, self.kid)}
+        signed = cose.sign1(payload, self._sign, self._alg, self.kid)
+        return {"zreq": cose.deflate(signed)} if self.deflate else {"req": signed}
 
     # --------------------------------------------------------------------------------------------------
     # The general call
@@ -395,11 +406,13 @@ class BoxClient:
         if "error" in answer:
             raise _refusal(answer["error"])
         if op == READ:
+            if "zok" in answer:
+                return cose.loads(cose.inflate(answer["zok"], ANSWER_LIMIT))
             if "ok" not in answer:
                 raise FiscalError("BOX_LINK_FRAME", "The box's answer holds neither a result nor an error.")
             return answer["ok"]
-        if "cose" in answer:
-            proof = answer["cose"]
+        if "cose" in answer or "zcose" in answer:
+            proof = answer["cose"] if "cose" in answer else cose.inflate(answer["zcose"], ANSWER_LIMIT)
             message = cose.decode1(proof)
             self._verify(message, name)
             self.last_proof = proof

@@ -183,7 +183,15 @@ class Fuzzer:
             "replay": self.replay,
             "signed, wrong body": self.wrong_body,
             "line noise": self.line_noise,
+            "zip bomb": self.zip_bomb,
+            "truncated deflate": self.truncated_deflate,
+            "garbage deflate": self.garbage_deflate,
+            "compressed, not COSE": self.compressed_not_cose,
         }
+        # Streams that inflate far beyond a frame (16 KB) but fit in one: zeros, a repeated request, text.
+        self.bombs = [
+            cose.deflate(bytes(size)) for size in (smp.MAX_FRAME + 1, 100_000, 1_000_000, 12_000_000)
+        ] + [cose.deflate(b"\xd2\x84" + b"A" * 5_000_000), cose.deflate(self.signed_issue() * 400)]
 
     # frames a host could send
     def good_frame(self) -> bytes:
@@ -405,6 +413,56 @@ class Fuzzer:
         request = self.signature_bytes(host, command.name, body)
         return smp.encode(_frame(command.group, command.id, {"req": request}, command.op))
 
+    # compressed bodies (docs/link.md section 4): each must be BOX_LINK_FRAME before anything is looked at
+    def signed_issue(self) -> bytes:
+        return self.signature_bytes(self.t.pos, "issue", {"sale": sale()})
+
+    def _zreq(self, data: bytes) -> bytes:
+        command = self.rng.choice([c for c in COMMANDS if c.group in (64, 65) and c.name != "nonce"])
+        return smp.encode(_frame(command.group, command.id, {"zreq": data}, command.op))
+
+    def zip_bomb(self) -> bytes:
+        return self._zreq(self.rng.choice(self.bombs))
+
+    def truncated_deflate(self) -> bytes:
+        rng = self.rng
+        host = rng.choice([self.t.pos, self.t.operator])
+        name = rng.choice(["issue", "status", "open_day"])
+        body: dict[str, Any] = {"sale": sale()} if name == "issue" else {}
+        packed = cose.deflate(self.signature_bytes(host, name, body))
+        group, command = command_of(name)
+        op = next(c.op for c in COMMANDS if c.name == name)
+        cut = packed[: rng.randrange(len(packed))]  # a stream without its end, down to nothing at all
+        return smp.encode(_frame(group, command, {"zreq": cut}, op))
+
+    def garbage_deflate(self) -> bytes:
+        rng = self.rng
+        how = rng.randrange(3)
+        if how == 0:
+            return self._zreq(rng.randbytes(rng.randrange(1, 400)))
+        packed = bytearray(cose.deflate(self.signed_issue()))
+        if how == 1:
+            packed[0] |= 0x06  # block type 3: reserved, never valid DEFLATE
+        else:
+            packed += rng.randbytes(rng.randrange(1, 20))  # bytes after the stream's end
+        return self._zreq(bytes(packed))
+
+    def compressed_not_cose(self) -> bytes:
+        rng = self.rng
+        t = self.t
+        choice = rng.randrange(5)
+        if choice == 0:
+            inner = rng.randbytes(rng.randrange(0, 300))  # not CBOR at all
+        elif choice == 1:
+            inner = cbor2.dumps({"req": self.signed_issue()})  # the plain body, compressed whole
+        elif choice == 2:
+            inner = cbor2.dumps(cbor2.CBORTag(18, [b"", {}, b"\xa0"]))  # three items, not four
+        elif choice == 3:
+            inner = cbor2.dumps(list(cbor2.loads(self.signed_issue()).value))  # untagged
+        else:
+            inner = cose.sign1(cbor2.dumps([1, 2]), cose.signer(t.pos.key)[1], cose.ES256, t.pos.kid)
+        return self._zreq(cose.deflate(inner))
+
     def line_noise(self) -> bytes:
         rng = self.rng
         how = rng.randrange(3)
@@ -427,6 +485,10 @@ def outcome(answer: bytes | None) -> str:
         return "SMP rc %d" % body["err"]["rc"]
     if "rc" in body:
         return "SMP rc %d" % body["rc"]
+    if "zcose" in body:
+        body = cbor2.loads(cose.decode1(cose.inflate(body["zcose"], 1 << 20)).payload)
+    elif "zok" in body:
+        body = {"ok": cbor2.loads(cose.inflate(body["zok"], 1 << 20))}
     if "cose" in body:
         body = cbor2.loads(cose.decode1(body["cose"]).payload)
     elif "answer" in body:

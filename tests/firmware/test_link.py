@@ -122,6 +122,88 @@ def test_a_device_bug_is_box_internal_with_a_sentence_and_is_logged(
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The compressed form (docs/link.md section 4)
+
+
+def test_the_nonce_answer_says_the_box_takes_compressed_requests(link: Link, pos: Host) -> None:
+    assert pos.send(*command_of("nonce"), {})["ok"] == {"nonce": link.nonce, "deflate": True}
+
+
+def test_a_compressed_sale_is_answered_compressed_signed_as_a_plain_one(link: Link, pos: Host) -> None:
+    group, command = command_of("issue")
+    request = pos.signed("issue", {"sale": sale()}, rid="till1:0001")
+    zreq = cose.deflate(request)
+    assert len(zreq) < len(request)
+    answer = pos.send(group, command, {"zreq": zreq})
+    assert set(answer) == {"nonce", "zcose"} and answer["nonce"] == link.nonce
+    proof = cose.inflate(answer["zcose"], smp.MAX_FRAME)
+    message = cose.decode1(proof)
+    cose.verify1(message, link.device.keys.public_key_pem())  # the proof is the plain COSE_Sign1
+    payload = cbor2.loads(message.payload)
+    assert (payload["g"], payload["c"], payload["rid"]) == (64, 6, "till1:0001")
+    assert payload["ok"]["global_no"] == 1 and payload["ok"]["repeated"] is False
+    # A read: "zok" holds the CBOR of what "ok" would; the plain request gets the plain answer, as before.
+    group, command = command_of("status")
+    zok = pos.send(group, command, {"zreq": cose.deflate(pos.signed("status", {}))})
+    plain = pos.send(group, command, {"req": pos.signed("status", {})})
+    assert set(zok) == {"nonce", "zok"} and set(plain) == {"nonce", "ok"}
+    assert cose.loads(cose.inflate(zok["zok"], smp.MAX_FRAME)) == plain["ok"]
+    assert plain["ok"]["last_global_no"] == 1
+
+
+def test_a_refusal_of_a_compressed_request_stays_plain(link: Link, pos: Host) -> None:
+    group, command = command_of("issue")
+    stale = pos.signed("issue", {"sale": sale()}, nonce=bytes(16))
+    assert pos.send(group, command, {"zreq": cose.deflate(stale)})["error"]["code"] == "BOX_LINK_NONCE"
+    bad = pos.send(group, command, {"zreq": cose.deflate(pos.signed("issue", {"sale": []}))})
+    assert set(bad) == {"nonce", "zcose"}  # authenticated: the schema's refusal is signed, compressed
+    payload = cbor2.loads(cose.decode1(cose.inflate(bad["zcose"], smp.MAX_FRAME)).payload)
+    assert payload["error"]["code"] == "BOX_LINK_SCHEMA"
+    group, command = command_of("receipt")
+    refused = pos.send(group, command, {"zreq": cose.deflate(pos.signed("receipt", {"global_no": 9}))})
+    assert set(refused) == {"nonce", "error"} and refused["error"]["code"] == "BOX_NO_RECEIPT"
+
+
+def _deflated_then(data: bytes, cut: int = 0, extra: bytes = b"") -> bytes:
+    packed = cose.deflate(data)
+    return (packed[:-cut] if cut else packed) + extra
+
+
+def test_a_compressed_body_that_does_not_inflate_to_a_request_is_a_frame_error(link: Link, pos: Host) -> None:
+    group, command = command_of("issue")
+    good = pos.signed("issue", {"sale": sale()})
+    bomb = cose.deflate(bytes(50_000_000))  # 50 MB of zeros in about 48 KB: inflated only to 16 KB, refused
+    bodies = {
+        "a zip bomb": {"zreq": bomb[:14_000]},
+        "just over a frame": {"zreq": cose.deflate(bytes(smp.MAX_FRAME + 1))},
+        "truncated": {"zreq": _deflated_then(good, cut=5)},
+        "garbage, not DEFLATE": {"zreq": b"\xff" * 40},
+        "bytes after the stream": {"zreq": _deflated_then(good, extra=b"\x00")},
+        "not a byte string": {"zreq": "text"},
+        "compressed CBOR that is no COSE_Sign1": {"zreq": cose.deflate(cbor2.dumps({"a": 1}))},
+        "compressed noise": {"zreq": cose.deflate(os.urandom(300))},
+        "both forms at once": {"zreq": cose.deflate(good), "req": good},
+    }
+    before = state(link)
+    nonce = link.nonce
+    for why, body in bodies.items():
+        answer = pos.send(group, command, body)
+        assert set(answer) == {"nonce", "error"}, why
+        assert answer["error"]["code"] == "BOX_LINK_FRAME", (why, answer)
+        assert answer["error"]["message"].endswith("."), why
+    assert "more than 16384 bytes" in pos.send(group, command, bodies["a zip bomb"])["error"]["message"]
+    assert "cut short" in pos.send(group, command, bodies["truncated"])["error"]["message"]
+    assert state(link) == before and link.nonce == nonce
+    resigned = bytearray(good)
+    resigned[-1] ^= 1  # well compressed, badly signed: checked as a plain request is
+    assert pos.send(group, command, {"zreq": cose.deflate(bytes(resigned))})["error"]["code"] == (
+        "BOX_LINK_SIGNATURE"
+    )
+    assert state(link) == before and link.nonce == nonce
+    assert "zcose" in pos.send(group, command, {"zreq": cose.deflate(good)})  # and a good one is taken
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Every refusal of docs/link.md section 4, each changing nothing
 
 

@@ -22,6 +22,9 @@ SIGNED = {
     "replay": {"BOX_LINK_NONCE", "BOX_LINK_OP", "BOX_LINK_ROLE", "BOX_LINK_SCHEMA", "ok (repeated)"},
     "signed, wrong body": {"BOX_LINK_SCHEMA", "BOX_LINK_ENROLL"},
 }
+# Compressed bodies (docs/link.md section 4) that do not inflate to a COSE_Sign1 within a frame's 16 KB.
+COMPRESSED = ("zip bomb", "truncated deflate", "garbage deflate", "compressed, not COSE")
+KINDS = 17
 
 
 @pytest.fixture
@@ -35,11 +38,13 @@ def check(report: Report, dropped: str) -> None:
     print(report.table(f"{report.total} inputs, {report.seconds:.1f} s"))
     assert report.crashes == []
     assert report.resync_failures == [] and report.resynced == report.total
-    assert len(report.inputs) == 13 and min(report.inputs.values()) >= report.total // 13
+    assert len(report.inputs) == KINDS and min(report.inputs.values()) >= report.total // KINDS
     for kind in FRAMING:
         assert set(report.answers[kind]) == {dropped}, (kind, report.answers[kind])
     for kind, codes in SIGNED.items():
         assert set(report.answers[kind]) <= codes, (kind, report.answers[kind])
+    for kind in COMPRESSED:
+        assert set(report.answers[kind]) == {"BOX_LINK_FRAME"}, (kind, report.answers[kind])
     for kind, answered in report.answers.items():
         assert "BOX_INTERNAL" not in answered, (kind, answered)
     assert set(report.answers["replay"]) == SIGNED["replay"] or report.total < 1000

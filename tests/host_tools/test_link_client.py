@@ -72,6 +72,8 @@ class Responder:
         self.csr_allowed = True
         self.export = os.urandom(5000)
         self.jobs = 0
+        self.deflate = False  # whether the nonce answer says the box takes compressed requests
+        self.forms: list[str] = []  # the form of each signed request: "req" or "zreq"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve_cable if cable else self._serve, daemon=True)
         self._thread.start()
@@ -127,8 +129,12 @@ class Responder:
 
         if (group, command) == (64, 0):
             self.nonce_requests += 1
-            return packet({"nonce": self.nonce, "ok": {"nonce": self.nonce}})
-        message = cose.decode1(body["req"])
+            said = {"deflate": True} if self.deflate else {}
+            return packet({"nonce": self.nonce, "ok": {"nonce": self.nonce, **said}})
+        (form,) = body  # "req", or "zreq" (docs/link.md section 4): one key, nothing else
+        self.forms.append(form)
+        compressed = form == "zreq"
+        message = cose.decode1(cose.inflate(body["zreq"], smp.MAX_FRAME) if compressed else body["req"])
         cose.verify1(message, self.hosts[message.kid])
         payload = cbor2.loads(message.payload)
         assert (payload["g"], payload["c"]) == (group, command)
@@ -152,6 +158,10 @@ class Responder:
                 cbor2.dumps({"g": group, "c": command, "rid": rid, **outcome}), sign, cose.ES256
             )
             answer = {"nonce": self.nonce, "cose": signed}
+            if compressed:
+                answer = {"nonce": self.nonce, "zcose": cose.deflate(signed)}
+        elif compressed and "ok" in outcome:
+            answer = {"nonce": self.nonce, "zok": cose.deflate(cbor2.dumps(outcome["ok"]))}
         else:
             answer = {"nonce": self.nonce, **outcome}
         if self.lose(name, payload["body"]):
@@ -262,6 +272,37 @@ def test_a_write_answer_is_checked_against_the_device_key_and_kept_as_proof(
     assert cbor2.loads(proof.payload)["rid"] == "till-1:0001"
     client.open_day()  # the nonce rotated after the write: the client took the new one from the answer
     assert box.nonce_requests == 1
+
+
+def test_a_box_that_says_deflate_gets_compressed_requests_and_its_compressed_answers_are_checked(
+    client: BoxClient, box: Responder
+) -> None:
+    box.deflate = True
+    assert client.status()["device_id"] == 4321  # "zok": inflated, decoded
+    receipt = client.issue(SALE, "till-1:0001")  # "zcose": inflated, checked against the device key
+    assert receipt == {"global_no": 1, "total": "10.00"} and client.verified is True
+    # status, the sale, and the status that learnt the device key: every one compressed
+    assert box.forms == ["zreq"] * 3 and client.deflate is True
+    proof = cose.decode1(client.last_proof)  # the proof kept is the plain COSE_Sign1
+    cose.verify1(proof, box.device_key.public_key())
+    assert cbor2.loads(proof.payload)["rid"] == "till-1:0001"
+    box.signing_key = ec.generate_private_key(ec.SECP256R1())  # compressed, but forged
+    with pytest.raises(FiscalError) as refused:
+        client.open_day()
+    assert refused.value.code == "BOX_LINK_SIGNATURE"
+
+
+def test_a_box_that_does_not_say_deflate_gets_plain_requests(client: BoxClient, box: Responder) -> None:
+    client.status()
+    client.issue(SALE, "till-1:0001")
+    assert box.forms == ["req"] * 3 and client.deflate is False
+
+
+def test_a_client_told_not_to_compress_sends_plain_requests(box: Responder, host_key: Any) -> None:
+    box.deflate = True
+    with BoxClient(box.path, pem(host_key), timeout=30, compress=False) as plain:
+        assert plain.issue(SALE, "till-1:0001")["global_no"] == 1 and plain.verified is True
+    assert box.forms == ["req", "req"]  # the sale, then the status that learnt the device key
 
 
 def test_an_answer_not_signed_by_the_device_key_is_refused(client: BoxClient, box: Responder) -> None:

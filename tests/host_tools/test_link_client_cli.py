@@ -214,21 +214,23 @@ def lose_one_chunk(rig: Rig, offset: int, pull: bool = False) -> list[int]:
     """The line loses the answer to the export chunk at `offset` once: the box answered, the host never saw it
     (`pull`: the cable line's connection closes instead). Returns the offsets the box was asked for."""
     asked: list[int] = []
-    handle = rig.link.handle
+    respond = rig.link.respond
 
-    def lossy(frame: bytes) -> bytes | None:
-        answer = handle(frame)
+    def lossy(frame: bytes) -> tuple[bytes | None, dict[str, Any] | None]:
+        answer, record = respond(frame)
         _, _, _, _, group, _, command = smp.parse_header(frame)
         if (group, command) == (64, 22):
-            message = cose.decode1(cbor2.loads(frame[smp.HEADER_SIZE :])["req"])
+            body = cbor2.loads(frame[smp.HEADER_SIZE :])
+            assert set(body) == {"zreq"}  # the client compresses: the box said it takes that
+            message = cose.decode1(cose.inflate(body["zreq"], smp.MAX_FRAME))
             at = cbor2.loads(message.payload)["body"].get("offset", 0)
             asked.append(at)
             if at == offset and asked.count(at) == 1:
                 rig.cable.pull_at_next_answer = pull
-                return answer if pull else None
-        return answer
+                return (answer if pull else None), record
+        return answer, record
 
-    rig.link.handle = lossy  # type: ignore[method-assign]
+    rig.link.respond = lossy  # type: ignore[method-assign]
     return asked
 
 
