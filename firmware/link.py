@@ -383,8 +383,9 @@ class Link:
                     "enrolls it first.",
                     "kid",
                 )
+            link_schema.check("enroll", payload["body"])  # its values are read here, before the signature
             key = self._first_operator(kid, payload["body"])
-            role, label = "operator", str(payload["body"].get("label", ""))[:64]
+            role, label = "operator", payload["body"]["label"]
         else:
             if entry["revoked_at"] is not None:
                 raise refuse(
@@ -394,8 +395,8 @@ class Link:
                 )
             key = self.hosts.public_key(kid)
             role, label = entry["role"], entry["label"]
-        record["key"], record["role"] = label, role
         cose.verify1(message, key)
+        record["key"], record["role"] = label, role  # only once proven: a forger names any key
         if (payload["g"], payload["c"]) != (command.group, command.id):
             raise refuse(
                 "BOX_LINK_OP", "The signed request names another command than the frame carrying it.", "req"
@@ -548,9 +549,12 @@ class Link:
             out["error"] = job.error
         if job.state == "done" and job.path is not None and job.size is not None:
             offset = int(request.body.get("offset", 0))
-            with open(job.path, "rb") as handle:
-                handle.seek(offset)
-                out["data"] = handle.read(CHUNK)
+            if offset >= job.size:  # at or past the end (2**62 too): nothing to read, the file not opened
+                out["data"] = b""
+            else:
+                with open(job.path, "rb") as handle:
+                    handle.seek(offset)
+                    out["data"] = handle.read(CHUNK)
             out["size"] = job.size
         return out
 

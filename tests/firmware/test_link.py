@@ -364,7 +364,28 @@ def test_a_self_signed_enroll_must_enroll_its_own_key_as_operator(link: Link) ->
     other = Host(link)
     refused(host, "BOX_LINK_ENROLL", "enroll", {"public_key": other.der, "role": "operator", "label": "x"})
     refused(host, "BOX_LINK_ENROLL", "enroll", {"public_key": host.der, "role": "pos", "label": "x"})
-    refused(host, "BOX_LINK_ENROLL", "enroll", {"public_key": 2**62, "role": "operator", "label": "x"})
+    refused(host, "BOX_LINK_SCHEMA", "enroll", {"public_key": 2**62, "role": "operator", "label": "x"})
+
+
+def test_a_first_enroll_is_checked_against_the_schema_before_its_values_are_read(link: Link) -> None:
+    host = Host(link)
+    for label in (2**62, ["x"], {"a": 1}):
+        refused(host, "BOX_LINK_SCHEMA", "enroll", {"public_key": host.der, "role": "operator", "label": label})
+    # a number beyond 64 bits does not get past the CBOR decoding: a frame error
+    answer = host.send(*command_of("enroll"), {"req": host.signed(
+        "enroll", {"public_key": host.der, "role": "operator", "label": 10**5000})})
+    assert answer["error"]["code"] == "BOX_LINK_FRAME" and not link.hosts.entries()
+
+
+def test_a_forged_request_logs_no_key_label(link: Link, pos: Host, caplog: pytest.LogCaptureFixture) -> None:
+    forger = Host(link)
+    forger.kid = pos.kid  # names the till's key, signs with its own
+    with caplog.at_level(logging.INFO, logger=link.log.name):
+        with pytest.raises(FiscalError):
+            forger.result("issue", {"sale": sale()})
+    records = [r.fields for r in caplog.records if r.msg == "link.request"]  # type: ignore[attr-defined]
+    assert records[-1]["outcome"] == "BOX_LINK_SIGNATURE"
+    assert "key" not in records[-1] and "role" not in records[-1]
 
 
 def test_an_operator_enrolls_lists_and_revokes_keys(link: Link, operator: Host) -> None:
@@ -430,6 +451,15 @@ def test_an_export_is_read_in_chunks_and_resumed_from_an_offset(
     assert not any(f.exists() for f in files)  # the older export's file went with it
     refused(operator, "BOX_LINK_NO_JOB", "job", {"job": job})
     assert operator.result("job", {"job": newer})["size"] < len(data)
+
+
+def test_a_huge_offset_gives_empty_data_not_an_internal_error(link: Link, operator: Host, pos: Host) -> None:
+    pos.result("issue", {"sale": sale()}, rid="r1")
+    job = operator.result("export_journal", {"first": 1, "last": 1})["job"]
+    link.join_jobs()
+    for offset in (2**62, 2**63 - 1):
+        answer = operator.result("job", {"job": job, "offset": offset})
+        assert answer["state"] == "done" and answer["data"] == b"" and answer["size"] > 0
 
 
 def test_a_failed_job_says_why(link: Link, operator: Host) -> None:
