@@ -138,6 +138,7 @@ class Request:
     body: dict[str, Any]
     role: str
     label: str
+    nonce: bytes  # the nonce it was signed with: a write's answer carries it, bound to this request
 
 
 @dataclass
@@ -338,7 +339,7 @@ class Link:
             if compressed and "ok" in outcome:
                 outcome = {"zok": cose.deflate(cbor2.dumps(outcome["ok"]))}
             return {"nonce": self._nonce, **outcome}
-        payload = {"g": command.group, "c": command.id, "rid": request.rid, **outcome}
+        payload = {"g": command.group, "c": command.id, "rid": request.rid, "nonce": request.nonce, **outcome}
         answer = self._signed(payload)
         if compressed and "cose" in answer:
             answer = {"zcose": cose.deflate(answer["cose"])}
@@ -414,7 +415,7 @@ class Link:
                 f"A {role} key may not ask for {command.name}: that needs an {command.role} key.",
                 "kid",
             )
-        return Request(command, payload["rid"], payload["body"], role, label)
+        return Request(command, payload["rid"], payload["body"], role, label, payload["nonce"])
 
     def _first_operator(self, kid: bytes, body: dict[Any, Any]) -> Any:
         """The key a first operator enroll is signed by: the key it enrolls (docs/link.md section 5)."""

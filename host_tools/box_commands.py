@@ -118,6 +118,7 @@ class Connection:
             float(timeout),
             passphrase=passphrase.encode() if passphrase else None,
             device_key=device_key,
+            strict=device_key is not None,  # a key given: nothing unchecked is believed (docs/pos-api.md)
         )
         return self._client
 

@@ -174,7 +174,7 @@ def test_what_pycddl_alone_gets_wrong_is_refused() -> None:
     ]
     for name, body, field in cases:
         assert _refused(name, body).field == field, (name, body)
-    outcome = {"g": 64, "c": 6, "rid": "r", "error": {"code": "X", "message": "m.", "field": ["a"]}}
+    outcome = {"g": 64, "c": 6, "rid": "r", "nonce": N16, "error": {"code": "X", "message": "m.", "field": ["a"]}}
     _refused("outcome", outcome)  # a list passed `tstr / null`
 
 
@@ -225,7 +225,7 @@ def test_answers() -> None:
     link_schema.check("answer", {"nonce": N16, "ok": {"status": "open"}})
     link_schema.check("answer", {"nonce": N16, "error": {"code": "BOX_LINK_NONCE", "message": "Stale."}})
     link_schema.check("answer", {"nonce": N16, "cose": b"\xd2"})
-    link_schema.check("answer", {"nonce": N16, "answer": {"g": 64, "c": 6, "rid": "r", "ok": {}}})
+    link_schema.check("answer", {"nonce": N16, "answer": {"g": 64, "c": 6, "rid": "r", "nonce": N16, "ok": {}}})
     _refused("answer", {"nonce": N16})
     _refused("answer", {"nonce": N16, "ok": 1, "cose": b""})
     _refused("answer", {"nonce": N16, "error": {"code": "X"}})
@@ -237,8 +237,8 @@ def test_answers() -> None:
     link_schema.check("nonce_ok", {"nonce": N16})  # a box before the compressed form
     _refused("nonce_ok", {"nonce": N16, "deflate": "yes"})
     refusal = {"code": "X", "message": "m.", "field": "rid"}
-    link_schema.check("outcome", {"g": 64, "c": 6, "rid": "r", "error": refusal})
-    _refused("outcome", {"g": 64, "c": 6, "rid": "r", "error": {**refusal, "field": None}})  # left out
+    link_schema.check("outcome", {"g": 64, "c": 6, "rid": "r", "nonce": N16, "error": refusal})
+    _refused("outcome", {"g": 64, "c": 6, "rid": "r", "nonce": N16, "error": {**refusal, "field": None}})  # left out
 
 
 def test_a_key_called_at_and_values_cbor_cannot_carry_are_refused() -> None:

@@ -97,6 +97,15 @@ def test_a_sale_is_issued_and_its_answer_is_signed_by_the_device_key(link: Link,
     assert link.device.box.status()["last_global_no"] == 1
 
 
+def test_a_write_answer_carries_the_nonce_of_its_request(link: Link, pos: Host) -> None:
+    sent = link.nonce
+    answer = pos.call("issue", {"sale": sale()})
+    assert answer["payload"]["nonce"] == sent != answer["nonce"]
+    sent = link.nonce
+    refusal = pos.call("issue", {"sale": "not a map"}, rid="rid-2")  # a signed refusal is bound too
+    assert refusal["payload"]["error"]["code"] == "BOX_LINK_SCHEMA" and refusal["payload"]["nonce"] == sent
+
+
 def test_without_a_device_key_a_write_is_answered_unsigned(link: Link, pos: Host) -> None:
     link.device.sign_answer = lambda payload: None  # a box before generate_key
     answer = pos.call("issue", {"sale": sale()})
