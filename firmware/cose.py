@@ -55,7 +55,7 @@ def _plain(value: Any, depth: int) -> Any:
         out = {}
         for key, item in value.items():
             if type(key) is not str and (type(key) is not int or not -_INT_LIMIT <= key < _INT_LIMIT):
-                raise _frame_error("A map in the message has a key that is neither text nor a 64-bit integer.")
+                raise _frame_error("A map in the message has a key that is neither text nor a 64-bit number.")
             out[key] = item if type(item) in _SCALARS else _plain(item, depth + 1)
         return out
     if kind is cbor2.CBORTag and depth == 0:

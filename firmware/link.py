@@ -160,6 +160,45 @@ class Job:
         self.done, self.total = int(done), int(total)
 
 
+SHORT_TEXT = 256  # characters of a text field a shortened answer keeps
+
+
+def _shortened(outcome: dict[str, Any]) -> dict[str, Any]:
+    """A write's outcome cut to what surely fits a frame (docs/link.md section 4): a refusal's code and the
+    start of its message; a result's top-level numbers, booleans, nulls and short texts, the length of each
+    list in `counts`, and `"truncated": true`. Maps and long texts are left out."""
+    if "error" in outcome:
+        error = outcome["error"]
+        return {"error": {"code": str(error.get("code"))[:64], "message": str(error.get("message"))[:512]}}
+    result = outcome.get("ok")
+    short: dict[str, Any] = {"truncated": True}
+    if isinstance(result, dict):
+        counts: dict[str, int] = {}
+        for key, value in result.items():
+            if not isinstance(key, str) or key in ("truncated", "counts") or len(key) > 64:
+                continue
+            if value is None or isinstance(value, (bool, int)) and -(2**63) <= value < 2**64:
+                short[key] = value
+            elif isinstance(value, str) and len(value) <= SHORT_TEXT:
+                short[key] = value
+            elif isinstance(value, (list, tuple)):
+                counts[key] = len(value)
+        if counts:
+            short["counts"] = counts
+    return {"ok": short}
+
+
+def _printed_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """print_unprinted's answer on the link: the receipts printed as a count and the first and last numbers,
+    not the list (thousands of receipts left unprinted by a long printer fault would not fit a frame)."""
+    printed = result.get("printed")
+    if not isinstance(printed, list):
+        return result
+    summary = {"count": len(printed), "first": printed[0] if printed else None,
+               "last": printed[-1] if printed else None}
+    return {**result, "printed": summary}
+
+
 def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -339,11 +378,30 @@ class Link:
             if compressed and "ok" in outcome:
                 outcome = {"zok": cose.deflate(cbor2.dumps(outcome["ok"]))}
             return {"nonce": self._nonce, **outcome}
-        payload = {"g": command.group, "c": command.id, "rid": request.rid, "nonce": request.nonce, **outcome}
-        answer = self._signed(payload)
-        if compressed and "cose" in answer:
-            answer = {"zcose": cose.deflate(answer["cose"])}
-        return {"nonce": self._nonce, **answer}
+        if command.name == "print_unprinted" and isinstance(outcome.get("ok"), dict):
+            outcome["ok"] = _printed_summary(outcome["ok"])
+        head = {"g": command.group, "c": command.id, "rid": request.rid, "nonce": request.nonce}
+        return {"nonce": self._nonce, **self._write_answer(head, outcome, compressed)}
+
+    def _write_answer(
+        self, head: dict[str, Any], outcome: dict[str, Any], compressed: bool
+    ) -> dict[str, Any]:
+        """A write's answer. The write has run, so its outcome always goes back signed: one too large for a
+        frame, or holding what CBOR cannot carry, is sent shortened (docs/link.md section 4), never replaced
+        by an unsigned error that would say nothing changed."""
+        for attempt in (outcome, _shortened(outcome), {"ok": {"truncated": True}}):
+            try:
+                answer = self._signed({**head, **attempt})
+                if compressed and "cose" in answer:
+                    answer = {"zcose": cose.deflate(answer["cose"])}
+                size = len(cbor2.dumps({"nonce": self._nonce, **answer}))
+            except Exception:  # a value CBOR cannot carry: logged, the shortened outcome goes instead
+                self.log.exception("link.answer_unencodable", extra={"fields": {"rid": head["rid"]}})
+                continue
+            if size <= smp.MAX_FRAME - smp.HEADER_SIZE:
+                return answer
+            self.log.warning("link.answer_truncated", extra={"fields": {"rid": head["rid"], "bytes": size}})
+        raise AssertionError("unreachable: the last outcome is a few bytes")  # pragma: no cover
 
     def _authenticate(self, command: Command, body: dict[Any, Any], record: dict[str, Any]) -> Request:
         """The checks before anything runs, in the order of docs/link.md section 4; none changes anything."""

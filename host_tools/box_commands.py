@@ -603,7 +603,8 @@ def reprint(global_no: int | None, unprinted: bool, as_json: bool) -> None:
     result = _box(lambda box: box.print_unprinted())
 
     def text(r: dict[str, Any]) -> str:
-        line = f"printed {len(r['printed'])} receipts"
+        printed = r["printed"]  # over the link: {"count", "first", "last"} (docs/link.md section 3)
+        line = f"printed {printed['count'] if isinstance(printed, dict) else len(printed)} receipts"
         if r.get("stopped_at") is not None:
             line += f", stopped at receipt {r['stopped_at']}"
         return line + (f"; {r['remaining']} still unprinted" if r.get("remaining") else "")

@@ -478,8 +478,9 @@ class BoxClient:
                 raise FiscalError(
                     "BOX_LINK_SIGNATURE",
                     f"The box answered {name} signed by another key than the device key given here: its "
-                    "device key changed (the request may have been carried out), or the answer is forged. Check the new key (fiscalbox status) "
-                    "and give it (--device-key / FISCALBOX_DEVICE_KEY) before trusting the box's answers.",
+                    "device key changed (the request may have been carried out), or the answer is forged. "
+                    "Check the new key (fiscalbox status) and give it (--device-key / FISCALBOX_DEVICE_KEY) "
+                    "before trusting the box's answers.",
                 ) from None
             if name not in REKEYING:
                 raise

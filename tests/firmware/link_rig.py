@@ -70,6 +70,9 @@ class StandIn:
     def open_day(self) -> dict[str, Any]:
         return self.box.open_day()
 
+    def print_unprinted(self) -> dict[str, Any]:
+        return self.box.print_unprinted()
+
     def close_day(self) -> dict[str, Any]:
         return self.box.close_day()
 

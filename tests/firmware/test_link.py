@@ -106,6 +106,50 @@ def test_a_write_answer_carries_the_nonce_of_its_request(link: Link, pos: Host) 
     assert refusal["payload"]["error"]["code"] == "BOX_LINK_SCHEMA" and refusal["payload"]["nonce"] == sent
 
 
+def test_a_write_whose_answer_does_not_fit_a_frame_is_answered_signed_and_shortened(
+    link: Link, operator: Host
+) -> None:
+    opened: list[int] = []
+
+    def open_day() -> dict[str, Any]:  # the write runs, then its answer is far larger than a frame
+        opened.append(1)
+        return {"day_no": 7, "status": "open", "notes": ["x" * 100] * 400, "report": {"a": "b" * 20000}}
+
+    link.device.open_day = open_day
+    answer = operator.call("open_day")
+    assert opened and "cose" in answer and "error" not in answer
+    assert answer["payload"]["ok"] == {
+        "truncated": True, "day_no": 7, "status": "open", "counts": {"notes": 400}
+    }
+
+
+def test_a_write_whose_answer_cbor_cannot_carry_is_answered_signed(link: Link, operator: Host) -> None:
+    link.device.open_day = lambda: {"day_no": 8, "odd": object()}
+    answer = operator.call("open_day")
+    assert answer["payload"]["ok"] == {"truncated": True, "day_no": 8}
+
+
+def test_print_unprinted_answers_a_count_and_the_first_and_last_receipt(rig: Rig, tmp_path: Path) -> None:
+    from hardware import printers
+    from sim.printer import VirtualPrinter
+
+    profile = printers.PROFILES["epson-tm-t20ii"]
+    printed_box = rig.box(printer=printers.EscposPrinter(profile, VirtualPrinter(dots=profile.dots)))
+    printed_box.provision(__import__("box_rig").SETTINGS)
+    printed_box.open_day()
+    rig.clock.advance(60)
+    printer, printed_box.printer = printed_box.printer, None  # sold while the printer was away
+    for _ in range(5):
+        printed_box.issue(sale())
+    printed_box.printer = printer
+    made = Link(StandIn(printed_box, tmp_path), HostKeys(tmp_path / "hosts.json"))
+    till = Host(made)
+    made.hosts.enroll(till.der, "pos", "till", AT)
+    done = till.result("print_unprinted")
+    assert done["printed"] == {"count": 5, "first": 1, "last": 5} and done["remaining"] == 0
+    made.close()
+
+
 def test_without_a_device_key_a_write_is_answered_unsigned(link: Link, pos: Host) -> None:
     link.device.sign_answer = lambda payload: None  # a box before generate_key
     answer = pos.call("issue", {"sale": sale()})
@@ -379,7 +423,8 @@ def test_a_self_signed_enroll_must_enroll_its_own_key_as_operator(link: Link) ->
 def test_a_first_enroll_is_checked_against_the_schema_before_its_values_are_read(link: Link) -> None:
     host = Host(link)
     for label in (2**62, ["x"], {"a": 1}):
-        refused(host, "BOX_LINK_SCHEMA", "enroll", {"public_key": host.der, "role": "operator", "label": label})
+        body = {"public_key": host.der, "role": "operator", "label": label}
+        refused(host, "BOX_LINK_SCHEMA", "enroll", body)
     # a number beyond 64 bits does not get past the CBOR decoding: a frame error
     answer = host.send(*command_of("enroll"), {"req": host.signed(
         "enroll", {"public_key": host.der, "role": "operator", "label": 10**5000})})
