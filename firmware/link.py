@@ -55,7 +55,7 @@ class Command:
     role: str  # the least role allowed: any, pos or operator
     method: str | None  # the Device method it calls; None: the link answers it itself
     args: tuple[str, ...] = ()  # body keys passed to the method by name (an absent optional key: its default)
-    rid: bool = False  # the request's rid is passed as request_id
+    rid: bool = False  # the request's rid is passed as request_id, the key's ID (hex) as host
     job: bool = False  # runs as a job (section 7): the method also gets progress(done, total)
 
 
@@ -139,6 +139,7 @@ class Request:
     role: str
     label: str
     nonce: bytes  # the nonce it was signed with: a write's answer carries it, bound to this request
+    kid: bytes = b""  # the key that signed it
 
 
 @dataclass
@@ -473,7 +474,7 @@ class Link:
                 f"A {role} key may not ask for {command.name}: that needs an {command.role} key.",
                 "kid",
             )
-        return Request(command, payload["rid"], payload["body"], role, label, payload["nonce"])
+        return Request(command, payload["rid"], payload["body"], role, label, payload["nonce"], kid)
 
     def _first_operator(self, kid: bytes, body: dict[Any, Any]) -> Any:
         """The key a first operator enroll is signed by: the key it enrolls (docs/link.md section 5)."""
@@ -501,8 +502,8 @@ class Link:
         if command.method is None:
             return self._own[command.name](request)
         kwargs = {name: request.body[name] for name in command.args if name in request.body}
-        if command.rid:
-            kwargs["request_id"] = request.rid
+        if command.rid:  # request IDs are the sending key's own (docs/link.md section 6)
+            kwargs["request_id"], kwargs["host"] = request.rid, request.kid.hex()
         if command.job:
             return self._start_job(command, kwargs)
         return getattr(self.device, command.method)(**kwargs)

@@ -693,8 +693,8 @@ class Device:
 
     # -- the fiscal day --------------------------------------------------------------------------------------
 
-    def issue(self, sale: dict[str, Any], request_id: str | None = None) -> dict[str, Any]:
-        return self._printing(lambda box: box.issue(sale, request_id=request_id))
+    def issue(self, sale: dict[str, Any], request_id: str | None = None, host: str = "") -> dict[str, Any]:
+        return self._printing(lambda box: box.issue(sale, request_id=request_id, host=host))
 
     def reprint(self, global_no: int) -> dict[str, Any]:
         return self._printing(lambda box: box.reprint(global_no))

@@ -63,9 +63,9 @@ class StandIn:
     def receipt(self, global_no: int) -> dict[str, Any]:
         return self.box.receipt(global_no)
 
-    def issue(self, sale: dict[str, Any], request_id: str | None = None) -> dict[str, Any]:
+    def issue(self, sale: dict[str, Any], request_id: str | None = None, host: str = "") -> dict[str, Any]:
         self.calls.append("issue")
-        return self.box.issue(sale, request_id)
+        return self.box.issue(sale, request_id, host)
 
     def open_day(self) -> dict[str, Any]:
         return self.box.open_day()

@@ -357,6 +357,22 @@ def test_a_body_that_does_not_match_the_schema_is_refused(
     assert error["field"] if field is None else error["field"] == field
 
 
+def test_another_till_under_the_same_request_id_never_gets_the_first_tills_receipt(
+    link: Link, pos: Host
+) -> None:
+    till2 = Host(link)
+    link.hosts.enroll(till2.der, "pos", "till 2", AT)
+    one = sale("7.00")
+    first = pos.result("issue", {"sale": one}, rid="till:0001")
+    with pytest.raises(FiscalError) as refused:  # a sale of its own to the box, not a retry of till 1's
+        till2.result("issue", {"sale": one}, rid="till:0001")
+    assert refused.value.code == "RCPT013"  # till 1's invoice number
+    second = till2.result("issue", {"sale": sale("7.00")}, rid="till:0001")
+    assert second["repeated"] is False and second["global_no"] == first["global_no"] + 1
+    again = pos.result("issue", {"sale": one}, rid="till:0001")
+    assert again["repeated"] is True and again["global_no"] == first["global_no"]
+
+
 def test_another_sale_under_a_used_request_id_is_refused(link: Link, pos: Host) -> None:
     pos.result("issue", {"sale": sale()}, rid="pos:42")
     refused(pos, "BOX_LINK_REQUEST_REUSED", "issue", {"sale": sale()}, rid="pos:42")
