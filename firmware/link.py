@@ -36,6 +36,7 @@ READ, WRITE = smp.OP_READ, smp.OP_WRITE
 OS, FISCAL, HOSTS = 0, 64, 65
 NONCE_SIZE = 16
 CHUNK = 2048  # bytes of an export a `job` answer carries
+PROBLEMS_BYTES = 8192  # CBOR bytes of an audit's problems a `job` answer carries: the first that fit
 BUF_COUNT = 4
 READ_SIZE = 65536  # bytes the serve loop takes from the port at a time: a whole request and more
 RC_EINVAL, RC_ENOTSUP = 3, 8  # MCUmgr's return codes: invalid value, not supported
@@ -198,6 +199,27 @@ def _printed_summary(result: dict[str, Any]) -> dict[str, Any]:
     summary = {"count": len(printed), "first": printed[0] if printed else None,
                "last": printed[-1] if printed else None}
     return {**result, "printed": summary}
+
+
+def _capped_problems(result: dict[str, Any]) -> dict[str, Any]:
+    """An audit's result as a `job` answer carries it (docs/link.md section 7): the first problems that fit
+    PROBLEMS_BYTES, with `problems_total` and `problems_truncated`; a tampered journal can have thousands."""
+    problems = result.get("problems")
+    if not isinstance(problems, list):
+        return result
+    kept: list[Any] = []
+    size = 0
+    for problem in problems:
+        size += len(cbor2.dumps(problem))
+        if size > PROBLEMS_BYTES:
+            break
+        kept.append(problem)
+    return {
+        **result,
+        "problems": kept,
+        "problems_total": len(problems),
+        "problems_truncated": len(kept) < len(problems),
+    }
 
 
 def utc_now() -> str:
@@ -574,7 +596,7 @@ class Link:
     def _work(self, job: Job, method: Callable[..., Any], kwargs: dict[str, Any]) -> None:
         started = time.monotonic()
         try:
-            result = dict(method(progress=job.progress, **kwargs) or {})
+            result = _capped_problems(dict(method(progress=job.progress, **kwargs) or {}))
             if job.path is not None:
                 data = job.path.read_bytes()
                 job.size = len(data)

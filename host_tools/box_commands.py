@@ -657,7 +657,15 @@ def audit(as_json: bool) -> None:
         checked = r.get("checked") or {}
         counted = [f"{n} {what.replace('_', ' ')}" for what, n in checked.items() if type(n) is int]
         head = f"{'clean' if r['clean'] else 'PROBLEMS FOUND'}: " + ", ".join(counted) + " checked"
-        return "\n".join([head] + [f"  {p['code']}: {p['message']}" for p in r["problems"][:10]])
+        shown = r["problems"][:10]
+        lines = [head] + [f"  {p['code']}: {p['message']}" for p in shown]
+        more = int(r.get("problems_total", len(r["problems"]))) - len(shown)  # the link carries the first
+        if more > 0:
+            lines.append(
+                f"  {more} more problems: run `fiscalbox-device audit` on the box, or `fiscalbox journal "
+                "export` and `fiscalbox journal verify` here, for all of them"
+            )
+        return "\n".join(lines)
 
     _emit(report_, as_json, text)
     sys.exit(0 if report_.get("clean") else 1)
