@@ -500,7 +500,7 @@ class Link:
 
     def _first_operator(self, kid: bytes, body: dict[Any, Any]) -> Any:
         """The key a first operator enroll is signed by: the key it enrolls (docs/link.md section 5)."""
-        if self.hosts.has_operator() or self.device.registered:
+        if self.hosts.has_operator() or self.device.ever_registered:  # a missing journal does not reopen it
             raise refuse(
                 "BOX_LINK_ENROLL",
                 "This box already has an operator key or is registered: an enrolled operator key must "

@@ -532,6 +532,12 @@ class Device:
     def registered(self) -> bool:
         return self.box is not None
 
+    @property
+    def ever_registered(self) -> bool:
+        """Registered at some time, its journal open or not (gone, to be restored): the anchor or the journal
+        file names a device. The link's self-signed first operator enroll is refused then."""
+        return self.box is not None or is_registered(self.cfg)
+
     def _attach(self, box: Box) -> None:
         """Take the box over: its printer, its delivery worker (running once the service has started)."""
         self.box, self.missing = box, None

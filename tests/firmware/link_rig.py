@@ -52,6 +52,10 @@ class StandIn:
     def keys(self) -> Any:
         return self.box.keys
 
+    @property
+    def ever_registered(self) -> bool:
+        return self.registered
+
     def sign_answer(self, payload: bytes) -> tuple[int, bytes] | None:
         if self.box.keys.algorithm is None:
             return None
