@@ -26,7 +26,14 @@ TAG_SIGN1 = 18
 ALG, CRIT, KID = 1, 2, 4
 MAX_DEPTH = 32  # nesting any link message needs is far less; cbor2's own limit is 400
 
-_SCALARS = {str, bytes, float, bool, type(None)}  # exact types: a bool is no key, a simple value no list
+# The scheme objects, built once: building them for every message costs a fifth of a P-256 signature.
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+_PKCS1V15 = padding.PKCS1v15()
+_SHA256 = hashes.SHA256()
+_protected_headers: dict[tuple[int, bytes | None], bytes] = {}  # (alg, kid): its encoding, one per key
+
+# Exact types: a bool is no key, a simple value no list. Not int: each is range-checked in _plain.
+_SCALARS = {str, bytes, float, bool, type(None)}
 _INT_LIMIT = 2**64  # CBOR's own integers; a bignum (tag 2/3) beyond is no link message's
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _MAPS = {dict, cbor2.frozendict}  # cbor2 6 gives a frozendict (and a tuple) inside a tag
@@ -39,7 +46,8 @@ def _frame_error(message: str) -> FiscalError:
 
 def _plain(value: Any, depth: int) -> Any:
     """Tuples as lists, frozendicts as dicts; refuses what no link message holds (dates, sets, cycles).
-    Dispatches on exact types: it walks every item of every request, so it is kept lean."""
+    Dispatches on exact types and changes the decoded lists and maps in place (they are the caller's own,
+    fresh from the decoder): it walks every item of every request, so it is kept lean."""
     kind = type(value)
     if kind in _SCALARS:
         return value
@@ -49,14 +57,19 @@ def _plain(value: Any, depth: int) -> Any:
         return value
     if depth >= MAX_DEPTH:
         raise _frame_error("The message is nested deeper than %d levels; no link message is." % MAX_DEPTH)
-    if kind in _ARRAYS:
-        return [item if type(item) in _SCALARS else _plain(item, depth + 1) for item in value]
+    if kind is list or kind is tuple:
+        items = value if kind is list else list(value)
+        for at, item in enumerate(items):
+            if type(item) not in _SCALARS:
+                items[at] = _plain(item, depth + 1)
+        return items
     if kind in _MAPS:
-        out = {}
-        for key, item in value.items():
+        out = value if kind is dict else dict(value)
+        for key, item in out.items():
             if type(key) is not str and (type(key) is not int or not -_INT_LIMIT <= key < _INT_LIMIT):
                 raise _frame_error("A map in the message has a key that is neither text nor a 64-bit number.")
-            out[key] = item if type(item) in _SCALARS else _plain(item, depth + 1)
+            if type(item) not in _SCALARS:
+                out[key] = _plain(item, depth + 1)
         return out
     if kind is cbor2.CBORTag and depth == 0:
         return cbor2.CBORTag(value.tag, _plain(value.value, depth + 1))
@@ -151,10 +164,15 @@ def sign1(payload: bytes, sign: Callable[[bytes], bytes], alg: int, kid: bytes |
 
     `sign(to_be_signed)` returns the signature as COSE wants it (ES256: raw r||s, see es256_raw).
     """
-    protected: dict[int, Any] = {ALG: alg}
-    if kid is not None:
-        protected[KID] = bytes(kid)
-    protected_bytes = cbor2.dumps(protected, canonical=True)
+    kid = None if kid is None else bytes(kid)
+    protected_bytes = _protected_headers.get((alg, kid))
+    if protected_bytes is None:
+        protected: dict[int, Any] = {ALG: alg}
+        if kid is not None:
+            protected[KID] = kid
+        protected_bytes = cbor2.dumps(protected, canonical=True)
+        if len(_protected_headers) < 256:  # a box sees a handful of keys; a host one
+            _protected_headers[(alg, kid)] = protected_bytes
     signature = sign(_to_be_signed(protected_bytes, payload))
     return cbor2.dumps(cbor2.CBORTag(TAG_SIGN1, [protected_bytes, {}, payload, signature]))
 
@@ -170,9 +188,9 @@ def es256_raw(der_signature: bytes) -> bytes:
 def signer(private_key: Any) -> tuple[int, Callable[[bytes], bytes]]:
     """(alg, sign) for a `cryptography` private key: ES256 for P-256, RS256 for RSA; for sign1."""
     if isinstance(private_key, ec.EllipticCurvePrivateKey) and isinstance(private_key.curve, ec.SECP256R1):
-        return ES256, lambda data: es256_raw(private_key.sign(data, ec.ECDSA(hashes.SHA256())))
+        return ES256, lambda data: es256_raw(private_key.sign(data, _ECDSA_SHA256))
     if isinstance(private_key, rsa.RSAPrivateKey):
-        return RS256, lambda data: private_key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+        return RS256, lambda data: private_key.sign(data, _PKCS1V15, _SHA256)
     raise FiscalError("BOX_LINK_SIGNATURE", "Only ECDSA P-256 and RSA keys can sign link messages.")
 
 
@@ -230,11 +248,11 @@ def verify1(message: Sign1, public_key: Any) -> None:
             s = int.from_bytes(message.signature[32:], "big")
             if s > P256_ORDER // 2:
                 raise _refused("The ES256 signature is not in its low-s form (s > n/2); it is refused.")
-            key.verify(encode_dss_signature(r, s), data, ec.ECDSA(hashes.SHA256()))
+            key.verify(encode_dss_signature(r, s), data, _ECDSA_SHA256)
         elif message.alg == RS256:
             if not isinstance(key, rsa.RSAPublicKey):
                 raise _refused("The message is signed RS256 but the key named is not an RSA key.")
-            key.verify(message.signature, data, padding.PKCS1v15(), hashes.SHA256())
+            key.verify(message.signature, data, _PKCS1V15, _SHA256)
         else:
             raise _refused("The message is signed with algorithm %d; the box knows only ES256 and RS256."
                            % message.alg)

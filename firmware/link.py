@@ -649,7 +649,7 @@ class Link:
         if getattr(port, "timeout", None) is None:
             port.timeout = 0.1  # so `stop` is noticed
         decoder = smp.Decoder(smp.MAX_FRAME)
-        read = _reader(port)
+        read, write = _reader(port), _writer(port)
         while not stop.is_set():
             try:
                 data = read()
@@ -667,7 +667,7 @@ class Link:
                             # No flush(): pyserial's is tcdrain, which waits for the host to read the answer
                             # (on a pty it made an echo's p99 3 ms instead of 0.3 ms). write() has handed
                             # it on, the whole packet in one call.
-                            port.write(smp.encode(answer))
+                            write(smp.encode(answer))
                     finally:
                         if record is not None:
                             self._log_request(record)
@@ -678,15 +678,40 @@ class Link:
                 decoder = smp.Decoder(smp.MAX_FRAME)
 
 
+def _fd(port: Any) -> int | None:
+    """The port's file descriptor (a tty, a pty), or None (socket://, loop://, a test's stand-in)."""
+    try:
+        fd = port.fileno()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation, serial.SerialException):
+        return None
+    return fd if isinstance(fd, int) else None
+
+
+def _writer(port: Any) -> Callable[[bytes], None]:
+    """How the serve loop writes a packet: one os.write of all of it where the port is a file descriptor
+    (pyserial's write copies it, then waits in select after writing); what the line does not take at once
+    goes through pyserial's write, with its write timeout."""
+    fd = _fd(port)
+    if fd is None:
+        return port.write  # type: ignore[no-any-return]
+
+    def write_fd(packet: bytes) -> None:
+        try:
+            done = os.write(fd, packet)
+        except BlockingIOError:
+            done = 0
+        if done < len(packet):
+            port.write(packet[done:])
+
+    return write_fd
+
+
 def _reader(port: Any) -> Callable[[], bytes]:
     """How the serve loop reads `port`: all the bytes waiting, in one system call where the port is a file
     descriptor (a tty, a pty: pyserial's read(1) then read(in_waiting) took three calls and two copies a
     request); through pyserial otherwise (socket://, loop://). Empty after the port's timeout."""
-    try:
-        fd = port.fileno()
-    except (AttributeError, OSError, ValueError, io.UnsupportedOperation, serial.SerialException):
-        fd = None
-    if not isinstance(fd, int):
+    fd = _fd(port)
+    if fd is None:
 
         def read_port() -> bytes:
             waiting = getattr(port, "in_waiting", 0)

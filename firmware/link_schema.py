@@ -78,6 +78,14 @@ def _rule_texts(source: str) -> dict[str, str]:
 
 _RULES = _rule_texts(_SOURCE_TEXT)
 
+# The fields a rule gives as `{* tstr => any}` (issue's sale, request's body): pycddl looks at that map's keys
+# only, never at their values, so the values reach it as null. The verdict is the same, and the whole sale is
+# not encoded and walked by pycddl again (about half of a sale's check); `_marked` still walks all of it.
+_OPAQUE = {
+    name: tuple(re.findall(r'"([^"]+)"\s*:\s*\{\s*\*\s*tstr\s*=>\s*any\s*\}', text))
+    for name, text in _RULES.items()
+}
+
 
 def rules() -> list[str]:
     """The names of the rules in link.cddl, in order."""
@@ -119,18 +127,31 @@ class _Marked(Exception):
         self.path = path
 
 
+_PLAIN = {str, bytes, bool, float, type(None)}  # values taken as they are (exact types: a bool is no int)
+
+
+class _Uncarried(Exception):
+    """A value CBOR cannot carry (only a caller in Python can hand one over)."""
+
+
 def _marked(value: Any) -> Any:
     """The message with "@": 0 added to every map (the path is only spelt out for a refusal). A number
-    beyond 64 bits is refused here: CBOR carries it as a tagged byte string, pycddl's bytes (or bool)."""
-    if type(value) is int and not -(2**64) <= value < 2**64:
-        raise _Marked("a number beyond 64 bits", "")
+    beyond 64 bits is refused here: CBOR carries it as a tagged byte string, pycddl's bytes (or bool).
+    It walks every item of a sale, so plain values are taken without a call."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is int:
+        if not -(2**64) <= value < 2**64:
+            raise _Marked("a number beyond 64 bits", "")
+        return value
     if isinstance(value, dict):
         if MARK in value:
             raise _Marked("a field called %s" % MARK, MARK)
         out: dict[Any, Any] = {MARK: 0}
         for key, item in value.items():
             try:
-                out[key] = _marked(item)
+                out[key] = item if type(item) in _PLAIN else _marked(item)
             except _Marked as marked:
                 marked.path = _under(str(key), marked.path)
                 raise
@@ -139,11 +160,15 @@ def _marked(value: Any) -> Any:
         items = []
         for at, item in enumerate(value):
             try:
-                items.append(_marked(item))
+                items.append(item if type(item) in _PLAIN else _marked(item))
             except _Marked as marked:
                 marked.path = _under("[%d]" % at, marked.path)
                 raise
         return items
+    try:
+        cbor2.dumps(value)  # what pycddl may not be shown (a value under `any`) must still be CBOR
+    except Exception:
+        raise _Uncarried() from None
     return value
 
 
@@ -214,11 +239,17 @@ def check(name: str, body: object) -> None:
     """Refuse `body` unless it matches rule `name` of link.cddl: BOX_LINK_SCHEMA, with the field."""
     schema = _schema(name)
     try:
-        data = cbor2.dumps(_marked(body))
+        marked = _marked(body)
+        if type(marked) is dict:
+            for key in _OPAQUE.get(name, ()):
+                inner = marked.get(key)
+                if type(inner) is dict:
+                    marked[key] = {item: 0 if item == MARK else None for item in inner}
+        data = cbor2.dumps(marked)
     except _Marked as marked:
         message = "No link message has %s%s." % (marked.message, " (%s)" % marked.path if marked.path else "")
         raise FiscalError("BOX_LINK_SCHEMA", message, marked.path or None) from None
-    except Exception:
+    except Exception:  # _Uncarried, or a key CBOR cannot carry
         message = "The %s request holds a value CBOR cannot carry." % name
         raise FiscalError("BOX_LINK_SCHEMA", message) from None
     try:

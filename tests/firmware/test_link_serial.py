@@ -6,6 +6,8 @@ import asyncio
 import logging
 import os
 import select
+import threading
+import tty
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,3 +96,34 @@ def test_open_port_opens_urls_and_names_a_port_it_cannot_open(tmp_path: Path) ->
     with pytest.raises(FiscalError) as refused:
         open_port(str(tmp_path / "no-such-tty"))
     assert refused.value.code == "BOX_LINK_PORT" and refused.value.field == "link.port"
+
+
+def test_the_serve_loop_on_a_tty_reads_a_packet_in_pieces_and_logs_after_answering(
+    link: Link, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The port as the service opens it (pyserial on a tty: its file descriptor read and written directly),
+    a packet arriving in two pieces, noise between packets; each request's log line once it is answered."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    port = open_port(os.ttyname(slave))
+    stop = threading.Event()
+    thread = threading.Thread(target=link.serve, args=(port, stop), daemon=True)
+    decoder = smp.Decoder()
+    try:
+        with caplog.at_level(logging.INFO, logger="firmware.link"):
+            thread.start()
+            echo = smp.encode(Host(link).frame(0, 0, {"d": "in two pieces"}))
+            os.write(master, b"noise\r\n" + echo[:50])
+            os.write(master, echo[50:])
+            assert cbor2.loads(read_frame(master, decoder)[smp.HEADER_SIZE :]) == {"r": "in two pieces"}
+            os.write(master, smp.encode(Host(link).frame(0, 6, {})))
+            assert cbor2.loads(read_frame(master, decoder)[smp.HEADER_SIZE :])["buf_size"] == smp.MAX_FRAME
+            stop.set()
+            thread.join()
+    finally:
+        stop.set()
+        port.close()
+        os.close(master)
+        os.close(slave)
+    names = [r.fields["name"] for r in caplog.records if r.getMessage() == "link.request"]  # type: ignore[attr-defined]
+    assert names == ["echo", "mcumgr_params"]
