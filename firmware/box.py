@@ -453,16 +453,17 @@ class Box:
         return date
 
     @_serialized
-    def issue(self, sale: dict[str, Any], request_id: str | None = None) -> dict[str, Any]:
+    def issue(self, sale: dict[str, Any], request_id: str | None = None, host: str = "") -> dict[str, Any]:
         """Validate, number, chain, sign and commit one sale. Returns only after the commit is durable.
 
         `request_id` is the POS's own ID for the sale (docs/link.md section 6): the same ID with the same sale
-        again returns the receipt already issued, marked repeated; with another sale it is refused."""
+        again returns the receipt already issued, marked repeated; with another sale it is refused. IDs are
+        per `host` (the sending key's ID, in hex): another till's same ID is another request."""
         self._ensure_provisioned()
         request = None
         if request_id is not None:
-            request = (request_id, _sale_digest(request_id, sale))
-            done = self.journal.request(request_id)
+            request = (host, request_id, _sale_digest(request_id, sale))
+            done = self.journal.request(request_id, host)
             if done is not None:
                 return self._repeated(request, *done)
         self._ensure_sound()
@@ -569,12 +570,12 @@ class Box:
             "repeated": False,
         }
 
-    def _repeated(self, request: tuple[str, str], stored_digest: str, global_no: int) -> dict[str, Any]:
+    def _repeated(self, request: tuple[str, str, str], stored_digest: str, global_no: int) -> dict[str, Any]:
         """The answer `issue` gave for a request ID already used, built from the stored receipt."""
-        if stored_digest != request[1]:
+        if stored_digest != request[2]:
             raise _refuse(
                 "BOX_LINK_REQUEST_REUSED",
-                f"Request ID {request[0]} was already used for another sale (receipt {global_no}): give this "
+                f"Request ID {request[1]} was already used for another sale (receipt {global_no}): give this "
                 "sale a new request ID; nothing was issued.",
                 "rid",
             )

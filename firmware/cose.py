@@ -32,7 +32,10 @@ _PKCS1V15 = padding.PKCS1v15()
 _SHA256 = hashes.SHA256()
 _protected_headers: dict[tuple[int, bytes | None], bytes] = {}  # (alg, kid): its encoding, one per key
 
-_SCALARS = {str, bytes, int, float, bool, type(None)}  # exact types: a bool is no key, a simple value no list
+# Exact types: a bool is no key, a simple value no list. Not int: each is range-checked in _plain.
+_SCALARS = {str, bytes, float, bool, type(None)}
+_INT_LIMIT = 2**64  # CBOR's own integers; a bignum (tag 2/3) beyond is no link message's
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _MAPS = {dict, cbor2.frozendict}  # cbor2 6 gives a frozendict (and a tuple) inside a tag
 _ARRAYS = {list, tuple}
 
@@ -48,6 +51,10 @@ def _plain(value: Any, depth: int) -> Any:
     kind = type(value)
     if kind in _SCALARS:
         return value
+    if kind is int:
+        if not -_INT_LIMIT <= value < _INT_LIMIT:
+            raise _frame_error("The message holds a number beyond 64 bits; no link message does.")
+        return value
     if depth >= MAX_DEPTH:
         raise _frame_error("The message is nested deeper than %d levels; no link message is." % MAX_DEPTH)
     if kind is list or kind is tuple:
@@ -59,8 +66,8 @@ def _plain(value: Any, depth: int) -> Any:
     if kind in _MAPS:
         out = value if kind is dict else dict(value)
         for key, item in out.items():
-            if type(key) is not str and type(key) is not int:
-                raise _frame_error("A map in the message has a key that is neither text nor an integer.")
+            if type(key) is not str and (type(key) is not int or not -_INT_LIMIT <= key < _INT_LIMIT):
+                raise _frame_error("A map in the message has a key that is neither text nor a 64-bit number.")
             if type(item) not in _SCALARS:
                 out[key] = _plain(item, depth + 1)
         return out
@@ -173,6 +180,8 @@ def sign1(payload: bytes, sign: Callable[[bytes], bytes], alg: int, kid: bytes |
 def es256_raw(der_signature: bytes) -> bytes:
     """A DER ECDSA P-256 signature (what KeyStore.sign answers) as COSE's raw r||s, 64 bytes."""
     r, s = decode_dss_signature(der_signature)
+    if s > P256_ORDER // 2:  # the low-s form: verify1 refuses the other, so no signature has a twin
+        s = P256_ORDER - s
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
@@ -203,12 +212,14 @@ def decode1(data: bytes) -> Sign1:
         raise _frame_error("The COSE_Sign1 unprotected header is not a map.")
     if set(protected) & set(unprotected):
         raise _frame_error("The COSE_Sign1 message has a header both protected and unprotected.")
-    if CRIT in protected:
+    if CRIT in protected or CRIT in unprotected:
         raise _frame_error("The COSE_Sign1 message marks headers critical; the box understands none.")
+    if KID in unprotected:
+        raise _frame_error("The COSE_Sign1 key ID must be in the protected header, where it is signed.")
     alg = protected.get(ALG)
     if not isinstance(alg, int) or isinstance(alg, bool):
         raise _frame_error("The COSE_Sign1 message names no signature algorithm in its protected header.")
-    kid = protected.get(KID, unprotected.get(KID))
+    kid = protected.get(KID)
     if kid is not None and not isinstance(kid, bytes):
         raise _frame_error("The COSE_Sign1 key ID is not a byte string.")
     if not isinstance(payload, bytes):
@@ -235,6 +246,8 @@ def verify1(message: Sign1, public_key: Any) -> None:
                 raise _refused("An ES256 signature is 64 bytes (r||s); this one is %d." % size)
             r = int.from_bytes(message.signature[:32], "big")
             s = int.from_bytes(message.signature[32:], "big")
+            if s > P256_ORDER // 2:
+                raise _refused("The ES256 signature is not in its low-s form (s > n/2); it is refused.")
             key.verify(encode_dss_signature(r, s), data, _ECDSA_SHA256)
         elif message.alg == RS256:
             if not isinstance(key, rsa.RSAPublicKey):

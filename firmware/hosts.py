@@ -60,8 +60,9 @@ class HostKeys:
     def _damaged(self, why: str) -> FiscalError:
         return FiscalError(
             "BOX_HOSTS",
-            f"The host keys file {self.path} is damaged ({why}): restore it from a backup, or remove it and "
-            "enroll the hosts again.",
+            f"The host keys file {self.path} is damaged ({why}): restore it from a backup, or on the box, "
+            "with the service stopped, run `fiscalbox-device hosts enroll PEM --role operator` (it sets the "
+            "damaged file aside and starts a new list with that key), then enroll the other hosts again.",
         )
 
     def _load(self) -> list[dict[str, Any]]:

@@ -153,11 +153,14 @@ MIGRATIONS: dict[int, list[str]] = {
     ],
     # Exactly once from the POS: the request ID of each sale that came with one, written in the receipt's
     # own transaction, so a retry after a lost answer finds its receipt across power cuts (docs/link.md 6).
+    # Keyed on the host key that sent it too: one till's IDs never reach another till's receipts.
     4: [
         """CREATE TABLE requests (
-            request_id TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            request_id TEXT NOT NULL,
             sale_sha256 TEXT NOT NULL,
-            global_no INTEGER NOT NULL)""",
+            global_no INTEGER NOT NULL,
+            PRIMARY KEY (host, request_id))""",
     ],
 }
 
@@ -219,7 +222,7 @@ class NewReceipt:
     signature: str
     qr_data: str
     counters: dict[CounterKey, int] = field(default_factory=dict)
-    request: tuple[str, str] | None = None  # (request ID, SHA-256 of the sale) when the POS sent an ID
+    request: tuple[str, str, str] | None = None  # (host, request ID, sale SHA-256) when sent with an ID
 
 
 @dataclass(frozen=True)
@@ -807,14 +810,16 @@ class Journal:
                 (head.global_no, at),
             )
             if new.request is not None:
-                self.db.execute("INSERT INTO requests VALUES (?, ?, ?)", (*new.request, head.global_no))
+                self.db.execute("INSERT INTO requests VALUES (?, ?, ?, ?)", (*new.request, head.global_no))
             self.log(at, "receipt.issued", {"global_no": head.global_no, "hash": new.hash})
         return head, new
 
-    def request(self, request_id: str) -> tuple[str, int] | None:
-        """(SHA-256 of the sale, global number) issued under a POS's request ID, if any."""
+    def request(self, request_id: str, host: str = "") -> tuple[str, int] | None:
+        """(SHA-256 of the sale, global number) issued under a POS's request ID from `host` (its key ID in
+        hex; "" for a sale not sent over the link), if any."""
         row = self.db.execute(
-            "SELECT sale_sha256, global_no FROM requests WHERE request_id = ?", (request_id,)
+            "SELECT sale_sha256, global_no FROM requests WHERE host = ? AND request_id = ?",
+            (host, request_id),
         ).fetchone()
         return None if row is None else (str(row[0]), int(row[1]))
 

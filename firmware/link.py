@@ -36,6 +36,7 @@ READ, WRITE = smp.OP_READ, smp.OP_WRITE
 OS, FISCAL, HOSTS = 0, 64, 65
 NONCE_SIZE = 16
 CHUNK = 2048  # bytes of an export a `job` answer carries
+PROBLEMS_BYTES = 8192  # CBOR bytes of an audit's problems a `job` answer carries: the first that fit
 BUF_COUNT = 4
 READ_SIZE = 65536  # bytes the serve loop takes from the port at a time: a whole request and more
 RC_EINVAL, RC_ENOTSUP = 3, 8  # MCUmgr's return codes: invalid value, not supported
@@ -55,7 +56,7 @@ class Command:
     role: str  # the least role allowed: any, pos or operator
     method: str | None  # the Device method it calls; None: the link answers it itself
     args: tuple[str, ...] = ()  # body keys passed to the method by name (an absent optional key: its default)
-    rid: bool = False  # the request's rid is passed as request_id
+    rid: bool = False  # the request's rid is passed as request_id, the key's ID (hex) as host
     job: bool = False  # runs as a job (section 7): the method also gets progress(done, total)
 
 
@@ -138,6 +139,8 @@ class Request:
     body: dict[str, Any]
     role: str
     label: str
+    nonce: bytes  # the nonce it was signed with: a write's answer carries it, bound to this request
+    kid: bytes = b""  # the key that signed it
 
 
 @dataclass
@@ -157,6 +160,66 @@ class Job:
 
     def progress(self, done: int, total: int) -> None:
         self.done, self.total = int(done), int(total)
+
+
+SHORT_TEXT = 256  # characters of a text field a shortened answer keeps
+
+
+def _shortened(outcome: dict[str, Any]) -> dict[str, Any]:
+    """A write's outcome cut to what surely fits a frame (docs/link.md section 4): a refusal's code and the
+    start of its message; a result's top-level numbers, booleans, nulls and short texts, the length of each
+    list in `counts`, and `"truncated": true`. Maps and long texts are left out."""
+    if "error" in outcome:
+        error = outcome["error"]
+        return {"error": {"code": str(error.get("code"))[:64], "message": str(error.get("message"))[:512]}}
+    result = outcome.get("ok")
+    short: dict[str, Any] = {"truncated": True}
+    if isinstance(result, dict):
+        counts: dict[str, int] = {}
+        for key, value in result.items():
+            if not isinstance(key, str) or key in ("truncated", "counts") or len(key) > 64:
+                continue
+            if value is None or isinstance(value, (bool, int)) and -(2**63) <= value < 2**64:
+                short[key] = value
+            elif isinstance(value, str) and len(value) <= SHORT_TEXT:
+                short[key] = value
+            elif isinstance(value, (list, tuple)):
+                counts[key] = len(value)
+        if counts:
+            short["counts"] = counts
+    return {"ok": short}
+
+
+def _printed_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """print_unprinted's answer on the link: the receipts printed as a count and the first and last numbers,
+    not the list (thousands of receipts left unprinted by a long printer fault would not fit a frame)."""
+    printed = result.get("printed")
+    if not isinstance(printed, list):
+        return result
+    summary = {"count": len(printed), "first": printed[0] if printed else None,
+               "last": printed[-1] if printed else None}
+    return {**result, "printed": summary}
+
+
+def _capped_problems(result: dict[str, Any]) -> dict[str, Any]:
+    """An audit's result as a `job` answer carries it (docs/link.md section 7): the first problems that fit
+    PROBLEMS_BYTES, with `problems_total` and `problems_truncated`; a tampered journal can have thousands."""
+    problems = result.get("problems")
+    if not isinstance(problems, list):
+        return result
+    kept: list[Any] = []
+    size = 0
+    for problem in problems:
+        size += len(cbor2.dumps(problem))
+        if size > PROBLEMS_BYTES:
+            break
+        kept.append(problem)
+    return {
+        **result,
+        "problems": kept,
+        "problems_total": len(problems),
+        "problems_truncated": len(kept) < len(problems),
+    }
 
 
 def utc_now() -> str:
@@ -338,11 +401,30 @@ class Link:
             if compressed and "ok" in outcome:
                 outcome = {"zok": cose.deflate(cbor2.dumps(outcome["ok"]))}
             return {"nonce": self._nonce, **outcome}
-        payload = {"g": command.group, "c": command.id, "rid": request.rid, **outcome}
-        answer = self._signed(payload)
-        if compressed and "cose" in answer:
-            answer = {"zcose": cose.deflate(answer["cose"])}
-        return {"nonce": self._nonce, **answer}
+        if command.name == "print_unprinted" and isinstance(outcome.get("ok"), dict):
+            outcome["ok"] = _printed_summary(outcome["ok"])
+        head = {"g": command.group, "c": command.id, "rid": request.rid, "nonce": request.nonce}
+        return {"nonce": self._nonce, **self._write_answer(head, outcome, compressed)}
+
+    def _write_answer(
+        self, head: dict[str, Any], outcome: dict[str, Any], compressed: bool
+    ) -> dict[str, Any]:
+        """A write's answer. The write has run, so its outcome always goes back signed: one too large for a
+        frame, or holding what CBOR cannot carry, is sent shortened (docs/link.md section 4), never replaced
+        by an unsigned error that would say nothing changed."""
+        for attempt in (outcome, _shortened(outcome), {"ok": {"truncated": True}}):
+            try:
+                answer = self._signed({**head, **attempt})
+                if compressed and "cose" in answer:
+                    answer = {"zcose": cose.deflate(answer["cose"])}
+                size = len(cbor2.dumps({"nonce": self._nonce, **answer}))
+            except Exception:  # a value CBOR cannot carry: logged, the shortened outcome goes instead
+                self.log.exception("link.answer_unencodable", extra={"fields": {"rid": head["rid"]}})
+                continue
+            if size <= smp.MAX_FRAME - smp.HEADER_SIZE:
+                return answer
+            self.log.warning("link.answer_truncated", extra={"fields": {"rid": head["rid"], "bytes": size}})
+        raise AssertionError("unreachable: the last outcome is a few bytes")  # pragma: no cover
 
     def _authenticate(self, command: Command, body: dict[Any, Any], record: dict[str, Any]) -> Request:
         """The checks before anything runs, in the order of docs/link.md section 4; none changes anything."""
@@ -389,8 +471,9 @@ class Link:
                     ),
                     "kid",
                 )
+            link_schema.check("enroll", payload["body"])  # its values are read here, before the signature
             key = self._first_operator(kid, payload["body"])
-            role, label = "operator", str(payload["body"].get("label", ""))[:64]
+            role, label = "operator", payload["body"]["label"]
         else:
             if entry["revoked_at"] is not None:
                 raise refuse(
@@ -400,8 +483,8 @@ class Link:
                 )
             key = self.hosts.public_key(kid)
             role, label = entry["role"], entry["label"]
-        record["key"], record["role"] = label, role
         cose.verify1(message, key)
+        record["key"], record["role"] = label, role  # only once proven: a forger names any key
         if (payload["g"], payload["c"]) != (command.group, command.id):
             raise refuse(
                 "BOX_LINK_OP", "The signed request names another command than the frame carrying it.", "req"
@@ -421,11 +504,11 @@ class Link:
                 + f": that needs an {command.role} key.",
                 "kid",
             )
-        return Request(command, payload["rid"], payload["body"], role, label)
+        return Request(command, payload["rid"], payload["body"], role, label, payload["nonce"], kid)
 
     def _first_operator(self, kid: bytes, body: dict[Any, Any]) -> Any:
         """The key a first operator enroll is signed by: the key it enrolls (docs/link.md section 5)."""
-        if self.hosts.has_operator() or self.device.registered:
+        if self.hosts.has_operator() or self.device.ever_registered:  # a missing journal does not reopen it
             raise refuse(
                 "BOX_LINK_ENROLL",
                 "This box already has an operator key or is registered: an enrolled operator key must "
@@ -449,8 +532,8 @@ class Link:
         if command.method is None:
             return self._own[command.name](request)
         kwargs = {name: request.body[name] for name in command.args if name in request.body}
-        if command.rid:
-            kwargs["request_id"] = request.rid
+        if command.rid:  # request IDs are the sending key's own (docs/link.md section 6)
+            kwargs["request_id"], kwargs["host"] = request.rid, request.kid.hex()
         if command.job:
             return self._start_job(command, kwargs)
         return getattr(self.device, command.method)(**kwargs)
@@ -521,7 +604,7 @@ class Link:
     def _work(self, job: Job, method: Callable[..., Any], kwargs: dict[str, Any]) -> None:
         started = time.monotonic()
         try:
-            result = dict(method(progress=job.progress, **kwargs) or {})
+            result = _capped_problems(dict(method(progress=job.progress, **kwargs) or {}))
             if job.path is not None:
                 data = job.path.read_bytes()
                 job.size = len(data)
@@ -556,9 +639,12 @@ class Link:
             out["error"] = job.error
         if job.state == "done" and job.path is not None and job.size is not None:
             offset = int(request.body.get("offset", 0))
-            with open(job.path, "rb") as handle:
-                handle.seek(offset)
-                out["data"] = handle.read(CHUNK)
+            if offset >= job.size:  # at or past the end (2**62 too): nothing to read, the file not opened
+                out["data"] = b""
+            else:
+                with open(job.path, "rb") as handle:
+                    handle.seek(offset)
+                    out["data"] = handle.read(CHUNK)
             out["size"] = job.size
         return out
 

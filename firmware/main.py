@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
+from cryptography.hazmat.primitives import serialization
 
 from firmware import config as configuration
 from firmware import service
@@ -28,7 +29,9 @@ from firmware.box import Box
 from firmware.core import fdms
 from firmware.core.errors import FiscalError
 from firmware.delivery import Delivery
+from firmware.hosts import HostKeys
 from firmware.journal import OPENED, Journal
+from firmware.link import utc_now
 from firmware.logs import json_logging
 from firmware.service import (  # the box's parts, built once for the service and the one-shot commands
     SystemClock,
@@ -583,6 +586,90 @@ def run_command(cfg: configuration.Config, log_level: str) -> None:
         log.error("service not started", extra={"fields": error.as_dict()})
         _fail(error)
     sys.exit(code)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The host keys, on the box itself: the way back in when no operator key can sign (docs/link.md section 5)
+
+
+@main.group("hosts")
+def hosts_group() -> None:
+    """The link's host keys ([link] hosts), kept on the box; with the service stopped."""
+
+
+def _hosts(cfg: configuration.Config, action: Callable[[Any], T], recover: bool = False) -> T:
+    """Run `action` on the host keys, held against the service (BOX_BUSY while it runs). `recover`: a
+    damaged file is set aside (FILE.damaged) and a new list started, for an enroll."""
+    path = Path(cfg.link["hosts"])
+    try:
+        with service.one_shot(cfg):
+            try:
+                keys = HostKeys(path)
+            except FiscalError as error:
+                if not recover or error.code != "BOX_HOSTS":
+                    raise
+                aside = path.with_name(path.name + ".damaged")
+                os.replace(path, aside)
+                click.echo(f"the damaged {path} was set aside as {aside}; a new list starts", err=True)
+                keys = HostKeys(path)
+            return action(keys)
+    except FiscalError as error:
+        _fail(error)
+    except OSError as error:
+        _fail(FiscalError("BOX_HOSTS", f"The host keys file {path} cannot be set aside: {error.strerror}."))
+
+
+def _entry_line(entry: dict[str, Any]) -> str:
+    revoked = f", revoked {entry['revoked_at']}" if entry["revoked_at"] else ""
+    return f"{entry['kid']} {entry['role']} {entry['label']!r} enrolled {entry['enrolled_at']}{revoked}"
+
+
+@hosts_group.command("enroll")
+@click.argument("pem", type=click.Path(dir_okay=False))
+@click.option("--role", type=click.Choice(["operator", "pos"]), required=True)
+@click.option("--label", default="enrolled on the box", show_default=True, help="1 to 64 characters.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
+@click.pass_obj
+def hosts_enroll(cfg: configuration.Config, pem: str, role: str, label: str, as_json: bool) -> None:
+    """Enroll a host's public key (PEM) on the box itself: the way back in for a box whose host keys file is
+    lost or damaged (set aside as FILE.damaged), or whose operator keys are lost."""
+    try:
+        key = serialization.load_pem_public_key(Path(pem).read_bytes())
+    except OSError as error:
+        _fail(FiscalError("BOX_FILE", f"Cannot read {pem}: {error.strerror}.", "pem"))
+    except (ValueError, TypeError):
+        _fail(
+            FiscalError(
+                "BOX_LINK_KEY",
+                f"{pem} is not a PEM public key: `openssl pkey -in HOST-KEY.pem -pubout` gives a host key's.",
+                "pem",
+            )
+        )
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    entry = _hosts(cfg, lambda keys: keys.enroll(der, role, label, utc_now()), recover=True)
+    _emit(entry, as_json, _entry_line)
+
+
+@hosts_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
+@click.pass_obj
+def hosts_list(cfg: configuration.Config, as_json: bool) -> None:
+    """Every host key enrolled, revoked ones included."""
+    entries = _hosts(cfg, lambda keys: keys.entries())
+    _emit({"keys": entries}, as_json, lambda r: "\n".join(map(_entry_line, r["keys"])) or "no host keys")
+
+
+@hosts_group.command("revoke")
+@click.argument("kid")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
+@click.pass_obj
+def hosts_revoke(cfg: configuration.Config, kid: str, as_json: bool) -> None:
+    """Revoke the host key KID (32 hexadecimal digits); it stays listed."""
+    try:
+        wanted = bytes.fromhex(kid)
+    except ValueError:
+        _fail(FiscalError("BOX_USAGE", "A key ID is 32 hexadecimal digits (see `hosts list`).", "kid"))
+    _emit(_hosts(cfg, lambda keys: keys.revoke(wanted, utc_now())), as_json, _entry_line)
 
 
 # ---------------------------------------------------------------------------------------------------------

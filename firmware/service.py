@@ -508,6 +508,12 @@ class Device:
     def registered(self) -> bool:
         return self.box is not None
 
+    @property
+    def ever_registered(self) -> bool:
+        """Registered at some time, its journal open or not (gone, to be restored): the anchor or the journal
+        file names a device. The link's self-signed first operator enroll is refused then."""
+        return self.box is not None or is_registered(self.cfg)
+
     def _attach(self, box: Box) -> None:
         """Take the box over: its printer, its delivery worker (running once the service has started)."""
         self.box, self.missing = box, None
@@ -671,8 +677,8 @@ class Device:
 
     # -- the fiscal day --------------------------------------------------------------------------------------
 
-    def issue(self, sale: dict[str, Any], request_id: str | None = None) -> dict[str, Any]:
-        return self._printing(lambda box: box.issue(sale, request_id=request_id))
+    def issue(self, sale: dict[str, Any], request_id: str | None = None, host: str = "") -> dict[str, Any]:
+        return self._printing(lambda box: box.issue(sale, request_id=request_id, host=host))
 
     def reprint(self, global_no: int) -> dict[str, Any]:
         return self._printing(lambda box: box.reprint(global_no))

@@ -119,6 +119,7 @@ class Connection:
             float(timeout),
             passphrase=passphrase.encode() if passphrase else None,
             device_key=device_key,
+            strict=device_key is not None,  # a key given: nothing unchecked is believed (docs/pos-api.md)
         )
         return self._client
 
@@ -652,7 +653,8 @@ def reprint(global_no: int | None, unprinted: bool, as_json: bool) -> None:
     result = _box(lambda box: box.print_unprinted())
 
     def text(r: dict[str, Any]) -> str:
-        line = f"printed {len(r['printed'])} receipts"
+        printed = r["printed"]  # over the link: {"count", "first", "last"} (docs/link.md section 3)
+        line = f"printed {printed['count'] if isinstance(printed, dict) else len(printed)} receipts"
         if r.get("stopped_at") is not None:
             line += f", stopped at receipt {r['stopped_at']}"
         return line + (f"; {r['remaining']} still unprinted" if r.get("remaining") else "")
@@ -705,7 +707,15 @@ def audit(as_json: bool) -> None:
         checked = r.get("checked") or {}
         numbers = [counted(n, what) for what, n in checked.items() if type(n) is int]
         head = f"{'clean' if r['clean'] else 'PROBLEMS FOUND'}: " + ", ".join(numbers) + " checked"
-        return "\n".join([head] + [f"  {p['code']}: {p['message']}" for p in r["problems"][:10]])
+        shown = r["problems"][:10]
+        lines = [head] + [f"  {p['code']}: {p['message']}" for p in shown]
+        more = int(r.get("problems_total", len(r["problems"]))) - len(shown)  # the link carries the first
+        if more > 0:
+            lines.append(
+                f"  {counted(more, 'more_problems')}: run `fiscalbox-device audit` on the box, or `fiscalbox "
+                "journal export` and `fiscalbox journal verify` here, for all of them"
+            )
+        return "\n".join(lines)
 
     _emit(report_, as_json, text)
     sys.exit(0 if report_.get("clean") else 1)

@@ -206,6 +206,7 @@ class BoxClient:
         self._device_key = _load_public(device_key) if isinstance(device_key, bytes) else device_key
         self.strict = strict
         self._learnt = self._device_key is not None
+        self._given = self._device_key is not None  # the caller's key is never replaced by one learnt
         self.verified: bool | None = None  # was the last write's answer checked against the device key?
         self._serial: Any = None
         self._decoder = smp.Decoder()
@@ -376,6 +377,7 @@ class BoxClient:
                 try:
                     if self._nonce is None:
                         self._fetch_nonce(self.timeout)
+                    sent = self._nonce
                     answer = self._exchange(
                         op, group, command, self._signed(group, command, body or {}, rid), wait
                     )
@@ -402,10 +404,17 @@ class BoxClient:
                 ):
                     nonce_refused = True  # another host wrote in between: sign again, same request ID
                     continue
-                return self._result(answer, op, group, command, rid, name)
+                return self._result(answer, op, group, command, rid, name, sent)
 
     def _result(
-        self, answer: dict[str, Any], op: int, group: int, command: int, rid: str, name: str | None
+        self,
+        answer: dict[str, Any],
+        op: int,
+        group: int,
+        command: int,
+        rid: str,
+        name: str | None,
+        sent: bytes | None = None,
     ) -> Any:
         smp_error = answer.get("err")
         if isinstance(smp_error, dict):  # refused at the SMP level: the box does not know this command
@@ -429,10 +438,11 @@ class BoxClient:
             self.last_proof = proof
             payload = cose.loads(message.payload)
         elif "answer" in answer:
-            if self._device_key is not None:
+            if self._device_key is not None or self.strict:
                 raise FiscalError(
                     "BOX_LINK_SIGNATURE",
-                    "The box answered unsigned although it has a device key: do not trust this answer.",
+                    "The box answered unsigned, and this client believes only answers signed by the device "
+                    "key: do not trust this answer (the box's log says whether its key failed to sign).",
                 )
             payload = answer["answer"]
             self.last_proof = None
@@ -441,18 +451,19 @@ class BoxClient:
             raise FiscalError(
                 "BOX_LINK_FRAME", "The box's answer to a write holds neither `cose` nor `answer`."
             )
-        if not isinstance(payload, dict) or (payload.get("g"), payload.get("c"), payload.get("rid")) != (
-            group,
-            command,
-            rid,
-        ):
+        if not isinstance(payload, dict) or (
+            payload.get("g"),
+            payload.get("c"),
+            payload.get("rid"),
+            payload.get("nonce"),
+        ) != (group, command, rid, sent):
             raise FiscalError(
                 "BOX_LINK_SIGNATURE", "The box's signed answer is for another request: do not trust it."
             )
         if "error" in payload:
             raise _refusal(payload["error"])
         result = payload.get("ok")
-        if name in REKEYING:
+        if name in REKEYING and not self._given:
             self._device_key, self._learnt = None, False  # the device key changed: learn it again
         return result
 
@@ -474,6 +485,14 @@ class BoxClient:
         try:
             cose.verify1(message, self._device_key)
         except FiscalError:
+            if name in REKEYING and self._given:
+                raise FiscalError(
+                    "BOX_LINK_SIGNATURE",
+                    f"The box answered {name} signed by another key than the device key given here: its "
+                    "device key changed (the request may have been carried out), or the answer is forged. "
+                    "Check the new key (fiscalbox status) and give it (--device-key / FISCALBOX_DEVICE_KEY) "
+                    "before trusting the box's answers.",
+                ) from None
             if name not in REKEYING:
                 raise
             self._learn_device_key()  # a new device key signed its own answer

@@ -52,6 +52,10 @@ class StandIn:
     def keys(self) -> Any:
         return self.box.keys
 
+    @property
+    def ever_registered(self) -> bool:
+        return self.registered
+
     def sign_answer(self, payload: bytes) -> tuple[int, bytes] | None:
         if self.box.keys.algorithm is None:
             return None
@@ -63,12 +67,15 @@ class StandIn:
     def receipt(self, global_no: int) -> dict[str, Any]:
         return self.box.receipt(global_no)
 
-    def issue(self, sale: dict[str, Any], request_id: str | None = None) -> dict[str, Any]:
+    def issue(self, sale: dict[str, Any], request_id: str | None = None, host: str = "") -> dict[str, Any]:
         self.calls.append("issue")
-        return self.box.issue(sale, request_id)
+        return self.box.issue(sale, request_id, host)
 
     def open_day(self) -> dict[str, Any]:
         return self.box.open_day()
+
+    def print_unprinted(self) -> dict[str, Any]:
+        return self.box.print_unprinted()
 
     def close_day(self) -> dict[str, Any]:
         return self.box.close_day()

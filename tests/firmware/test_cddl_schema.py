@@ -93,7 +93,7 @@ CASES = {
     "enroll": (
         [
             {"public_key": b"0Y0\x13", "role": "pos", "label": "till 1"},
-            {"public_key": b"\x30", "role": "operator", "label": ""},
+            {"public_key": b"\x30", "role": "operator", "label": "office"},
         ],
         [
             ({"public_key": "PEM", "role": "pos", "label": "x"}, "public_key"),
@@ -177,7 +177,8 @@ def test_what_pycddl_alone_gets_wrong_is_refused() -> None:
     ]
     for name, body, field in cases:
         assert _refused(name, body).field == field, (name, body)
-    outcome = {"g": 64, "c": 6, "rid": "r", "error": {"code": "X", "message": "m.", "field": ["a"]}}
+    outcome = {"g": 64, "c": 6, "rid": "r", "nonce": N16,
+               "error": {"code": "X", "message": "m.", "field": ["a"]}}
     _refused("outcome", outcome)  # a list passed `tstr / null`
 
 
@@ -228,7 +229,8 @@ def test_answers() -> None:
     link_schema.check("answer", {"nonce": N16, "ok": {"status": "open"}})
     link_schema.check("answer", {"nonce": N16, "error": {"code": "BOX_LINK_NONCE", "message": "Stale."}})
     link_schema.check("answer", {"nonce": N16, "cose": b"\xd2"})
-    link_schema.check("answer", {"nonce": N16, "answer": {"g": 64, "c": 6, "rid": "r", "ok": {}}})
+    link_schema.check("answer", {"nonce": N16, "answer": {"g": 64, "c": 6, "rid": "r", "nonce": N16,
+                                                          "ok": {}}})
     _refused("answer", {"nonce": N16})
     _refused("answer", {"nonce": N16, "ok": 1, "cose": b""})
     _refused("answer", {"nonce": N16, "error": {"code": "X"}})
@@ -240,8 +242,9 @@ def test_answers() -> None:
     link_schema.check("nonce_ok", {"nonce": N16})  # a box before the compressed form
     _refused("nonce_ok", {"nonce": N16, "deflate": "yes"})
     refusal = {"code": "X", "message": "m.", "field": "rid"}
-    link_schema.check("outcome", {"g": 64, "c": 6, "rid": "r", "error": refusal})
-    _refused("outcome", {"g": 64, "c": 6, "rid": "r", "error": {**refusal, "field": None}})  # left out
+    link_schema.check("outcome", {"g": 64, "c": 6, "rid": "r", "nonce": N16, "error": refusal})
+    left_out = {**refusal, "field": None}  # a field is left out, never null
+    _refused("outcome", {"g": 64, "c": 6, "rid": "r", "nonce": N16, "error": left_out})
 
 
 def test_a_key_called_at_and_values_cbor_cannot_carry_are_refused() -> None:
@@ -254,7 +257,9 @@ def test_a_key_called_at_and_values_cbor_cannot_carry_are_refused() -> None:
 
 def test_each_rule_is_compiled_with_only_the_rules_it_uses() -> None:
     assert link_schema._needed("issue") == ["issue"]
-    assert link_schema._needed("provision") == ["whole", "string", "provision", "identity"]
+    assert link_schema._needed("provision") == [
+        "whole", "string", "name64", "url", "currency", "provision", "identity"
+    ]
     assert set(link_schema._needed("answer")) == {"answer", "outcome", "error", "rid", "id16", "group_id",
                                                    "command_id", "string", "octets"}
 
@@ -263,6 +268,20 @@ def test_the_cddl_ships_with_the_package() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "*.cddl" in config["tool"]["setuptools"]["package-data"]["*"]
     assert link_schema.SOURCE.parent == ROOT / "firmware"
+
+
+def test_what_grows_in_an_answer_is_capped_in_its_request() -> None:
+    """outbox's limit, the identity's texts and a key's label: each answer holding them fits a frame."""
+    link_schema.check("outbox", {"limit": 1000})
+    assert _refused("outbox", {"limit": 1001}).field == "limit"
+    link_schema.check("provision", {"values": {"serial": "S" * 64, "fdms_url": "https://" + "a" * 2000,
+                                               "currencies": ["USD", "ZWG"]}})
+    for values in ({"serial": "S" * 65}, {"model_name": "m" * 65}, {"model_version": "v" * 65},
+                   {"fdms_url": "u" * 2049}, {"currencies": ["USD"] * 17}, {"currencies": ["DOLLARS!!"]}):
+        assert _refused("provision", {"values": values}).field.startswith("values.")
+    link_schema.check("enroll", {"public_key": b"k", "role": "pos", "label": "L" * 64})
+    for label in ("L" * 65, ""):
+        assert _refused("enroll", {"public_key": b"k", "role": "pos", "label": label}).field == "label"
 
 
 def _whole_verdict(name: str, body: Any) -> str:

@@ -59,18 +59,33 @@ def _rebuild(parts: list, tag: int = 18) -> bytes:
 
 
 def test_rfc9052_and_cose_wg_examples_verify() -> None:
+    """The examples carry their kid unprotected, which the link refuses (it must be signed); the unprotected
+    header is outside the Sig_structure, so without it they verify as they are."""
     for case in VECTORS["pass"]:
-        message = cose.decode1(bytes.fromhex(case["cbor"]))
+        protected, unprotected, payload, signature = _parts(bytes.fromhex(case["cbor"]))
+        assert dict(unprotected) == {4: b"11"}
+        _refused("BOX_LINK_FRAME", cose.decode1, bytes.fromhex(case["cbor"]))
+        message = cose.decode1(_rebuild([protected, {}, payload, signature]))
         assert message.to_be_signed == bytes.fromhex(case["to_be_signed"]), case["name"]
         assert message.payload == bytes.fromhex(case["payload"])
-        assert message.alg == cose.ES256 and message.kid == b"11"
-        cose.verify1(message, _vector_key())
+        assert message.alg == cose.ES256 and message.kid is None
+        if int.from_bytes(signature[32:], "big") <= cose.P256_ORDER // 2:
+            cose.verify1(message, _vector_key())
+        else:
+            _refused("BOX_LINK_SIGNATURE", cose.verify1, message, _vector_key())
 
 
 def test_cose_wg_failures_are_refused_with_the_right_code() -> None:
     for case in VECTORS["fail"]:
+        data = bytes.fromhex(case["cbor"])
+        item = cbor2.loads(data)
+        if isinstance(item, cbor2.CBORTag) and hasattr(item.value[1], "items"):
+            # their kid is unprotected, refused before the signature is looked at: without it, as they are
+            parts = list(item.value)
+            parts[1] = {k: v for k, v in parts[1].items() if k != 4}
+            data = _rebuild(parts, item.tag)
 
-        def check(data: bytes = bytes.fromhex(case["cbor"])) -> None:
+        def check(data: bytes = data) -> None:
             cose.verify1(cose.decode1(data), _vector_key())
 
         _refused(case["code"], check)
@@ -103,7 +118,8 @@ def test_round_trip_rs256_pkcs1_v15(rsa_key) -> None:
 def test_es256_raw_turns_a_key_store_der_signature_into_r_and_s(ec_key) -> None:
     der = ec_key.sign(b"to be signed", ec.ECDSA(hashes.SHA256()))  # what KeyStore.sign answers
     r, s = decode_dss_signature(der)
-    assert cose.es256_raw(der) == r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    low = min(s, cose.P256_ORDER - s)  # the low-s form of the same signature
+    assert cose.es256_raw(der) == r.to_bytes(32, "big") + low.to_bytes(32, "big")
 
     def key_store_sign(tbs: bytes) -> bytes:
         return cose.es256_raw(ec_key.sign(tbs, ec.ECDSA(hashes.SHA256())))
@@ -112,6 +128,30 @@ def test_es256_raw_turns_a_key_store_der_signature_into_r_and_s(ec_key) -> None:
     message = cose.decode1(data)
     assert message.kid is None
     cose.verify1(message, ec_key.public_key())
+
+
+def test_a_high_s_signature_is_refused_and_its_low_s_twin_verifies(ec_key) -> None:
+    good = _parts(_signed(ec_key, b"payload"))
+    r, s = good[3][:32], int.from_bytes(good[3][32:], "big")
+    twin = _rebuild([*good[:3], r + (cose.P256_ORDER - s).to_bytes(32, "big")])  # valid ECDSA, other form
+    cose.verify1(cose.decode1(_rebuild(good)), ec_key.public_key())
+    error = _refused("BOX_LINK_SIGNATURE", cose.verify1, cose.decode1(twin), ec_key.public_key())
+    assert "low-s" in error.message
+
+
+def test_a_kid_unprotected_and_crit_anywhere_are_refused(ec_key) -> None:
+    protected, unprotected, payload, signature = _parts(_signed(ec_key))
+    bare = cbor2.dumps({1: -7})
+    kid = cose.key_id(ec_key.public_key())
+    for header in ({4: kid}, {2: [4]}):
+        error = _refused("BOX_LINK_FRAME", cose.decode1, _rebuild([bare, header, payload, signature]))
+        assert "protected" in error.message or "critical" in error.message
+
+
+def test_a_number_beyond_64_bits_is_a_frame_error() -> None:
+    assert cose.loads(cbor2.dumps({"n": 2**64 - 1, "m": -(2**64)})) == {"n": 2**64 - 1, "m": -(2**64)}
+    for value in ({"n": 2**64}, [-(2**64) - 1], {10**5000: 1}, {"a": [1, {"b": 10**5000}]}):
+        _refused("BOX_LINK_FRAME", cose.loads, cbor2.dumps(value))
 
 
 def test_key_id_is_the_first_16_bytes_of_sha256_over_the_spki(ec_key) -> None:

@@ -97,6 +97,59 @@ def test_a_sale_is_issued_and_its_answer_is_signed_by_the_device_key(link: Link,
     assert link.device.box.status()["last_global_no"] == 1
 
 
+def test_a_write_answer_carries_the_nonce_of_its_request(link: Link, pos: Host) -> None:
+    sent = link.nonce
+    answer = pos.call("issue", {"sale": sale()})
+    assert answer["payload"]["nonce"] == sent != answer["nonce"]
+    sent = link.nonce
+    refusal = pos.call("issue", {"sale": "not a map"}, rid="rid-2")  # a signed refusal is bound too
+    assert refusal["payload"]["error"]["code"] == "BOX_LINK_SCHEMA" and refusal["payload"]["nonce"] == sent
+
+
+def test_a_write_whose_answer_does_not_fit_a_frame_is_answered_signed_and_shortened(
+    link: Link, operator: Host
+) -> None:
+    opened: list[int] = []
+
+    def open_day() -> dict[str, Any]:  # the write runs, then its answer is far larger than a frame
+        opened.append(1)
+        return {"day_no": 7, "status": "open", "notes": ["x" * 100] * 400, "report": {"a": "b" * 20000}}
+
+    link.device.open_day = open_day
+    answer = operator.call("open_day")
+    assert opened and "cose" in answer and "error" not in answer
+    assert answer["payload"]["ok"] == {
+        "truncated": True, "day_no": 7, "status": "open", "counts": {"notes": 400}
+    }
+
+
+def test_a_write_whose_answer_cbor_cannot_carry_is_answered_signed(link: Link, operator: Host) -> None:
+    link.device.open_day = lambda: {"day_no": 8, "odd": object()}
+    answer = operator.call("open_day")
+    assert answer["payload"]["ok"] == {"truncated": True, "day_no": 8}
+
+
+def test_print_unprinted_answers_a_count_and_the_first_and_last_receipt(rig: Rig, tmp_path: Path) -> None:
+    from hardware import printers
+    from sim.printer import VirtualPrinter
+
+    profile = printers.PROFILES["epson-tm-t20ii"]
+    printed_box = rig.box(printer=printers.EscposPrinter(profile, VirtualPrinter(dots=profile.dots)))
+    printed_box.provision(__import__("box_rig").SETTINGS)
+    printed_box.open_day()
+    rig.clock.advance(60)
+    printer, printed_box.printer = printed_box.printer, None  # sold while the printer was away
+    for _ in range(5):
+        printed_box.issue(sale())
+    printed_box.printer = printer
+    made = Link(StandIn(printed_box, tmp_path), HostKeys(tmp_path / "hosts.json"))
+    till = Host(made)
+    made.hosts.enroll(till.der, "pos", "till", AT)
+    done = till.result("print_unprinted")
+    assert done["printed"] == {"count": 5, "first": 1, "last": 5} and done["remaining"] == 0
+    made.close()
+
+
 def test_without_a_device_key_a_write_is_answered_unsigned(link: Link, pos: Host) -> None:
     link.device.sign_answer = lambda payload: None  # a box before generate_key
     answer = pos.call("issue", {"sale": sale()})
@@ -312,6 +365,22 @@ def test_a_body_that_does_not_match_the_schema_is_refused(
     assert error["field"] if field is None else error["field"] == field
 
 
+def test_another_till_under_the_same_request_id_never_gets_the_first_tills_receipt(
+    link: Link, pos: Host
+) -> None:
+    till2 = Host(link)
+    link.hosts.enroll(till2.der, "pos", "till 2", AT)
+    one = sale("7.00")
+    first = pos.result("issue", {"sale": one}, rid="till:0001")
+    with pytest.raises(FiscalError) as refused:  # a sale of its own to the box, not a retry of till 1's
+        till2.result("issue", {"sale": one}, rid="till:0001")
+    assert refused.value.code == "RCPT013"  # till 1's invoice number
+    second = till2.result("issue", {"sale": sale("7.00")}, rid="till:0001")
+    assert second["repeated"] is False and second["global_no"] == first["global_no"] + 1
+    again = pos.result("issue", {"sale": one}, rid="till:0001")
+    assert again["repeated"] is True and again["global_no"] == first["global_no"]
+
+
 def test_another_sale_under_a_used_request_id_is_refused(link: Link, pos: Host) -> None:
     pos.result("issue", {"sale": sale()}, rid="pos:42")
     refused(pos, "BOX_LINK_REQUEST_REUSED", "issue", {"sale": sale()}, rid="pos:42")
@@ -372,7 +441,29 @@ def test_a_self_signed_enroll_must_enroll_its_own_key_as_operator(link: Link) ->
     other = Host(link)
     refused(host, "BOX_LINK_ENROLL", "enroll", {"public_key": other.der, "role": "operator", "label": "x"})
     refused(host, "BOX_LINK_ENROLL", "enroll", {"public_key": host.der, "role": "pos", "label": "x"})
-    refused(host, "BOX_LINK_ENROLL", "enroll", {"public_key": 2**62, "role": "operator", "label": "x"})
+    refused(host, "BOX_LINK_SCHEMA", "enroll", {"public_key": 2**62, "role": "operator", "label": "x"})
+
+
+def test_a_first_enroll_is_checked_against_the_schema_before_its_values_are_read(link: Link) -> None:
+    host = Host(link)
+    for label in (2**62, ["x"], {"a": 1}):
+        body = {"public_key": host.der, "role": "operator", "label": label}
+        refused(host, "BOX_LINK_SCHEMA", "enroll", body)
+    # a number beyond 64 bits does not get past the CBOR decoding: a frame error
+    answer = host.send(*command_of("enroll"), {"req": host.signed(
+        "enroll", {"public_key": host.der, "role": "operator", "label": 10**5000})})
+    assert answer["error"]["code"] == "BOX_LINK_FRAME" and not link.hosts.entries()
+
+
+def test_a_forged_request_logs_no_key_label(link: Link, pos: Host, caplog: pytest.LogCaptureFixture) -> None:
+    forger = Host(link)
+    forger.kid = pos.kid  # names the till's key, signs with its own
+    with caplog.at_level(logging.INFO, logger=link.log.name):
+        with pytest.raises(FiscalError):
+            forger.result("issue", {"sale": sale()})
+    records = [r.fields for r in caplog.records if r.msg == "link.request"]  # type: ignore[attr-defined]
+    assert records[-1]["outcome"] == "BOX_LINK_SIGNATURE"
+    assert "key" not in records[-1] and "role" not in records[-1]
 
 
 def test_an_operator_enrolls_lists_and_revokes_keys(link: Link, operator: Host) -> None:
@@ -438,6 +529,15 @@ def test_an_export_is_read_in_chunks_and_resumed_from_an_offset(
     assert not any(f.exists() for f in files)  # the older export's file went with it
     refused(operator, "BOX_LINK_NO_JOB", "job", {"job": job})
     assert operator.result("job", {"job": newer})["size"] < len(data)
+
+
+def test_a_huge_offset_gives_empty_data_not_an_internal_error(link: Link, operator: Host, pos: Host) -> None:
+    pos.result("issue", {"sale": sale()}, rid="r1")
+    job = operator.result("export_journal", {"first": 1, "last": 1})["job"]
+    link.join_jobs()
+    for offset in (2**62, 2**63 - 1):
+        answer = operator.result("job", {"job": job, "offset": offset})
+        assert answer["state"] == "done" and answer["data"] == b"" and answer["size"] > 0
 
 
 def test_a_failed_job_says_why(link: Link, operator: Host) -> None:

@@ -32,6 +32,25 @@ def test_the_same_request_id_and_sale_returns_the_receipt_already_issued(box: Bo
     assert box.status()["last_global_no"] == 1
 
 
+def test_request_ids_are_kept_per_host_key(box: Box) -> None:
+    """Till 2 sending till 1's sale under till 1's ID gets a receipt of its own, never till 1's."""
+    one = sale("3.00")
+    first = box.issue(one, request_id="0001", host="aa" * 16)
+    with pytest.raises(FiscalError) as refused:  # a new sale to the box: its invoice number is taken
+        box.issue(one, request_id="0001", host="bb" * 16)
+    assert refused.value.code == "RCPT013"
+    own = sale("3.00")  # till 2's own sale under the same ID: issued
+    other = box.issue(own, request_id="0001", host="bb" * 16)
+    assert other["repeated"] is False and other["global_no"] == first["global_no"] + 1
+    assert box.issue(one, request_id="0001", host="aa" * 16)["global_no"] == first["global_no"]
+    assert box.issue(own, request_id="0001", host="bb" * 16)["global_no"] == other["global_no"]
+    with pytest.raises(FiscalError) as reused:
+        box.issue(sale("4.00"), request_id="0001", host="bb" * 16)
+    assert reused.value.code == "BOX_LINK_REQUEST_REUSED"
+    assert box.journal.request("0001", "aa" * 16)[1] == first["global_no"]
+    assert box.journal.request("0001") is None  # not sent over the link: a third space of IDs
+
+
 def test_key_order_and_the_receipt_wrapper_do_not_make_another_sale(box: Box) -> None:
     one = sale()
     box.issue(one, request_id="r1")

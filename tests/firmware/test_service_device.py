@@ -17,10 +17,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID
+from link_rig import Host
 from service_rig import write_config  # the service tests' box.toml
 
 from firmware import config as configuration
 from firmware.core.errors import FiscalError
+from firmware.hosts import HostKeys
+from firmware.link import Link
 from firmware.main import main
 from firmware.service import Device, SystemClock
 from hardware.signatures import load_public_key
@@ -235,6 +238,14 @@ def test_a_device_without_a_journal_but_registered_says_restore(tmp_path: Path, 
             device.provision({"device_id": DEVICE_ID + 5})
         assert refused.value.field == "device_id"  # the anchor still names the device
         assert device.provision({"device_id": DEVICE_ID})["device_id"] == DEVICE_ID
+        # a box without its journal is still registered: no self-signed operator enroll (its hosts are
+        # recovered on the box itself, `fiscalbox-device hosts enroll`)
+        link = Link(device, HostKeys(tmp_path / "hosts.json"))
+        stranger = Host(link)
+        with pytest.raises(FiscalError) as refused:
+            stranger.result("enroll", {"public_key": stranger.der, "role": "operator", "label": "x"})
+        assert refused.value.code == "BOX_LINK_ENROLL" and not link.hosts.entries()
+        link.close()
     finally:
         device.close()
     assert not (tmp_path / "journal.db").exists()

@@ -78,6 +78,8 @@ class Responder:
         self.jobs = 0
         self.deflate = False  # whether the nonce answer says the box takes compressed requests
         self.forms: list[str] = []  # the form of each signed request: "req" or "zreq"
+        self.answer_nonce: bytes | None = None  # the nonce a write's answer names (None: the request's)
+        self.unsigned = False  # answer writes in plain `answer` (a box without a device key)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve_cable if cable else self._serve, daemon=True)
         self._thread.start()
@@ -158,10 +160,12 @@ class Responder:
             def sign(data: bytes) -> bytes:
                 return cose.signer(self.signing_key)[1](data)
 
-            signed = cose.sign1(
-                cbor2.dumps({"g": group, "c": command, "rid": rid, **outcome}), sign, cose.ES256
-            )
+            bound = payload["nonce"] if self.answer_nonce is None else self.answer_nonce
+            outcome_payload = {"g": group, "c": command, "rid": rid, "nonce": bound, **outcome}
+            signed = cose.sign1(cbor2.dumps(outcome_payload), sign, cose.ES256)
             answer = {"nonce": self.nonce, "cose": signed}
+            if self.unsigned:
+                answer = {"nonce": self.nonce, "answer": outcome_payload}
             if compressed:
                 answer = {"nonce": self.nonce, "zcose": cose.deflate(signed)}
         elif compressed and "ok" in outcome:
@@ -196,6 +200,10 @@ class Responder:
             return {**self.receipts[rid], "repeated": True}
         self.receipts[rid] = {"global_no": len(self.receipts) + 1, "total": body["sale"]["total"]}
         return self.receipts[rid]
+
+    def do_generate_key(self, body: Any, rid: str) -> dict[str, Any]:
+        self.device_key = self.signing_key = ec.generate_private_key(ec.SECP256R1())
+        return {"algorithm": "ecdsa", "public_key": public_pem(self.device_key)}
 
     def do_open_day(self, body: Any, rid: str) -> dict[str, Any]:
         return {"day_no": 1}
@@ -343,6 +351,40 @@ def test_a_key_that_cannot_learn_the_device_key_takes_answers_unchecked_unless_s
     with BoxClient(box.path, pem(host_key), timeout=30, device_key=public_pem(box.device_key)) as given:
         given.issue(SALE, "c")
         assert given.verified is True
+
+
+def test_a_signed_answer_naming_another_request_nonce_is_refused(client: BoxClient, box: Responder) -> None:
+    client.open_day()
+    assert client.verified is True
+    box.answer_nonce = os.urandom(16)  # an answer the box signed for another request (replayed)
+    with pytest.raises(FiscalError) as refused:
+        client.open_day()
+    assert refused.value.code == "BOX_LINK_SIGNATURE" and "another request" in refused.value.message
+
+
+def test_strict_refuses_an_unsigned_answer(box: Responder, host_key: Any) -> None:
+    box.unsigned = True
+    with BoxClient(box.path, pem(host_key), timeout=30) as trusting:
+        assert trusting.open_day() == {"day_no": 1} and trusting.verified is False
+    with BoxClient(box.path, pem(host_key), timeout=30, strict=True) as strict:
+        with pytest.raises(FiscalError) as refused:
+            strict.open_day()
+    assert refused.value.code == "BOX_LINK_SIGNATURE" and "unsigned" in refused.value.message
+
+
+def test_a_device_key_given_is_never_replaced_by_one_learnt(box: Responder, host_key: Any) -> None:
+    given = box.device_key.public_key()
+    with BoxClient(box.path, pem(host_key), timeout=30, device_key=given, strict=True) as client:
+        with pytest.raises(FiscalError) as refused:
+            client.generate_key(replace=True)  # the box's new key signs the answer; status would name it
+        assert refused.value.code == "BOX_LINK_SIGNATURE" and "device key changed" in refused.value.message
+        assert client.device_key() is given
+        with pytest.raises(FiscalError):
+            client.open_day()  # still checked under the key given, which no longer signs
+    with BoxClient(box.path, pem(host_key), timeout=30) as learning:  # no key given: learnt again
+        learning.generate_key(replace=True)
+        assert learning.verified is True
+        assert learning.device_key().public_numbers() == box.device_key.public_key().public_numbers()
 
 
 def test_a_signed_refusal_is_raised_with_the_box_code(client: BoxClient) -> None:
@@ -591,3 +633,22 @@ def test_a_host_key_that_is_not_p256_is_refused() -> None:
     with pytest.raises(FiscalError) as refused:
         BoxClient("loop://", pem(other))
     assert refused.value.code == "BOX_KEY_UNREADABLE"
+
+
+def test_the_host_tool_is_strict_when_a_device_key_is_configured(
+    box: Responder, host_key: Any, tmp_path: Any
+) -> None:
+    from host_tools.box_commands import Connection
+
+    (tmp_path / "host.pem").write_bytes(pem(host_key))
+    (tmp_path / "device.pem").write_text(public_pem(box.device_key))
+    box.unsigned = True  # a box (or a stranger on the line) answering writes unsigned
+    trusting = Connection(box.path, str(tmp_path / "host.pem"), None, 30).client()
+    assert trusting.open_day() == {"day_no": 1} and trusting.verified is False
+    trusting.close()
+    pinned = Connection(box.path, str(tmp_path / "host.pem"), None, 30, str(tmp_path / "device.pem")).client()
+    assert pinned.strict is True  # nothing it cannot check is believed, whatever comes later
+    with pytest.raises(FiscalError) as refused:
+        pinned.open_day()
+    pinned.close()
+    assert refused.value.code == "BOX_LINK_SIGNATURE"
