@@ -173,6 +173,22 @@ def device_public_key(status: dict[str, Any]) -> Any:
     return None
 
 
+def _unproven(name: str, rid: str, why: FiscalError) -> FiscalError:
+    """A write reached the box, but its answer cannot be trusted: it may have been done, so the host must
+    not take it as refused (a sale sent again under a new request ID would be issued twice)."""
+    check = (
+        f"send the sale again with the same request ID {rid} (the box never issues it twice)"
+        if name == "issue"
+        else "check with `fiscalbox status` before asking again"
+    )
+    return FiscalError(
+        "BOX_LINK_UNVERIFIED",
+        f"The box answered {name}, but the answer could not be checked ({why.message.rstrip('.')}), so it "
+        f"may have been done: {check}. If the device key changed (a certificate renewal), give the new one "
+        "(`fiscalbox keys device`).",
+    )
+
+
 class BoxClient:
     """One host's connection to one box. Thread-safe: calls are serialised."""
 
@@ -431,6 +447,21 @@ class BoxClient:
             if "ok" not in answer:
                 raise FiscalError("BOX_LINK_FRAME", "The box's answer holds neither a result nor an error.")
             return answer["ok"]
+        try:
+            payload = self._write_outcome(answer, name, (group, command, rid, sent))
+        except FiscalError as error:
+            if error.code not in ("BOX_LINK_SIGNATURE", "BOX_LINK_FRAME"):
+                raise
+            raise _unproven(name, rid, error) from None
+        if "error" in payload:
+            raise _refusal(payload["error"])
+        result = payload.get("ok")
+        if name in REKEYING and not self._given:
+            self._device_key, self._learnt = None, False  # the device key changed: learn it again
+        return result
+
+    def _write_outcome(self, answer: dict[str, Any], name: str, request: tuple[Any, ...]) -> dict[str, Any]:
+        """The signed outcome of a write, checked: signed by the device key and naming this very request."""
         if "cose" in answer or "zcose" in answer:
             proof = answer["cose"] if "cose" in answer else cose.inflate(answer["zcose"], ANSWER_LIMIT)
             message = cose.decode1(proof)
@@ -442,7 +473,7 @@ class BoxClient:
                 raise FiscalError(
                     "BOX_LINK_SIGNATURE",
                     "The box answered unsigned, and this client believes only answers signed by the device "
-                    "key: do not trust this answer (the box's log says whether its key failed to sign).",
+                    "key (the box's log says whether its key failed to sign).",
                 )
             payload = answer["answer"]
             self.last_proof = None
@@ -456,16 +487,9 @@ class BoxClient:
             payload.get("c"),
             payload.get("rid"),
             payload.get("nonce"),
-        ) != (group, command, rid, sent):
-            raise FiscalError(
-                "BOX_LINK_SIGNATURE", "The box's signed answer is for another request: do not trust it."
-            )
-        if "error" in payload:
-            raise _refusal(payload["error"])
-        result = payload.get("ok")
-        if name in REKEYING and not self._given:
-            self._device_key, self._learnt = None, False  # the device key changed: learn it again
-        return result
+        ) != request:
+            raise FiscalError("BOX_LINK_SIGNATURE", "The box's signed answer is for another request.")
+        return payload
 
     def _verify(self, message: Any, name: str | None) -> None:
         """Check a signed answer under the pinned device key. The first time, the key is learnt (status, or

@@ -301,7 +301,7 @@ def test_a_box_that_says_deflate_gets_compressed_requests_and_its_compressed_ans
     box.signing_key = ec.generate_private_key(ec.SECP256R1())  # compressed, but forged
     with pytest.raises(FiscalError) as refused:
         client.open_day()
-    assert refused.value.code == "BOX_LINK_SIGNATURE"
+    assert refused.value.code == "BOX_LINK_UNVERIFIED"
 
 
 def test_a_box_that_does_not_say_deflate_gets_plain_requests(client: BoxClient, box: Responder) -> None:
@@ -322,7 +322,7 @@ def test_an_answer_not_signed_by_the_device_key_is_refused(client: BoxClient, bo
     box.signing_key = ec.generate_private_key(ec.SECP256R1())
     with pytest.raises(FiscalError) as refused:
         client.open_day()
-    assert refused.value.code == "BOX_LINK_SIGNATURE"
+    assert refused.value.code == "BOX_LINK_UNVERIFIED"
 
 
 def test_without_the_key_in_status_an_operator_learns_it_from_the_device_csr(
@@ -334,7 +334,7 @@ def test_without_the_key_in_status_an_operator_learns_it_from_the_device_csr(
     box.signing_key = ec.generate_private_key(ec.SECP256R1())  # pinned: a forged answer is caught
     with pytest.raises(FiscalError) as refused:
         client.open_day()
-    assert refused.value.code == "BOX_LINK_SIGNATURE"
+    assert refused.value.code == "BOX_LINK_UNVERIFIED"
 
 
 def test_a_key_that_cannot_learn_the_device_key_takes_answers_unchecked_unless_strict(
@@ -347,7 +347,7 @@ def test_a_key_that_cannot_learn_the_device_key_takes_answers_unchecked_unless_s
     with BoxClient(box.path, pem(host_key), timeout=30, strict=True) as strict:
         with pytest.raises(FiscalError) as refused:
             strict.issue(SALE, "b")
-    assert refused.value.code == "BOX_LINK_SIGNATURE"
+    assert refused.value.code == "BOX_LINK_UNVERIFIED"
     with BoxClient(box.path, pem(host_key), timeout=30, device_key=public_pem(box.device_key)) as given:
         given.issue(SALE, "c")
         assert given.verified is True
@@ -359,7 +359,7 @@ def test_a_signed_answer_naming_another_request_nonce_is_refused(client: BoxClie
     box.answer_nonce = os.urandom(16)  # an answer the box signed for another request (replayed)
     with pytest.raises(FiscalError) as refused:
         client.open_day()
-    assert refused.value.code == "BOX_LINK_SIGNATURE" and "another request" in refused.value.message
+    assert refused.value.code == "BOX_LINK_UNVERIFIED" and "another request" in refused.value.message
 
 
 def test_strict_refuses_an_unsigned_answer(box: Responder, host_key: Any) -> None:
@@ -369,7 +369,7 @@ def test_strict_refuses_an_unsigned_answer(box: Responder, host_key: Any) -> Non
     with BoxClient(box.path, pem(host_key), timeout=30, strict=True) as strict:
         with pytest.raises(FiscalError) as refused:
             strict.open_day()
-    assert refused.value.code == "BOX_LINK_SIGNATURE" and "unsigned" in refused.value.message
+    assert refused.value.code == "BOX_LINK_UNVERIFIED" and "unsigned" in refused.value.message
 
 
 def test_a_device_key_given_is_never_replaced_by_one_learnt(box: Responder, host_key: Any) -> None:
@@ -377,7 +377,7 @@ def test_a_device_key_given_is_never_replaced_by_one_learnt(box: Responder, host
     with BoxClient(box.path, pem(host_key), timeout=30, device_key=given, strict=True) as client:
         with pytest.raises(FiscalError) as refused:
             client.generate_key(replace=True)  # the box's new key signs the answer; status would name it
-        assert refused.value.code == "BOX_LINK_SIGNATURE" and "device key changed" in refused.value.message
+        assert refused.value.code == "BOX_LINK_UNVERIFIED" and "device key changed" in refused.value.message
         assert client.device_key() is given
         with pytest.raises(FiscalError):
             client.open_day()  # still checked under the key given, which no longer signs
@@ -651,4 +651,4 @@ def test_the_host_tool_is_strict_when_a_device_key_is_configured(
     with pytest.raises(FiscalError) as refused:
         pinned.open_day()
     pinned.close()
-    assert refused.value.code == "BOX_LINK_SIGNATURE"
+    assert refused.value.code == "BOX_LINK_UNVERIFIED"
