@@ -213,6 +213,13 @@ def lose_one_chunk(rig: Rig, offset: int, pull: bool = False) -> list[int]:
     return asked
 
 
+def resumed_at(asked: list[int], lost: int) -> bool:
+    """The offsets asked never go back, and the lost one is asked again at once. (A job still running is
+    polled again at the offset it has reached, so an offset may repeat before the loss too.)"""
+    again = asked.index(lost)
+    return asked[again : again + 2] == [lost, lost] and asked == sorted(asked) and asked[0] == 0
+
+
 def test_a_shops_first_day_over_the_link(rig: Rig, tmp_path: Path) -> None:
     # keys: one for the operator (it enrolls itself on the new box), one for the till
     for role in ("operator", "pos"):
@@ -270,7 +277,7 @@ def test_a_shops_first_day_over_the_link(rig: Rig, tmp_path: Path) -> None:
     out = tmp_path / "export.json"
     exported = rig.ok("--timeout", "1", "journal", "export", "1", "3", str(out))  # 1 s: the loss is noticed
     assert exported["size"] == out.stat().st_size > 2 * 2048
-    assert asked[:3] == [0, 2048, 2048]  # the lost chunk asked again, nothing before it
+    assert resumed_at(asked, 2048)  # the lost chunk asked again, nothing before it
     rig.ok("keys", "device", "--out", str(tmp_path / "device.pem"))  # learnt over the link
     assert (tmp_path / "device.pem").read_bytes() == rig.device.keys.public_key_pem()
     verified = rig.run("journal", "verify", str(out), "--cert", str(tmp_path / "device.pem"))
@@ -279,7 +286,7 @@ def test_a_shops_first_day_over_the_link(rig: Rig, tmp_path: Path) -> None:
     # the same over a line whose cable is pulled mid-transfer: the tool sees it at once, reconnects, resumes
     asked = lose_one_chunk(rig, 4096, pull=True)
     cabled = rig.ok("--port", rig.cable.url, "journal", "export", "1", "3", str(tmp_path / "again.json"))
-    assert asked[:4] == [0, 2048, 4096, 4096]
+    assert resumed_at(asked, 4096)
     assert cabled["size"] == (tmp_path / "again.json").stat().st_size
     verified = rig.run(
         "journal", "verify", str(tmp_path / "again.json"), "--cert", str(tmp_path / "device.pem")
