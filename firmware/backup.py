@@ -11,6 +11,7 @@ import datetime
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +175,13 @@ def file_sha256(path: Path) -> str:
 
 
 def make_backup(
-    journal: Journal, keys: KeyStore, device_id: int, dest: Path, at: str, retain: int | None
+    journal: Journal,
+    keys: KeyStore,
+    device_id: int,
+    dest: Path,
+    at: str,
+    retain: int | None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Copy the journal online into `dest`, write its signed manifest, keep the newest `retain` copies."""
     if retain is not None and retain < 1:
@@ -193,7 +200,7 @@ def make_backup(
     name = f"{prefix}{len(list(dest.glob(prefix + '*.db'))) + 1:03d}.db"  # names sort oldest first
     temporary = dest / (name + ".tmp")
     try:
-        journal.backup_to(temporary)
+        journal.backup_to(temporary, progress)  # pages copied of the journal's
     except OSError as error:
         temporary.unlink(missing_ok=True)
         raise FiscalError(

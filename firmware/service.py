@@ -314,10 +314,16 @@ def audit_report(
     return report
 
 
-def export_to(box: Box, first: int, last: int, out: str | os.PathLike[str]) -> dict[str, Any]:
+def export_to(
+    box: Box,
+    first: int,
+    last: int,
+    out: str | os.PathLike[str],
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
     """`export --json`: receipts first..last as a signed file at `out`."""
     try:
-        return box.export_journal(first, last, out)
+        return box.export_journal(first, last, out, progress)
     except OSError as error:  # the file is written before the export is logged: nothing changed
         raise FiscalError("BOX_FILE", f"Cannot write the export {out}: {error.strerror}.", "out") from None
 
@@ -886,27 +892,15 @@ class Device:
     ) -> dict[str, Any]:
         """`backup --json` into [backup] dir, keeping [backup] retain (or `retain`) copies."""
         box = self._require_box()
-        if progress is not None:
-            progress(0, 1)
-        result = box.backup(
-            self.cfg.backup["dir"], retain if retain is not None else self.cfg.backup["retain"]
+        return box.backup(
+            self.cfg.backup["dir"], retain if retain is not None else self.cfg.backup["retain"], progress
         )
-        if progress is not None:
-            progress(1, 1)
-        return result
 
     def export_journal(
         self, first: int, last: int, dest: str | os.PathLike[str], progress: Callable[[int, int], None] | None
     ) -> dict[str, Any]:
         """`export --json`: the signed export of receipts first..last written to `dest`."""
-        box = self._require_box()
-        total = max(last - first + 1, 0)
-        if progress is not None:
-            progress(0, total)
-        result = export_to(box, first, last, dest)
-        if progress is not None:
-            progress(total, total)
-        return result
+        return export_to(self._require_box(), first, last, dest, progress)
 
     def replay(self, since: int) -> dict[str, Any]:
         """Send FDMS again every receipt of the last `since` fiscal days that it has already answered, so an

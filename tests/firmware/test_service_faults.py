@@ -271,3 +271,20 @@ def test_the_waits_at_stop_share_one_deadline_and_say_what_was_given_up() -> Non
         assert records.messages("stop: given up waiting") == [{"still_running": ["link", "delivery"]}]
     finally:
         stuck.set()
+
+
+def test_backup_and_export_report_the_journals_own_progress(tmp_path: Path) -> None:
+    make_box(tmp_path, totals=("1.00", "2.00", "3.00"))
+    cfg = configuration.load(write_config(tmp_path), ENV)
+    device = Device(cfg, ENV, StepClock(local="2026-11-22T09:00:00"))
+    try:
+        pages: list[tuple[int, int]] = []
+        device.backup(lambda done, total: pages.append((done, total)))
+        assert device.box is not None
+        size = device.box.journal.db.execute("PRAGMA page_count").fetchall()[0][0]
+        assert pages and pages[-1] == (size, size) and size > 1  # the pages SQLite copied, not 0/1 then 1/1
+        receipts: list[tuple[int, int]] = []
+        device.export_journal(1, 3, tmp_path / "export.json", lambda n, total: receipts.append((n, total)))
+        assert receipts == [(1, 3), (2, 3), (3, 3)]
+    finally:
+        device.close()
