@@ -281,7 +281,7 @@ def test_backup_and_export_report_the_journals_own_progress(tmp_path: Path) -> N
         pages: list[tuple[int, int]] = []
         device.backup(lambda done, total: pages.append((done, total)))
         assert device.box is not None
-        size = device.box.journal.db.execute("PRAGMA page_count").fetchall()[0][0]
+        size = int(device.box.journal.db.execute("PRAGMA page_count").fetchall()[0][0])  # type: ignore[arg-type]
         assert pages and pages[-1] == (size, size) and size > 1  # the pages SQLite copied, not 0/1 then 1/1
         receipts: list[tuple[int, int]] = []
         device.export_journal(1, 3, tmp_path / "export.json", lambda n, total: receipts.append((n, total)))
