@@ -192,7 +192,10 @@ def test_a_backup_folder_that_cannot_be_written_is_logged_shown_and_tried_again_
 ) -> None:
     make_box(tmp_path)
     cfg = configuration.load(write_config(tmp_path, backup_at="02:30"), ENV)
-    (tmp_path / "backups").write_text("not a folder")  # no folder can be made there
+    # where SQLite would write the copy, a folder stands: it cannot open its file (apsw.CantOpenError, no
+    # FiscalError), as in a folder the service may not write (which root, running the tests, always may)
+    blocked = tmp_path / "backups" / "journal-0000000002-20261123T030000-001.db.tmp"
+    blocked.mkdir(parents=True)
     clock = StepClock(local="2026-11-23T03:00:00")
     records = Records()
     device = Device(cfg, ENV, clock, records.log)
@@ -205,7 +208,7 @@ def test_a_backup_folder_that_cannot_be_written_is_logged_shown_and_tried_again_
         assert failed[0]["code"] == "BOX_BACKUP" and failed[0]["retry_at"]
         assert device.status()["backup_failure"]["code"] == "BOX_BACKUP"
         assert loop.is_alive()  # the service runs on
-        (tmp_path / "backups").unlink()
+        blocked.rmdir()
         clock.advance(3601)  # an hour later, the same day
         made = poll(lambda: records.messages("backup made"), "the backup made an hour later")
         assert "20261123" in made[0]["file"] and device.status()["backup_failure"] is None
