@@ -713,7 +713,8 @@ class Device:
             status = self.box.status()
             if self._stop is not None and isinstance(status["fdms"].get("delivery"), dict):
                 status["fdms"]["delivery"]["worker"] = dict(self.worker)
-            status["backup_failure"] = self.backup_failure
+            if self.backup_failure is not None:  # the service's scheduled backup failed: when, why, next try
+                status["backup_failure"] = dict(self.backup_failure)
             return status
         problem = (self.missing or _not_registered()).as_dict()
         journal_missing = problem["code"] == "BOX_JOURNAL_MISSING"
