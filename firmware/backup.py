@@ -7,6 +7,7 @@ highest global number the box is known to have committed. A restore that would l
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -14,6 +15,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import apsw
 
 from firmware.core import fdms
 from firmware.core.errors import FiscalError
@@ -33,13 +36,19 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write a temporary file, fsync it, rename it over `path`, fsync the directory."""
+    """Write a temporary file, fsync it, rename it over `path`, fsync the directory: a power cut leaves the
+    old file or the new one, never half of one. The one helper for every file the box replaces."""
     temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise
     _fsync_directory(path.parent)
 
 
@@ -162,7 +171,8 @@ def missing_journal(path: Path, anchor: Anchor) -> FiscalError:
         )
     return FiscalError(
         "BOX_NOT_PROVISIONED",
-        f"There is no journal at {path} yet: register the box (`fiscalbox-device register`) to create it.",
+        f"There is no journal at {path} yet: register the box to create it (`fiscalbox register` over the "
+        "link when it runs as a service, `fiscalbox-device register` on the box otherwise).",
     )
 
 
@@ -199,38 +209,44 @@ def make_backup(
     prefix = f"journal-{head['last_global_no']:010d}-{stamp}-"
     name = f"{prefix}{len(list(dest.glob(prefix + '*.db'))) + 1:03d}.db"  # names sort oldest first
     temporary = dest / (name + ".tmp")
-    try:
-        journal.backup_to(temporary, progress)  # pages copied of the journal's
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise FiscalError(
-            "BOX_BACKUP", f"The backup could not be written to {dest}: {error.strerror}."
-        ) from None
-    os.replace(temporary, dest / name)
-    _fsync_directory(dest)
-    copy = Journal(dest / name, read_only=True)
-    try:
-        copied = copy.head()
-        counters = copy.counters(copied["day_no"])
-    finally:
-        copy.close()
-    manifest = {
-        "format": FORMAT,
-        "device_id": device_id,
-        "created": at,
-        "file": name,
-        "sha256": file_sha256(dest / name),
-        "last_global_no": copied["last_global_no"],
-        "day_no": copied["day_no"],
-        "link": copied["link"].hex(),
-        "counters": counters_json(counters),
-    }
-    signature = fdms.b64(keys.sign(detail_json(manifest).encode()))
     manifest_path = dest / (name + ".manifest.json")
-    write_atomically(
-        manifest_path, (json.dumps({"manifest": manifest, "signature": signature}, indent=1) + "\n").encode()
-    )
-    removed = _retain(dest, retain) if retain is not None else []
+    try:
+        try:
+            journal.backup_to(temporary, progress)  # pages copied of the journal's
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        os.replace(temporary, dest / name)
+        _fsync_directory(dest)
+        copy = Journal(dest / name, read_only=True)
+        try:
+            copied = copy.head()
+            counters = copy.counters(copied["day_no"])
+        finally:
+            copy.close()
+        manifest = {
+            "format": FORMAT,
+            "device_id": device_id,
+            "created": at,
+            "file": name,
+            "sha256": file_sha256(dest / name),
+            "last_global_no": copied["last_global_no"],
+            "day_no": copied["day_no"],
+            "link": copied["link"].hex(),
+            "counters": counters_json(counters),
+        }
+        signature = fdms.b64(keys.sign(detail_json(manifest).encode()))
+        document = {"manifest": manifest, "signature": signature}
+        write_atomically(manifest_path, (json.dumps(document, indent=1) + "\n").encode())
+        removed = _retain(dest, retain, device_id, manifest_path) if retain is not None else []
+    except (OSError, apsw.Error) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise FiscalError(
+            "BOX_BACKUP",
+            f"The backup could not be written to {dest} ({reason}): give a folder on a disk the box can "
+            "write, with room for a copy of the journal.",
+            "dest",
+        ) from None
     with journal.transaction():
         journal.log(
             at,
@@ -245,13 +261,26 @@ def make_backup(
     }
 
 
-def _retain(dest: Path, keep: int) -> list[str]:
-    manifests = sorted(dest.glob("journal-*.db.manifest.json"))
+def _retain(dest: Path, keep: int, device_id: int, written: Path) -> list[str]:
+    """Remove this device's oldest backups beyond `keep`: oldest by last receipt, then by time made (names
+    need not sort so: a restored journal starts again lower). Never another device's, never `written`."""
+    mine = []
+    for path in dest.glob("journal-*.db.manifest.json"):
+        try:
+            manifest = json.loads(path.read_text())["manifest"]
+            key = (int(manifest["last_global_no"]), str(manifest["created"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a manifest the box can read: not its to remove
+        if manifest.get("device_id") == device_id:
+            mine.append((key, path))
+    mine.sort(key=lambda entry: (entry[0], entry[1] == written))
     removed = []
-    for manifest in manifests[:-keep]:
-        database = manifest.with_name(manifest.name[: -len(".manifest.json")])
+    for _, manifest_path in mine[: max(len(mine) - keep, 0)]:
+        if manifest_path == written:
+            continue
+        database = manifest_path.with_name(manifest_path.name[: -len(".manifest.json")])
         database.unlink(missing_ok=True)
-        manifest.unlink()
+        manifest_path.unlink()
         removed.append(database.name)
     return removed
 

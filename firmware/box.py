@@ -181,7 +181,9 @@ class Box:
             if not self.boot["clean"] and self.boot["problems"][0]["code"] == "BOX_JOURNAL_CORRUPT":
                 raise _refuse("BOX_JOURNAL_CORRUPT", self.boot["problems"][0]["message"])
             raise _refuse(
-                "BOX_NOT_PROVISIONED", "The box is not registered yet: run `fiscalbox-device register` first."
+                "BOX_NOT_PROVISIONED",
+                "The box is not registered yet: register it first (`fiscalbox register` over the link when "
+                "it runs as a service, `fiscalbox-device register` on the box otherwise).",
             )
 
     def _public_key(self) -> Any:
@@ -288,7 +290,8 @@ class Box:
         if self._taxes is None or "device_id" not in self._settings:
             raise _refuse(
                 "BOX_NOT_PROVISIONED",
-                "The box has no taxpayer settings yet: register it first (`fiscalbox-device register`).",
+                "The box has no taxpayer settings yet: register it first (`fiscalbox register` over the link "
+                "when it runs as a service, `fiscalbox-device register` on the box otherwise).",
             )
         if self.keys.algorithm is None:
             raise _refuse("BOX_KEY_MISSING", "The box has no device key yet: generate one first.")
@@ -1064,6 +1067,8 @@ class Box:
             taxpayer = {"taxPayerName": config["taxpayer_name"], "taxPayerTIN": config["taxpayer_tin"]}
         with self.lock:
             self._advance_anchor()  # from now on a missing journal is this device's, to be restored
+            if self.boot.get("skipped"):  # opened before its key existed: check the journal now it has one
+                self.boot = self._boot_check()
         return {"taxpayer": taxpayer, "config": config, "warnings": warnings}
 
     def refresh_config(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cryptography import x509
 
 from firmware.core.errors import FiscalError
 
@@ -188,7 +191,9 @@ def provisioned_ca_path(provisioned: str | os.PathLike[str]) -> Path:
 
 
 def read_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The provisioned identity ({} when the box was never provisioned over the link)."""
+    """The provisioned identity ({} when the box was never provisioned over the link), checked as
+    `provision` checks it (its FDMS address excepted: a bad one is the running box's warning, not a stop)."""
+    damaged = f"The provisioned identity {path} is damaged"
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -197,17 +202,79 @@ def read_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise FiscalError(
             "BOX_CONFIG", f"Cannot read the provisioned identity {path}: {error.strerror}.", "box.provisioned"
         ) from None
+    except UnicodeDecodeError:
+        raise FiscalError(
+            "BOX_CONFIG", f"{damaged} (not UTF-8 text): provision the box again.", "box.provisioned"
+        ) from None
     try:
         identity = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         identity = None
     if not isinstance(identity, dict) or not set(identity) <= set(IDENTITY):
+        raise FiscalError("BOX_CONFIG", f"{damaged}: provision the box again.", "box.provisioned")
+    try:
+        check_identity(identity, in_file=True)
+    except FiscalError as error:
         raise FiscalError(
-            "BOX_CONFIG",
-            f"The provisioned identity {path} is damaged: provision the box again.",
-            "box.provisioned",
-        )
+            "BOX_CONFIG", f"{damaged}: {error.message} Provision the box again.", "box.provisioned"
+        ) from None
     return identity
+
+
+def check_identity(values: Any, in_file: bool = False) -> dict[str, Any]:
+    """The identity fields `provision` takes, each checked (BOX_SETTINGS naming the field). `in_file`: as
+    the identity file holds them (the CA as the path of its file, the FDMS address any text)."""
+    if not isinstance(values, dict):
+        raise FiscalError("BOX_SETTINGS", "The identity must be a map of its fields.", "values")
+    checked: dict[str, Any] = {}
+    for name, value in values.items():
+        if name not in IDENTITY:
+            raise FiscalError(
+                "BOX_SETTINGS",
+                f"Unknown identity field {str(name)[:40]}; the fields are {', '.join(IDENTITY)}.",
+                str(name)[:40],
+            )
+        if name == "device_id":
+            ok = type(value) is int and 1 <= value <= 9_999_999_999
+            rule = "a whole number from 1 to 9999999999 (the device ID ZIMRA gave)"
+        elif name == "currencies":
+            ok = (
+                isinstance(value, list)
+                and len(value) > 0
+                and all(isinstance(c, str) and len(c) == 3 and c.isascii() and c.isupper() for c in value)
+            )
+            rule = 'a list of 3-letter currency codes, such as ["USD", "ZWG"]'
+        elif name == "fdms_url":
+            ok = isinstance(value, str) and (in_file or value == "" or is_fdms_url(value))
+            rule = "FDMS's address as https://host or https://host:port, or empty for no connection"
+        elif name == "fdms_ca":
+            ok = isinstance(value, str) and (in_file or value == "" or _is_certificates(value))
+            rule = "PEM text of CA certificates, or empty for the system's CAs"
+        else:
+            ok = isinstance(value, str) and 0 < len(value) <= 100 and value.isprintable()
+            rule = "text of 1 to 100 characters"
+        if not ok:
+            raise FiscalError("BOX_SETTINGS", f"{name} must be {rule}.", name)
+        checked[name] = value
+    return checked
+
+
+def is_fdms_url(url: str) -> bool:
+    """An https:// address with a host and a valid port (FDMS accepts nothing else)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    plain = not (parts.query or parts.fragment or parts.username or parts.password)
+    return parts.scheme == "https" and bool(parts.hostname) and plain and port != 0
+
+
+def _is_certificates(pem: str) -> bool:
+    try:
+        return bool(x509.load_pem_x509_certificates(pem.encode()))
+    except ValueError:
+        return False
 
 
 def with_identity(cfg: Config, identity: dict[str, Any], path: str, environ: Mapping[str, str]) -> Config:

@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from firmware.backup import write_atomically
 from firmware.core import fdms, localtime
 from firmware.core.errors import FiscalError
 from firmware.fdms_client import FdmsError, FdmsUnavailable
@@ -139,7 +140,8 @@ class Delivery:
         self.attempts: dict[int, int] = {}  # global_no -> calls made for it (kept in memory only)
         self.problem: dict[str, Any] | None = None  # the last refusal or outage, for status()
         self.reporting_frequency = 5  # minutes, from Ping
-        self.last_ping: float | None = None
+        self.last_ping: float | None = None  # on the delivery clock, for when the next one is due
+        self.last_ping_at: str | None = None  # local time, as status shows every other time
         self.server_keys: dict[str, Any] = {}  # FDMS signing certificates by thumbprint
         self.close_sent: set[tuple[int, str]] = set()  # (day, close request time) sent by this run
         self.files_sent: dict[tuple[int, int], str] = {}  # offline mode: (day, sequence) -> operation ID
@@ -276,7 +278,7 @@ class Delivery:
                 "needs_person": needs_person,
             }
         )
-        log.info(json.dumps({"event": "delivery.backoff", "code": error.code, "seconds": round(delay, 1)}))
+        log.info("delivery.backoff", extra={"fields": {"code": error.code, "seconds": round(delay, 1)}})
 
     def _set_problem(self, problem: dict[str, Any] | None) -> None:
         """The problem now, kept for `status` in the state file (written only when there is something to
@@ -285,16 +287,11 @@ class Delivery:
         self.problem = problem
         if self.state_file is not None and (problem is not None or self._file_has_problem):
             record = {"problem": problem, "updated": self.box.now_local(), "pid": os.getpid()}
-            temporary = self.state_file.with_name(self.state_file.name + ".part")
             try:
-                with open(temporary, "w", encoding="utf-8") as out:
-                    json.dump(record, out)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(temporary, self.state_file)
+                write_atomically(self.state_file, json.dumps(record).encode())
                 self._file_has_problem = problem is not None
             except OSError as error:  # a status file must never stop delivery
-                log.warning(json.dumps({"event": "delivery.state_file", "error": str(error)}))
+                log.warning("delivery.state_file", extra={"fields": {"error": str(error)}})
         now = problem or {}
         if self.on_problem is not None and (now.get("code"), now.get("message")) != (
             before.get("code"),
@@ -307,7 +304,7 @@ class Delivery:
         return {
             "problem": self.problem,
             "clock_skew_seconds": None if self.client.clock_skew is None else round(self.client.clock_skew),
-            "last_ping": self.last_ping,
+            "last_ping": self.last_ping_at,
             "sent": self.sent,
         }
 
@@ -440,17 +437,9 @@ class Delivery:
         code = str(status.get("fiscalDayClosingErrorCode") or "BOX_CLOSE_NOT_TAKEN")
         failures = self.close_failures[attempt] = self.close_failures.get(attempt, 0) + 1
         self.close_sent.discard(attempt)
-        log.warning(
-            json.dumps(
-                {
-                    "event": "delivery.close_failed",
-                    "day_no": day_no,
-                    "status": status.get("fiscalDayStatus"),
-                    "code": code,
-                    "attempt": failures,
-                }
-            )
-        )
+        fields = {"day_no": day_no, "status": status.get("fiscalDayStatus"), "code": code}
+        fields["attempt"] = failures
+        log.warning("delivery.close_failed", extra={"fields": fields})
         said = f"FDMS did not close day {day_no}: it answered {status.get('fiscalDayStatus')} ({code})"
         if failures < self.close_attempts:
             raise RetryLater(
@@ -552,6 +541,7 @@ class Delivery:
             return IDLE
         answer = self.client.ping().body
         self.last_ping = now
+        self.last_ping_at = self.box.now_local()
         frequency = answer.get("reportingFrequency")
         if isinstance(frequency, int) and frequency > 0:
             self.reporting_frequency = frequency
@@ -577,7 +567,7 @@ class Delivery:
             code = "BOX_SERVER_SIGNATURE"
         else:
             return None
-        log.warning(json.dumps({"event": "delivery.server_signature", "what": what, "code": code}))
+        log.warning("delivery.server_signature", extra={"fields": {"what": what, "code": code}})
         return signature_finding(code, what)
 
     def _server_signed(self, text: str, signature: dict[str, Any]) -> bool:

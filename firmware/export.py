@@ -2,7 +2,8 @@
 
 One JSON file: the receipts of a global-number range with the exact JSON sent, their FDMS hashes and
 signatures and journal links, the days they belong to, the link and day hash just before the range (so
-the range can be checked on its own), the device's public key, and a signature over all of it.
+the range can be checked on its own), the device's public key and the keys renewal retired before it, and a
+signature over all of it.
 `fiscalbox journal verify FILE` checks it offline.
 """
 
@@ -88,6 +89,12 @@ def write_export(
         "days": [{key: journal.day(n)[key] for key in DAY_FIELDS} for n in sorted(days)],  # type: ignore[index]
         "receipts": receipts,
         "public_key": keys.public_key_pem().decode(),
+        # the keys certificate renewal retired, each with the last receipt it signed: the receipts before a
+        # renewal verify with the key then in force, vouched for by this file's signature
+        "retired_keys": [
+            {"last_global_no": key["last_global_no"], "public_key": key["public_key"]}
+            for key in journal.retired_keys()
+        ],
     }
     document["signature"] = fdms.b64(keys.sign(signed_bytes(document)))
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -594,9 +594,8 @@ class FdmsClient:
 
 def _log_call(name: str, outcome: int | str, started: float) -> None:
     """One line per call: which endpoint, what came of it, how long it took. Never a body or a secret."""
-    line = {"event": "fdms_call", "endpoint": name, "status": outcome}
-    line["ms"] = round((time.monotonic() - started) * 1000)
-    _log.info(json.dumps(line, sort_keys=True))
+    ms = round((time.monotonic() - started) * 1000)
+    _log.info("fdms_call", extra={"fields": {"endpoint": name, "status": outcome, "ms": ms}})
 
 
 def _pem_text(pem: bytes) -> str:

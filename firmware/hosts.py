@@ -17,6 +17,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from firmware.backup import write_atomically
 from firmware.core.errors import FiscalError
 from firmware.cose import key_id
 
@@ -204,20 +205,9 @@ class HostKeys:
     def _write(self, entries: list[dict[str, Any]]) -> None:
         """Replace the file atomically; only once it is on disk does the list in memory change."""
         text = json.dumps({"format": FORMAT, "keys": entries}, indent=1, sort_keys=True) + "\n"
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            with open(temporary, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, self.path)
-            folder = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(folder)
-            finally:
-                os.close(folder)
+            write_atomically(self.path, text.encode())
         except OSError as error:
-            temporary.unlink(missing_ok=True)
             raise FiscalError(
                 "BOX_HOSTS",
                 f"The host keys file {self.path} cannot be written ({error.strerror}); nothing was changed.",

@@ -350,10 +350,16 @@ class Link:
         entry = self.hosts.find(kid) if kid else None
         if entry is None:
             if command.name != "enroll":
+                first = not self.hosts.has_operator() and not self.device.registered
                 raise refuse(
                     "BOX_LINK_UNKNOWN_KEY",
-                    f"No host key {kid[:16].hex() or '(none)'} is enrolled on this box: an operator "
-                    "enrolls it first.",
+                    f"No host key {kid[:16].hex() or '(none)'} is enrolled on this box: "
+                    + (
+                        "it has no operator yet, so enroll it as the first operator key "
+                        "(`fiscalbox keys enroll --role operator`)."
+                        if first
+                        else "an operator enrolls it first."
+                    ),
                     "kid",
                 )
             key = self._first_operator(kid, payload["body"])
@@ -383,7 +389,9 @@ class Link:
         if ROLES[role] < ROLES[command.role]:
             raise refuse(
                 "BOX_LINK_ROLE",
-                f"A {role} key may not ask for {command.name}: that needs an {command.role} key.",
+                f"A {role} key may not ask for "
+                + (f"keys {command.name}" if command.group == HOSTS else command.name.replace("_", " "))
+                + f": that needs an {command.role} key.",
                 "kid",
             )
         return Request(command, payload["rid"], payload["body"], role, label)

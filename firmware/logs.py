@@ -22,9 +22,11 @@ class JsonLines(logging.Formatter):
             "message": record.getMessage(),
         }
         fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            line.update({key: value for key, value in fields.items() if key not in line})
+        if isinstance(fields, dict):  # a field named as the line's own keys is kept, prefixed
+            line.update({(f"field_{key}" if key in line else key): value for key, value in fields.items()})
         if record.exc_info:
+            if "error" in line:
+                line["field_error"] = line.pop("error")
             line["error"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str)
 

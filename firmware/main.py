@@ -364,11 +364,10 @@ def audit_command(
 
     def text(data: dict[str, Any]) -> str:
         checked = data["checked"]
-        head = (
-            f"{'clean' if data['clean'] else 'PROBLEMS FOUND'}: {checked['receipts']} receipts, "
-            f"{checked['days']} days, {checked['audit_entries']} audit entries, "
-            f"{checked['checkpoints']} checkpoints checked"
-        )
+        kinds = (("receipts", "receipt"), ("days", "day"), ("audit_entries", "audit entry"))
+        numbers = [f"{checked[k]} {one if checked[k] == 1 else k.replace('_', ' ')}" for k, one in kinds]
+        numbers.append(f"{checked['checkpoints']} checkpoint{'' if checked['checkpoints'] == 1 else 's'}")
+        head = f"{'clean' if data['clean'] else 'PROBLEMS FOUND'}: {', '.join(numbers)} checked"
         lines = [head] + [
             f"  {p['code']}: {p['message']}" + (f" [field {p['field']}]" if p.get("field") else "")
             for p in shown

@@ -10,6 +10,7 @@ command prints: both are built by the helpers here, so the two never drift apart
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import fcntl
 import functools
@@ -28,7 +29,7 @@ from cryptography import x509
 
 from firmware import config as configuration
 from firmware import cose, verify
-from firmware.backup import Anchor, missing_journal
+from firmware.backup import Anchor, missing_journal, write_atomically
 from firmware.box import Box, device_key
 from firmware.core import fdms
 from firmware.core.errors import FiscalError
@@ -43,7 +44,6 @@ from hardware.signatures import load_public_key
 
 ALGORITHM_NAMES = {"ecdsa": ECDSA_P256, "rsa": RSA_2048}
 COSE_ALGORITHMS = {ECDSA_P256: cose.ES256, RSA_2048: cose.RS256}  # docs/link.md section 4
-IDENTITY_FIELDS = tuple(configuration.IDENTITY)
 STOP_SECONDS = 60.0  # all the waits at stop together (systemd kills the service at TimeoutStopSec=90)
 PORT_RETRY_MIN, PORT_RETRY_MAX = 0.5, 5.0  # seconds between reopenings of a failed link port
 BACKUP_RETRY_SECONDS = 3600.0  # a failed scheduled backup is tried again this much later
@@ -341,7 +341,8 @@ def _busy(holder: str) -> FiscalError:
     return FiscalError(
         "BOX_BUSY",
         f"The box's service (fiscalbox-device run{holder}) holds the journal: use the `fiscalbox` host tool "
-        "over the link, or stop the service (`systemctl stop fiscalbox`) first. Nothing was done.",
+        "over the link, or stop the service (`systemctl stop fiscalbox` on a box; the virtual box: stop "
+        "fiscalbox-sim box) first. Nothing was done.",
     )
 
 
@@ -428,62 +429,16 @@ class ServiceLock:
 # The provisioned identity (docs/link.md section 6)
 
 
-def _check_identity_values(values: Any) -> dict[str, Any]:
-    if not isinstance(values, dict):
-        raise FiscalError("BOX_SETTINGS", "The identity must be a map of its fields.", "values")
-    checked: dict[str, Any] = {}
-    for name, value in values.items():
-        if name not in IDENTITY_FIELDS:
-            raise FiscalError(
-                "BOX_SETTINGS",
-                f"Unknown identity field {str(name)[:40]}; the fields are {', '.join(IDENTITY_FIELDS)}.",
-                str(name)[:40],
-            )
-        if name == "device_id":
-            ok = type(value) is int and 1 <= value <= 9_999_999_999
-            rule = "a whole number from 1 to 9999999999 (the device ID ZIMRA gave)"
-        elif name == "currencies":
-            ok = (
-                isinstance(value, list)
-                and len(value) > 0
-                and all(isinstance(c, str) and len(c) == 3 and c.isascii() and c.isupper() for c in value)
-            )
-            rule = 'a list of 3-letter currency codes, such as ["USD", "ZWG"]'
-        elif name == "fdms_url":
-            ok = isinstance(value, str) and (value == "" or value.startswith(("https://", "http://")))
-            rule = "FDMS's https:// address, or empty for no connection"
-        elif name == "fdms_ca":
-            ok = isinstance(value, str) and (value == "" or _is_certificates(value))
-            rule = "PEM text of CA certificates, or empty for the system's CAs"
-        else:
-            ok = isinstance(value, str) and 0 < len(value) <= 100 and value.isprintable()
-            rule = "text of 1 to 100 characters"
-        if not ok:
-            raise FiscalError("BOX_SETTINGS", f"{name} must be {rule}.", name)
-        checked[name] = value
-    return checked
-
-
-def _is_certificates(pem: str) -> bool:
+def _check_fdms_settings(cfg: configuration.Config) -> None:
+    """The FDMS client the settings `cfg` would give can be built (address, device ID, model names): what
+    provision checks before it writes the identity, so the box it leaves still starts."""
+    if not cfg.fdms["url"] or not cfg.device["id"]:
+        return  # no connection, or no device yet: nothing to build (the identity checks did the address)
     try:
-        return bool(x509.load_pem_x509_certificates(pem.encode()))
-    except ValueError:
-        return False
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+        build_fdms_client(cfg, None)
+    except FiscalError as error:
+        field = {"device.id": "device_id"}.get(error.field or "", "fdms_url")
+        raise FiscalError("BOX_SETTINGS", f"{error.message} Nothing was changed.", field) from None
 
 
 def identity_in_force(cfg: configuration.Config) -> dict[str, Any]:
@@ -541,14 +496,35 @@ class Device:
         self.worker: dict[str, Any] = {"state": "running", "faults": 0}  # the delivery thread, for status
         self.backup_failure: dict[str, Any] | None = None  # the last scheduled backup's failure, for status
         self.missing: FiscalError | None = None  # why there is no box (not registered, journal missing)
+        self.fdms_fault: FiscalError | None = None  # FDMS settings refused at start: delivery is off
         try:
             if Path(cfg.journal["path"]).exists():
-                self._attach(open_box(cfg, self.keys, clock=clock))
+                self._attach(open_box(self._fdms_checked(cfg), self.keys, clock=clock))
             else:
                 self.missing = missing_journal(Path(cfg.journal["path"]), Anchor(cfg.journal["anchor"]))
         except BaseException:
             self.keys.close()
             raise
+
+    def _fdms_checked(self, cfg: configuration.Config) -> configuration.Config:
+        """`cfg`, or without its FDMS address when the client refuses it: a bad address must not stop the
+        service (the link stays up, so an operator can provision the right one); status says what to fix."""
+        try:
+            build_fdms_client(cfg, self.keys)
+        except FiscalError as error:
+            self.fdms_fault = error
+            self.log.warning("delivery off: the FDMS settings are refused", extra={"fields": error.as_dict()})
+            return dataclasses.replace(cfg, fdms={**cfg.fdms, "url": ""})
+        return cfg
+
+    def _fdms_warning(self) -> list[dict[str, Any]]:
+        if self.fdms_fault is None:
+            return []
+        message = (
+            f"Delivery to FDMS is off: {self.fdms_fault.message} Send FDMS's https:// address with "
+            "`fiscalbox provision --fdms-url` (receipts are issued and queued meanwhile)."
+        )
+        return [{"code": self.fdms_fault.code, "colour": "Red", "field": "fdms_url", "message": message}]
 
     @property
     def registered(self) -> bool:
@@ -715,6 +691,7 @@ class Device:
                 status["fdms"]["delivery"]["worker"] = dict(self.worker)
             if self.backup_failure is not None:  # the service's scheduled backup failed: when, why, next try
                 status["backup_failure"] = dict(self.backup_failure)
+            status["warnings"] += self._fdms_warning()
             return status
         problem = (self.missing or _not_registered()).as_dict()
         journal_missing = problem["code"] == "BOX_JOURNAL_MISSING"
@@ -781,7 +758,7 @@ class Device:
         """Write the box's identity (device ID, serial, model, FDMS address and CA, currencies): what the
         configuration file would otherwise say. A registered box keeps its device ID and serial."""
         with self.lock:
-            checked = _check_identity_values(values)
+            checked = configuration.check_identity(values)
             if self.box is not None or is_registered(self.cfg):
                 held = readable_settings(self.box.journal) if self.box is not None else self._anchored()
                 for name, key in (("device_id", "id"), ("serial", "serial")):
@@ -805,15 +782,22 @@ class Device:
             stored = configuration.read_identity(path)
             for name, value in checked.items():
                 stored[name] = (str(ca_path) if value else "") if name == "fdms_ca" else value
+            cfg = configuration.with_identity(self.cfg, stored, str(path), self.environ)
+            # before anything is written, so a refusal changes nothing (a new CA is checked as text above)
+            _check_fdms_settings(
+                dataclasses.replace(cfg, fdms={**cfg.fdms, "ca_file": ""}) if checked.get("fdms_ca") else cfg
+            )
             try:
+                path.parent.mkdir(parents=True, exist_ok=True)
                 if checked.get("fdms_ca"):
-                    _write_atomically(ca_path, checked["fdms_ca"].encode())
-                _write_atomically(path, json.dumps(stored, indent=2, sort_keys=True).encode())
+                    write_atomically(ca_path, checked["fdms_ca"].encode())
+                write_atomically(path, json.dumps(stored, indent=2, sort_keys=True).encode())
             except OSError as error:
                 raise FiscalError(
                     "BOX_FILE", f"Cannot write the identity to {path}: {error.strerror}.", "values"
                 ) from None
-            self.cfg = configuration.with_identity(self.cfg, stored, str(path), self.environ)
+            self.cfg = cfg
+            self.fdms_fault = None
             if self.box is not None and {"fdms_url", "fdms_ca", "model_name", "model_version"} & set(checked):
                 self._reconnect_fdms()
             identity = identity_in_force(self.cfg)
@@ -838,6 +822,12 @@ class Device:
             self.box.fdms = client
             if self.delivery is not None:
                 self.delivery.client = client
+            elif client is not None:  # delivery was off (no address, or one refused at start): now on
+                self.delivery = Delivery(
+                    self.box, client, self.clock, renew_days_before=self.cfg.fdms["renew_days_before"]
+                )
+                self.box.delivery = self.delivery
+                self._start_delivery()
 
     def generate_key(self, algorithm: str, replace: bool = False) -> dict[str, Any]:
         with self.lock:

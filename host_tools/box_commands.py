@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sys
 import tomllib
@@ -136,7 +137,9 @@ def link_options(f: Callable[[], None]) -> Callable[..., None]:
         host_config: str | None,
         timeout: float | None,
         device_key: str | None,
+        verbose: bool,
     ) -> None:
+        _log_link(verbose)
         ctx = click.get_current_context()
         connection = Connection(port, key, host_config, timeout, device_key)
         ctx.obj = connection
@@ -163,10 +166,41 @@ def link_options(f: Callable[[], None]) -> Callable[..., None]:
             metavar="PEM",
             help="The box's device key or certificate: every answer is checked against it (`keys device`).",
         ),
+        click.option("--verbose", is_flag=True, help="Also say on standard error what the link retried."),
     ]
     for option in reversed(options):
         group = option(group)
     return group
+
+
+_LINK_HANDLERS: list[logging.Handler] = []
+
+
+def _log_link(verbose: bool) -> None:
+    """The link client's retry lines on standard error only with --verbose: without a handler Python would
+    print them anyway, and an error must stay the one `error CODE: message` line."""
+    logger = logging.getLogger("fiscalbox.link.client")
+    while _LINK_HANDLERS:
+        logger.removeHandler(_LINK_HANDLERS.pop())
+    _LINK_HANDLERS.append(logging.StreamHandler() if verbose else logging.NullHandler())
+    logger.addHandler(_LINK_HANDLERS[0])
+
+
+def interrupted(ctx: click.Context) -> FiscalError:
+    """What Ctrl-C left behind: whether a request that changes something may have reached the box."""
+    connection = ctx.find_object(Connection)
+    client = connection._client if connection is not None else None
+    rid = client.last_request_id if client is not None else None
+    if rid is None:
+        return FiscalError(
+            "BOX_INTERRUPTED", "Stopped (Ctrl-C); nothing was asked of the box that changes it."
+        )
+    message = "Stopped (Ctrl-C) while the box was asked to do something: it may have done it. Check with "
+    if ctx.invoked_subcommand == "sale":
+        message += f"`fiscalbox status`, or send the sale again with --request-id {rid} (never issued twice)."
+    else:
+        message += "`fiscalbox status`."
+    return FiscalError("BOX_INTERRUPTED", message)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -248,6 +282,14 @@ def _progress(as_json: bool, what: str, unit: str = "") -> Iterator[Callable[[in
 as_json_option = click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
 
 
+def counted(n: int, things: str) -> str:
+    """`35 receipts`, `1 day`, `1 audit entry`: `things` is the plural, with _ for spaces."""
+    text = things.replace("_", " ")
+    if n == 1:
+        text = text[:-3] + "y" if text.endswith("ies") else text.removesuffix("s")
+    return f"{n:,} {text}"
+
+
 def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{n:,} {state}" for state, n in sorted(counts.items())) or "empty"
 
@@ -322,11 +364,16 @@ def keys_list(as_json: bool) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the PEM to this file too.")
 @as_json_option
 def keys_device(out: str | None, as_json: bool) -> None:
-    """The box's device key (public half, PEM): what `journal verify --cert` checks an export with. An
-    operator key learns it from the box's own certificate request."""
-    key = _box(lambda box: box.device_key())
+    """The box's device key (public half, PEM), from its status (any enrolled key, a POS key too, may read
+    it): what `journal verify --cert` checks an export with."""
+    key = _box(lambda box: link.device_public_key(box.status()))
     if key is None:
-        _fail(FiscalError("BOX_KEY_MISSING", "The box has no device key yet, or this key may not read it."))
+        _fail(
+            FiscalError(
+                "BOX_KEY_MISSING",
+                "The box has no device key yet: it makes one when it is registered (`fiscalbox register`).",
+            )
+        )
     pem = key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
     if out is not None:
         try:
@@ -393,8 +440,11 @@ def provision(file: str, as_json: bool) -> None:
         _fail(error)
 
     def text(r: dict[str, Any]) -> str:
-        shown = {k: v for k, v in r.items() if k != "fdms_ca"}
-        return "provisioned: " + ", ".join(f"{k} {v}" for k, v in shown.items())
+        def value(v: Any) -> Any:
+            return ", ".join(map(str, v)) if isinstance(v, list) else v  # USD, ZWG: not a Python list
+
+        shown = {k: value(v) for k, v in r.items() if k != "fdms_ca"}
+        return "provisioned: " + "; ".join(f"{k} {v}" for k, v in shown.items())
 
     _emit(_box(lambda box: box.provision(values)), as_json, text)
 
@@ -653,8 +703,8 @@ def audit(as_json: bool) -> None:
 
     def text(r: dict[str, Any]) -> str:
         checked = r.get("checked") or {}
-        counted = [f"{n} {what.replace('_', ' ')}" for what, n in checked.items() if type(n) is int]
-        head = f"{'clean' if r['clean'] else 'PROBLEMS FOUND'}: " + ", ".join(counted) + " checked"
+        numbers = [counted(n, what) for what, n in checked.items() if type(n) is int]
+        head = f"{'clean' if r['clean'] else 'PROBLEMS FOUND'}: " + ", ".join(numbers) + " checked"
         return "\n".join([head] + [f"  {p['code']}: {p['message']}" for p in r["problems"][:10]])
 
     _emit(report_, as_json, text)

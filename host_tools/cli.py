@@ -63,6 +63,12 @@ class _Group(click.Group, _Command):
         with _one_line_usage():
             return super().resolve_command(ctx, args)
 
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:  # Ctrl-C: one error line saying what may have reached the box, not click's
+            _fail(box_commands.interrupted(ctx))
+
 
 class _Choice(click.ParamType):
     """An option value checked by `check`, which returns it converted, or None: then `rule` is the error."""
@@ -388,7 +394,7 @@ def explain_day(
 
 @main.group()
 def journal() -> None:
-    """A box's journal, offline."""
+    """A box's journal: `export` fetches it from the box over the link, `verify` checks an export offline."""
 
 
 @journal.command("verify")

@@ -171,7 +171,8 @@ class Till:
     ) -> subprocess.CompletedProcess[str]:
         """Run `fiscalbox --port PORT --key KEY ARGS` (without the two for an offline command), saying it
         first, as a person at the till would."""
-        options = ["--port", self.vbox.port, "--key", shown(self.vbox.keys[role])] if link else []
+        port, key = shown(Path(self.vbox.port)), shown(self.vbox.keys[role])  # out/demo/box/link: one path
+        options = ["--port", port, "--key", key] if link else []
         if timeout:
             options += ["--timeout", timeout]
         print("$ " + shlex.join(["fiscalbox", *options, *args]), flush=True)

@@ -36,6 +36,19 @@ def _same_key(a: Any, b: Any) -> bool:
     return der(a) == der(b)
 
 
+def _retired_keys(document: dict[str, Any], problem: Any) -> list[tuple[int, Any]]:
+    """The retired keys the file lists (signed with it), oldest first; an unreadable one is a problem."""
+    keys: list[tuple[int, Any]] = []
+    for index, entry in enumerate(document.get("retired_keys") or []):
+        try:
+            keys.append((int(entry["last_global_no"]), load_public_key(entry["public_key"].encode())))
+        except (KeyError, TypeError, ValueError, AttributeError, FiscalError):
+            problem(
+                "BOX_EXPORT_KEY", f"Retired key {index + 1} in the file is unreadable.", field="retired_keys"
+            )
+    return sorted(keys, key=lambda item: item[0])
+
+
 def verify_export(document: Any, public_key: Any) -> dict[str, Any]:
     """A report {clean, problems, receipts, days, device_id, first, last}; problems name receipt and field."""
     if not isinstance(document, dict) or document.get("format") != FORMAT:
@@ -55,8 +68,10 @@ def verify_export(document: Any, public_key: Any) -> dict[str, Any]:
         problem(
             "BOX_EXPORT_KEY",
             "The file was signed by another device key than the certificate given, so no signature in it "
-            "was checked. Give the device's certificate (or public key) as it was when the export was made: "
-            "`fiscalbox-device key show` on the box, or the certificate FDMS issued it then.",
+            "was checked. Give the device key that signed the export, the one in force when it was made "
+            "(`fiscalbox keys device` over the link, `fiscalbox-device key show` on a box whose service is "
+            "stopped, or the certificate FDMS issued it then); receipts signed before a renewal are checked "
+            "with the retired keys the file lists.",
             field="public_key",
         )
     try:
@@ -69,6 +84,16 @@ def verify_export(document: Any, public_key: Any) -> dict[str, Any]:
             "The file's signature does not verify with the given key.",
             field="signature",
         )
+
+    retired = [] if other_key else _retired_keys(document, problem)
+    keys = [key for _, key in retired] + [public_key]
+
+    def key_for(global_no: int) -> Any:
+        """The key in force when receipt `global_no` was signed: a retired one up to its last receipt."""
+        for last, key in retired:
+            if global_no <= last:
+                return key
+        return public_key
 
     device_id = document["device_id"]
     start = document["start"]
@@ -118,7 +143,7 @@ def verify_export(document: Any, public_key: Any) -> dict[str, Any]:
                     global_no=n,
                     field="hash",
                 )
-            if not other_key and not verify(public_key, text.encode(), fdms.unb64(row["signature"])):
+            if not other_key and not verify(key_for(n), text.encode(), fdms.unb64(row["signature"])):
                 problem(
                     "BOX_TAMPER_SIGNATURE",
                     f"Receipt {n}'s signature does not verify.",
@@ -144,7 +169,7 @@ def verify_export(document: Any, public_key: Any) -> dict[str, Any]:
             field="last",
         )
     for day in document["days"]:
-        _check_day(day, device_id, counters, first_in_file, seen, None if other_key else public_key, problem)
+        _check_day(day, device_id, counters, first_in_file, seen, None if other_key else keys, problem)
     return {
         "clean": not problems,
         "signatures_checked": not other_key,
@@ -163,11 +188,11 @@ def _check_day(
     counters: dict[int, dict[Any, int]],
     first_in_file: dict[int, int],
     seen: dict[int, int],
-    public_key: Any,
+    keys: list[Any] | None,
     problem: Any,
 ) -> None:
-    """A day's signed close request must verify (unless `public_key` is None: not the file's key); when the
-    file holds the whole day, its counters too."""
+    """A day's signed close request must verify under one of the device's keys (unless `keys` is None: the
+    file is not signed by the key given); when the file holds the whole day, its counters too."""
     if not day.get("close_request"):
         return
     n = day["day_no"]
@@ -184,7 +209,7 @@ def _check_day(
     ordered = fdms.day_counters(fdms.parse_counters(request["fiscalDayCounters"]))
     text = fdms.day_string(device_id, n, day["opened"][:10], ordered)
     signature = fdms.unb64(request["fiscalDayDeviceSignature"]["signature"])
-    if public_key is not None and not verify(public_key, text.encode(), signature):
+    if keys is not None and not any(verify(key, text.encode(), signature) for key in keys):
         problem(
             "BOX_TAMPER_SIGNATURE",
             f"Day {n}'s close signature does not verify.",

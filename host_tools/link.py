@@ -12,6 +12,7 @@ the receipt already issued) and the polling of a job (an export resumes from the
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -82,12 +83,14 @@ Progress = Callable[[int, int], None]
 
 class _Lost(Exception):
     """The line lost the exchange (a timeout, a port error); `error` is what the caller sees unretried.
-    `absent`: the port could not even be opened (a USB device re-enumerating: worth a pause)."""
+    `absent`: the port could not even be opened (a USB device re-enumerating: worth a pause); `missing`: it
+    does not exist (retried only after an exchange was lost, not when it never existed)."""
 
-    def __init__(self, error: FiscalError, absent: bool = False) -> None:
+    def __init__(self, error: FiscalError, absent: bool = False, missing: bool = False) -> None:
         super().__init__(error.message)
         self.error = error
         self.absent = absent
+        self.missing = missing
 
 
 def new_request_id() -> str:
@@ -228,19 +231,29 @@ class BoxClient:
 
     def _open(self) -> Any:
         if self._serial is None or not self._serial.is_open:
+            # a device path is locked (flock) so a second program gets a clear refusal, not a garbled line
+            how = {} if "://" in self.port else {"exclusive": True}
             try:
                 self._serial = serial.serial_for_url(
-                    self.port, baudrate=BAUD, timeout=POLL_SECONDS, write_timeout=self.timeout
+                    self.port, baudrate=BAUD, timeout=POLL_SECONDS, write_timeout=self.timeout, **how
                 )
             except (OSError, ValueError) as error:
                 self._serial = None
-                errno = getattr(error, "errno", None)
-                why = os.strerror(errno) if isinstance(errno, int) else str(error)
-                raise FiscalError(
+                code = getattr(error, "errno", None)
+                why = os.strerror(code) if isinstance(code, int) else str(error)
+                if code in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    raise FiscalError(
+                        "BOX_LINK_PORT",
+                        f"{self.port} is in use by another program (another fiscalbox command or the POS): "
+                        "let it finish or close it, then try again.",
+                        "port",
+                    ) from None
+                refusal = FiscalError(
                     "BOX_LINK_PORT",
                     f"Cannot open the box's port {self.port}: {why}. Is the box plugged in?",
                     "port",
-                ) from None
+                )
+                raise _Lost(refusal, absent=True, missing=code == errno.ENOENT) from None
             self._decoder = smp.Decoder()
             self._frames = []
             self._nonce = None  # another host may have written meanwhile
@@ -260,10 +273,7 @@ class BoxClient:
         self, op: int, group: int, command: int, body: dict[str, Any], wait: float
     ) -> dict[str, Any]:
         """Send one frame, return the body of the answer with the same sequence number."""
-        try:
-            port = self._open()
-        except FiscalError as error:
-            raise _Lost(error, absent=True) from None
+        port = self._open()
         self._sequence = (self._sequence + 1) & 0xFF
         sequence = self._sequence
         payload = cbor2.dumps(body)
@@ -350,6 +360,7 @@ class BoxClient:
                 self.last_request_id = rid
             lost = 0
             nonce_refused = False
+            started = time.monotonic()
             while True:
                 try:
                     if self._nonce is None:
@@ -359,8 +370,8 @@ class BoxClient:
                     )
                 except _Lost as error:
                     self.close()
-                    if not retry or lost >= self.retries:
-                        raise error.error from None
+                    if not retry or lost >= self.retries or (error.missing and not lost):
+                        raise _waited(error.error, self.port, lost + 1, time.monotonic() - started) from None
                     lost += 1
                     _log.warning(
                         json.dumps(
@@ -679,6 +690,18 @@ class BoxClient:
         except OSError as error:
             raise FiscalError("BOX_FILE", f"Cannot write {marker}: {error.strerror}.", "out") from None
         return job
+
+
+def _waited(error: FiscalError, port: str, tries: int, seconds: float) -> FiscalError:
+    """A timeout after retries says how long it really waited in all, not one try's wait."""
+    if error.code != "BOX_LINK_TIMEOUT" or tries == 1:
+        return error
+    return FiscalError(
+        error.code,
+        f"The box did not answer on {port} in {round(seconds, 1):g} s ({tries} tries): "
+        "is it plugged in and on?",
+        error.field,
+    )
 
 
 def _refusal(error: Any) -> FiscalError:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import secrets
@@ -250,14 +251,20 @@ class VirtualBox:
         self.process: subprocess.Popen[bytes] | None = None
         self.keys = {"operator": self.state_dir / "operator.pem", "pos": self.state_dir / "pos.pem"}
         self.progress: dict[str, Any] = {}
+        self._lock: Any = None  # the state dir's lock file, held while this box runs
 
     # --- paths ----------------------------------------------------------------------------------------------
 
     @property
     def port(self) -> str:
-        """The host end of the link: what `fiscalbox --port` and `BoxClient` open."""
+        """The host end of the link: what `fiscalbox --port` and `BoxClient` open. STATE/link, a symbolic link
+        to this run's pseudo-terminal made again at each start: one path across restarts."""
         assert self.modem is not None, "the virtual box is not started"
-        return self.modem.host_path
+        return str(self.link_path)
+
+    @property
+    def link_path(self) -> Path:
+        return self.state_dir / "link"
 
     @property
     def config_path(self) -> Path:
@@ -282,6 +289,7 @@ class VirtualBox:
 
     def _start(self) -> None:
         self._make_state_dir()
+        self._lock_state_dir()  # before anything is written: a second start must not touch the running box
         progress_file = self.state_dir / "vbox.json"
         self.progress = json.loads(progress_file.read_text()) if progress_file.exists() else {}
         for path in self.keys.values():
@@ -294,6 +302,10 @@ class VirtualBox:
             _write_private(passphrase_file, secrets.token_urlsafe(24).encode())
         self._start_fdms()
         self.modem = NullModem()
+        fresh = self.link_path.with_name("link.new")
+        fresh.unlink(missing_ok=True)
+        fresh.symlink_to(self.modem.host_path)
+        os.replace(fresh, self.link_path)  # the stable path now points at this run's pty
         self.printer_port = PtyPort(self.printer)
         self._write_config()
         environ = dict(self.environ)
@@ -335,6 +347,27 @@ class VirtualBox:
             ) from None
         if not os.access(self.state_dir, os.W_OK | os.X_OK):
             raise FiscalError("SIM_STATE_DIR", f"Cannot write to {self.state_dir}.", "state_dir")
+
+    def _lock_state_dir(self) -> None:
+        """One virtual box on a state dir at a time: `vbox.lock`, locked for this box's life."""
+        path = self.state_dir / "vbox.lock"
+        try:
+            handle = open(path, "a")  # noqa: SIM115 (held until stop)
+        except OSError as error:
+            raise FiscalError(
+                "SIM_STATE_DIR", f"Cannot lock {path}: {error.strerror}.", "state_dir"
+            ) from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise FiscalError(
+                "SIM_BUSY",
+                f"{self.state_dir} is in use by another fiscalbox-sim box: stop it (Ctrl-C in its terminal) "
+                "or give another --state-dir. Nothing was changed.",
+                "state_dir",
+            ) from None
+        self._lock = handle
 
     def _start_fdms(self) -> None:
         if self.fdms_url:
@@ -474,8 +507,10 @@ class VirtualBox:
     def facts(self) -> dict[str, Any]:
         """What `fiscalbox-sim box` prints on start: where everything is."""
         assert self.printer_port is not None
+        assert self.modem is not None
         facts: dict[str, Any] = {
             "port": self.port,
+            "pty": self.modem.host_path,
             "keys": {role: str(path) for role, path in self.keys.items()},
             "fdms": {
                 "url": self.fdms_url,
@@ -488,6 +523,14 @@ class VirtualBox:
             "example_sale": str(self.state_dir / "example-sale.json"),
             "registered": bool(self.progress.get("registered")),
         }
+        if not self.progress.get("registered") and self.sim is not None:
+            known = self.sim.scenario.device(self.device_id)  # what a set-up by hand (--no-setup) needs
+            if known is not None:
+                facts["fdms_device"] = {
+                    "device_id": known.id,
+                    "serial": known.serial,
+                    "activation_key": known.activation_key,
+                }
         if self.progress.get("registered"):
             status = self.status()
             day = status.get("day")
@@ -541,6 +584,9 @@ class VirtualBox:
         if self.sim is not None:
             self.sim.stop()
             self.sim = None
+        if self._lock is not None:
+            self._lock.close()  # closing drops the lock
+            self._lock = None
         return code
 
     def __enter__(self) -> VirtualBox:

@@ -14,6 +14,7 @@ from firmware.core import fdms
 from firmware.core.errors import FiscalError
 from firmware.delivery import IDLE
 from firmware.journal import CLOSED
+from host_tools.journal_file import verify_export
 from hardware.signatures import load_public_key
 from hardware.signatures import verify as verify_signature
 from sim.fdms.judge import Held, recompute_counters
@@ -182,6 +183,18 @@ def test_the_certificate_is_renewed_with_a_new_key_mid_life(site: Site) -> None:
     box.close_day()
     site.settle(delivery)
     assert_day_closed_and_matching(site, box, 10001, 1, 10)  # the audit verifies both keys' receipts
+    # Offline too: an export after the renewal checks the older receipts with the retired key it lists.
+    exported = site.root / "after-renewal.json"
+    box.export_journal(1, 10, exported)
+    report = verify_export(json.loads(exported.read_text()), load_public_key(box.keys.public_key_pem()))
+    assert report["clean"] and report["signatures_checked"], report["problems"]
+
+
+def test_the_last_ping_is_local_time_as_every_other_time_of_the_status(site: Site) -> None:
+    box, delivery = site.box(10002)
+    site.settle(delivery)
+    pinged = box.status()["fdms"]["delivery"]["last_ping"]
+    assert isinstance(pinged, str) and pinged == box.now_local()[: len(pinged)]
 
 
 def test_a_box_clock_behind_fdms_is_reported_and_changes_no_receipt(site: Site) -> None:

@@ -9,7 +9,7 @@ import pytest
 from box_rig import Rig, sale
 from click.testing import CliRunner
 
-from firmware.backup import Anchor, restore
+from firmware.backup import Anchor, restore, write_atomically
 from firmware.box import Box
 from firmware.core.errors import FiscalError
 from host_tools.cli import main as host_main
@@ -36,6 +36,43 @@ def test_backup_writes_a_signed_manifest_and_keeps_the_newest(rig: Rig, box: Box
     copied = copy_rig.box()
     assert copied.boot["clean"] and copied.audit()["clean"]
     copy_rig.close()
+
+
+def test_retention_keeps_other_devices_backups_and_the_one_just_made(
+    rig: Rig, box: Box, tmp_path: Path
+) -> None:
+    dest = tmp_path / "backups"
+    issue(rig, box, 2)
+    first = box.backup(dest)
+    # another box's backup in the same folder, its name sorting after this box's
+    other = dest / "journal-0000009999-20260101T000000-001.db"
+    other.write_bytes(Path(first["file"]).read_bytes())
+    document = json.loads(Path(first["manifest_file"]).read_text())
+    document["manifest"].update(device_id=document["manifest"]["device_id"] + 1, file=other.name)
+    Path(str(other) + ".manifest.json").write_text(json.dumps(document))
+    issue(rig, box, 2)
+    made = box.backup(dest, retain=1)
+    assert made["removed"] == [Path(first["file"]).name]
+    assert Path(made["file"]).exists() and Path(made["manifest_file"]).exists()
+    assert other.exists() and Path(str(other) + ".manifest.json").exists()
+
+
+def test_a_backup_that_cannot_be_written_is_a_box_error_not_a_traceback(rig: Rig, box: Box) -> None:
+    issue(rig, box, 1)
+    with pytest.raises(FiscalError) as refused:
+        box.backup(Path("/proc"))  # a folder where no file can be made
+    assert (refused.value.code, refused.value.field) == ("BOX_BACKUP", "dest")
+    assert "/proc" in refused.value.message
+
+
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    """The one atomic-write helper (backups, anchor, identity, host keys) cleans up after itself."""
+    target = tmp_path / "hosts.json"
+    target.mkdir()
+    (target / "inside").write_text("kept")  # a rename over a folder that is not empty fails
+    with pytest.raises(OSError):
+        write_atomically(target, b"new")
+    assert (target / "inside").read_text() == "kept" and list(tmp_path.iterdir()) == [target]
 
 
 def test_restore_refuses_to_go_backwards_and_restores_a_current_backup(

@@ -140,7 +140,13 @@ def test_a_body_that_is_not_the_signed_shape_is_a_frame_error(link: Link, pos: H
 
 def test_an_unknown_key_is_refused(link: Link, pos: Host) -> None:
     stranger = Host(link)
-    refused(stranger, "BOX_LINK_UNKNOWN_KEY", "issue", {"sale": sale()})
+    said = refused(stranger, "BOX_LINK_UNKNOWN_KEY", "issue", {"sale": sale()})
+    assert "an operator enrolls it first" in said["message"]
+
+
+def test_an_unknown_key_on_a_box_without_an_operator_is_told_to_enroll_as_the_first(link: Link) -> None:
+    said = refused(Host(link), "BOX_LINK_UNKNOWN_KEY", "status")
+    assert "enroll it as the first operator key (`fiscalbox keys enroll --role operator`)" in said["message"]
 
 
 def test_a_signature_by_another_key_or_over_other_bytes_is_refused(link: Link, pos: Host) -> None:
@@ -165,6 +171,8 @@ def test_the_wrong_role_is_refused_and_does_not_rotate_the_nonce(link: Link, pos
     nonce = link.nonce
     for name in ("open_day", "close_day", "list", "audit", "provision"):
         refused(pos, "BOX_LINK_ROLE", name)
+    said = refused(pos, "BOX_LINK_ROLE", "list")["message"]
+    assert said == "A pos key may not ask for keys list: that needs an operator key."
     refused(pos, "BOX_LINK_ROLE", "enroll", {"public_key": Host(link).der, "role": "pos", "label": "x"})
     assert link.nonce == nonce
 

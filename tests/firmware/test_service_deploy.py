@@ -46,11 +46,24 @@ def test_the_unit_runs_the_installed_command_on_the_installed_configuration(tmp_
     assert service["KillSignal"] == ["SIGTERM"] and service["ProtectSystem"] == ["strict"]
     assert service["StateDirectory"] == ["fiscalbox"]
     assert "WantedBy" in unit_settings(text)["Install"]
+    unit = unit_settings(text)["Unit"]
+    # no receipt on a stale clock: started after the time is synchronised (a Pi has no RTC)
+    assert "time-sync.target" in unit["After"][0].split() and "time-sync.target" in unit["Wants"][0].split()
+    # the devices it drives: gadget serial, USB-serial and the Pi's own serial printers, the TPM
+    assert service["DevicePolicy"] == ["closed"]
+    allowed = {entry.split()[0] for entry in service["DeviceAllow"]}
+    assert {"char-ttyGS", "char-ttyUSB", "char-ttyACM", "char-ttyS", "char-ttyAMA", "char-tpmrm"} <= allowed
     readme = (DEPLOY / "README.md").read_text()
     assert (
         "install -m 0600 -o root -g root firmware/deploy/secrets.env.example /etc/fiscalbox/secrets.env"
         in readme
     )
+    for step in (
+        "systemctl enable systemd-time-wait-sync",
+        "adduser fiscalbox tss",
+        "adduser fiscalbox softhsm",
+    ):
+        assert step in readme, step
     verify = shutil.which("systemd-analyze")
     if verify is not None:  # systemd's own check, with the command where this checkout has it
         here = Path(sys.executable).with_name("fiscalbox-device")
@@ -70,6 +83,7 @@ def test_the_udev_rule_names_the_link_and_the_printer() -> None:
     link = [r for r in rules if 'KERNEL=="ttyGS0"' in r]
     assert len(link) == 1 and 'SYMLINK+="fiscalbox-link"' in link[0]
     printer = [r for r in rules if 'SYMLINK+="fiscalbox-printer"' in r]
+    assert [r for r in printer if 'SYMLINK=="serial0"' in r]  # the Pi's own serial: a TTL printer
     assert printer and all('SUBSYSTEM=="tty"' in r and 'GROUP="fiscalbox"' in r for r in rules)
     for rule in rules:  # udev's syntax: KEY or KEY{attribute}, an operator, a quoted value; comma-separated
         for part in rule.split(", "):

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID
+from service_rig import write_config  # the service tests' box.toml
 
 from firmware import config as configuration
 from firmware.core.errors import FiscalError
@@ -36,19 +37,6 @@ DEVICE_ID = 10001
 def sim(tmp_path: Path) -> Iterator[FdmsSimulator]:
     with FdmsSimulator(Scenario.default(), state_dir=tmp_path / "fdms") as running:
         yield running
-
-
-def write_config(root: Path) -> str:
-    """A box configuration naming no identity: it comes by `provision`."""
-    path = root / "box.toml"
-    path.write_text(
-        f'[keys]\ndirectory = "{root / "keys"}"\n\n'
-        f'[journal]\npath = "{root / "journal.db"}"\nanchor = "{root / "anchor.json"}"\n\n'
-        f'[box]\nprovisioned = "{root / "provisioned.json"}"\n\n'
-        f'[backup]\ndir = "{root / "backups"}"\nretain = 2\n\n'
-        f'[link]\nport = ""\nhosts = "{root / "hosts.json"}"\n'
-    )
-    return str(path)
 
 
 def identity(sim: FdmsSimulator) -> dict[str, Any]:
@@ -197,6 +185,32 @@ def test_a_device_is_provisioned_keyed_and_registered_then_sells(
             printed["fdms"].pop("delivery"), expected["fdms"].pop("delivery")
         assert printed == expected, command
 
+    # an FDMS address provision refuses is refused before anything is written
+    device = Device(configuration.load(path, ENV), ENV, SystemClock())
+    try:
+        for refused_url in ("http://fdms.example", "https://", "https://fdms.example:99999", "ftp://x"):
+            before = (tmp_path / "provisioned.json").read_bytes()
+            with pytest.raises(FiscalError) as refused:
+                device.provision({"fdms_url": refused_url})
+            assert (refused.value.code, refused.value.field) == ("BOX_SETTINGS", "fdms_url")
+            assert (tmp_path / "provisioned.json").read_bytes() == before
+    finally:
+        device.close()
+    # one the client refuses, already in the identity file (written before provision checked it): the box
+    # still starts, with delivery off and status saying what to fix; provisioning a good one turns it on
+    stored = json.loads((tmp_path / "provisioned.json").read_text())
+    (tmp_path / "provisioned.json").write_text(json.dumps({**stored, "fdms_url": "http://fdms.example"}))
+    device = Device(configuration.load(path, ENV), ENV, SystemClock())
+    try:
+        assert device.registered and device.delivery is None
+        warning = [w for w in device.status()["warnings"] if w["field"] == "fdms_url"]
+        assert len(warning) == 1 and "provision" in warning[0]["message"]
+        device.provision({"fdms_url": sim.url})
+        assert device.delivery is not None and device.box is not None and device.box.fdms is not None
+        assert not [w for w in device.status()["warnings"] if w["field"] == "fdms_url"]
+    finally:
+        device.close()
+
 
 def test_a_device_without_a_journal_but_registered_says_restore(tmp_path: Path, sim: FdmsSimulator) -> None:
     path = write_config(tmp_path)
@@ -247,11 +261,22 @@ def test_the_provisioned_identity_wins_over_the_file_and_a_damaged_one_is_refuse
     loaded = configuration.load(path, {"FISCALBOX_FDMS_CURRENCIES": "ZWG"})
     assert loaded.device["id"] == 77 and loaded.fdms["ca_file"] == ""
     assert loaded.fdms["currencies"] == "ZWG"  # the environment still wins
-    for damaged in ("not json", json.dumps({"device_id": "77"}), json.dumps({"pin": "1234"}), "[]"):
-        provisioned.write_text(damaged)
+    for damaged in (
+        b"not json",
+        json.dumps({"device_id": "77"}).encode(),
+        json.dumps({"pin": "1234"}).encode(),
+        b"[]",
+        b"\xff\xfe",  # not UTF-8
+        b"[" * 100_000,  # deeper than the JSON reader goes
+        json.dumps({"device_id": 10**10}).encode(),  # out of range: the identity file's, not [device] id's
+        json.dumps({"device_id": 0}).encode(),  # what provision refuses, the file may not hold either
+        json.dumps({"currencies": ["usd"]}).encode(),
+    ):
+        provisioned.write_bytes(damaged)
         with pytest.raises(FiscalError) as refused:
             configuration.load(path, {})
-        assert (refused.value.code, refused.value.field) == ("BOX_CONFIG", "box.provisioned")
+        assert (refused.value.code, refused.value.field) == ("BOX_CONFIG", "box.provisioned"), damaged[:20]
+        assert str(provisioned) in refused.value.message
 
 
 def test_moved_and_bad_service_settings_are_refused_saying_what_to_write(tmp_path: Path) -> None:

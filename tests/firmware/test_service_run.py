@@ -65,6 +65,7 @@ def test_the_service_prints_what_was_left_refuses_one_shots_and_stops_on_sigterm
             code, output = one_shot(config, *args)
             assert code == 2 and output.startswith("error BOX_BUSY"), (args, output)
             assert f"process {service.process.pid}" in output and "systemctl stop fiscalbox" in output
+            assert "the virtual box: stop fiscalbox-sim box" in output  # how to stop it where it runs
         assert len(printer.pages) == 2 and not (tmp_path / "backups").exists()  # nothing was done
         second = Service(config)
         assert second.process.wait(timeout=120) == 2

@@ -23,9 +23,13 @@ class Target:
     clients: dict[str, Any] = field(default_factory=dict)
 
     def client(self, role: str = "pos") -> Any:
-        """The `BoxClient` signing with the `role` key (one per role, kept open for the session)."""
+        """The `BoxClient` signing with the `role` key (one per role, kept for the session). The port is
+        held by one client at a time (BoxClient locks it), so the other roles' clients let go of it first."""
         from host_tools.link import BoxClient
 
+        for other, client in self.clients.items():
+            if other != role:
+                client.close()  # opened again at its next call
         if role not in self.clients:
             self.clients[role] = BoxClient(self.port, self.keys[role].read_bytes(), timeout=30)
         return self.clients[role]

@@ -57,7 +57,7 @@ def test_a_certificate_of_another_key_is_one_problem_not_tampering(export, tmp_p
     status, out = verify(str(path), "--cert", str(wrong))
     lines = out.splitlines()
     assert status == 1 and lines[0].startswith("PROBLEMS FOUND: device ")
-    assert len(lines) == 2 and lines[1].startswith("  BOX_EXPORT_KEY: ") and "when the export was made" in out
+    assert len(lines) == 2 and lines[1].startswith("  BOX_EXPORT_KEY: ") and "in force when it was made" in out
     status, out = verify(str(path), "--cert", str(wrong), "--json")
     report = json.loads(out)
     assert [p["code"] for p in report["problems"]] == ["BOX_EXPORT_KEY"]

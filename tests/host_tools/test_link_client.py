@@ -3,7 +3,9 @@ modules the box uses: framing, signing, the nonce, signed answers, retries and r
 
 from __future__ import annotations
 
+import _thread
 import hashlib
+import json
 import os
 import select
 import socket
@@ -15,6 +17,7 @@ from typing import Any
 
 import cbor2
 import pytest
+from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -23,6 +26,7 @@ from firmware import cose
 from firmware.core import smp
 from firmware.core.errors import FiscalError
 from host_tools import link
+from host_tools.cli import main
 from host_tools.link import BoxClient
 
 LOST = 0.5  # seconds the client waits in the tests where an answer is lost on purpose
@@ -358,6 +362,7 @@ def test_a_box_that_never_answers_is_a_timeout(hasty: BoxClient, box: Responder)
     with pytest.raises(FiscalError) as refused:
         hasty.status()
     assert refused.value.code == "BOX_LINK_TIMEOUT"
+    assert f"({1 + link.RETRIES} tries)" in refused.value.message  # the time waited in all, not one try's
     assert len(box.requests) == 1 + link.RETRIES
 
 
@@ -463,6 +468,63 @@ def test_a_port_that_cannot_be_opened(host_key: Any, tmp_path: Any) -> None:
     with pytest.raises(FiscalError) as refused:
         BoxClient(str(tmp_path / "no-such-tty"), pem(host_key), retries=0).status()
     assert refused.value.code == "BOX_LINK_PORT"
+
+
+def test_a_port_that_does_not_exist_is_not_retried(host_key: Any, tmp_path: Any, caplog: Any) -> None:
+    caplog.set_level("WARNING", "fiscalbox.link.client")
+    with pytest.raises(FiscalError) as refused:
+        BoxClient(str(tmp_path / "no-such-tty"), pem(host_key)).status()
+    assert "No such file or directory" in refused.value.message
+    assert [r for r in caplog.records if "link.retry" in r.getMessage()] == []
+
+
+def test_ctrl_c_during_a_sale_is_one_error_line_saying_how_to_check(
+    box: Responder, host_key: Any, tmp_path: Any
+) -> None:
+    (tmp_path / "pos.pem").write_bytes(pem(host_key))
+    (tmp_path / "sale.json").write_text(json.dumps(SALE))
+
+    def ctrl_c(name: str, body: Any) -> bool:
+        if name == "issue":
+            _thread.interrupt_main()  # as the terminal's SIGINT: the sale sent, its answer not yet back
+        return name == "issue"
+
+    box.lose = ctrl_c
+    args = ["--port", box.path, "--key", str(tmp_path / "pos.pem"), "sale", str(tmp_path / "sale.json")]
+    result = CliRunner().invoke(main, [*args, "--request-id", "till-1-42"])
+    assert result.exit_code == 2
+    assert "Aborted" not in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error BOX_INTERRUPTED: ")
+    assert "fiscalbox status" in last and "--request-id till-1-42" in last
+
+
+def test_keys_device_reads_the_status_and_says_when_the_box_has_no_key_yet(
+    box: Responder, host_key: Any, tmp_path: Any
+) -> None:
+    (tmp_path / "pos.pem").write_bytes(pem(host_key))
+    args = ["--port", box.path, "--key", str(tmp_path / "pos.pem"), "keys", "device"]
+    shown = CliRunner().invoke(main, args)
+    assert shown.exit_code == 0 and shown.stdout.strip() == public_pem(box.device_key).strip()
+    box.status_key = False  # a box not registered yet: no device key in its status
+    missing = CliRunner().invoke(main, args)
+    assert missing.exit_code == 2
+    assert missing.output.strip() == (
+        "error BOX_KEY_MISSING: The box has no device key yet: it makes one when it is registered "
+        "(`fiscalbox register`)."
+    )
+
+
+def test_a_second_program_on_the_same_port_is_told_it_is_in_use(
+    client: BoxClient, box: Responder, host_key: Any
+) -> None:
+    assert client.status()["device_id"] == 4321  # the first holds the port open
+    with BoxClient(box.path, pem(host_key), timeout=30) as second:
+        with pytest.raises(FiscalError) as refused:
+            second.status()
+    assert refused.value.code == "BOX_LINK_PORT"
+    assert f"{box.path} is in use by another program" in refused.value.message
+    assert client.status()["device_id"] == 4321  # and the first is not knocked out
 
 
 def test_a_request_id_outside_the_rule_is_refused_before_sending(client: BoxClient, box: Responder) -> None:

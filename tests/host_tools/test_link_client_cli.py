@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import select
 import socket
 import struct
+import subprocess
 import sys
 import termios
 import threading
-import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +39,7 @@ from sim.fdms.server import FdmsSimulator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "firmware"))
 from link_rig import Served  # noqa: E402  (the link's own pty rig: the box's side of the line)
+from service_rig import poll, write_config  # noqa: E402  (the service tests' helpers)
 
 PASSPHRASE = "client e2e pass phrase"
 ENV = {"FISCALBOX_KEY_PASSPHRASE": PASSPHRASE}
@@ -61,19 +63,6 @@ SALE = {  # the virtual box's example sale: one line at 15.5 %, paid in cash
     ],
     "receiptPayments": [{"moneyTypeCode": "Cash", "paymentAmount": "5.00"}],
 }
-
-
-def write_config(root: Path) -> str:
-    """A box configuration without an identity: it comes by `fiscalbox provision`."""
-    path = root / "box.toml"
-    path.write_text(
-        f'[keys]\ndirectory = "{root / "keys"}"\n\n'
-        f'[journal]\npath = "{root / "journal.db"}"\nanchor = "{root / "anchor.json"}"\n\n'
-        f'[box]\nprovisioned = "{root / "provisioned.json"}"\n\n'
-        f'[backup]\ndir = "{root / "backups"}"\nretain = 2\n\n'
-        f'[link]\nport = ""\nhosts = "{root / "hosts.json"}"\n'
-    )
-    return str(path)
 
 
 class CablePort:
@@ -175,16 +164,6 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     made.close()
 
 
-def wait_for(check: Any, what: str) -> Any:
-    deadline = time.monotonic() + PATIENCE
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.02)
-    raise AssertionError(f"{what} did not happen")
-
-
 def waiting_bytes(fd: int) -> int:
     return int(struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0])
 
@@ -198,7 +177,7 @@ def send_and_hang_up(rig: Rig, key_pem: bytes, name_body: tuple[int, int, dict[s
     decoder = smp.Decoder()
     port.write(smp.encode(smp.header(smp.OP_READ, 64, 1, 0, 1) + cbor2.dumps({})))
     answers: list[bytes] = []
-    wait_for(lambda: answers.extend(decoder.feed(port.read(port.in_waiting or 1))) or answers, "the nonce")
+    poll(lambda: answers.extend(decoder.feed(port.read(port.in_waiting or 1))) or answers, "the nonce")
     nonce = cbor2.loads(answers[0][smp.HEADER_SIZE :])["nonce"]
     payload = cbor2.dumps({"g": group, "c": command, "nonce": nonce, "rid": rid, "body": body})
     alg, sign = cose.signer(key)
@@ -206,7 +185,7 @@ def send_and_hang_up(rig: Rig, key_pem: bytes, name_body: tuple[int, int, dict[s
     port.write(smp.encode(smp.header(smp.OP_WRITE, group, 2, command, len(request)) + request))
     port.flush()
     port.close()  # hung up before the answer
-    wait_for(lambda: waiting_bytes(rig.served.slave), "the answer on the line")
+    poll(lambda: waiting_bytes(rig.served.slave), "the answer on the line")
     termios.tcflush(rig.served.slave, termios.TCIFLUSH)  # the answer is lost
 
 
@@ -251,6 +230,8 @@ def test_a_shops_first_day_over_the_link(rig: Rig, tmp_path: Path) -> None:
     )
     identity = rig.ok("provision", str(tmp_path / "identity.toml"))
     assert identity["device_id"] == DEVICE_ID and identity["currencies"] == ["USD", "ZWG"]
+    said = rig.run("provision", str(tmp_path / "identity.toml"))
+    assert said.exit_code == 0 and "currencies USD, ZWG" in said.stdout and "[" not in said.stdout
     refused = rig.run("register")
     assert refused.exit_code == 2 and refused.stderr.startswith("error BOX_USAGE: ")
     rig.ok("register", FISCALBOX_ACTIVATION_KEY=device.activation_key)
@@ -330,6 +311,29 @@ def test_without_a_port_or_key_the_tool_says_where_to_give_them(tmp_path: Path) 
     assert str(tmp_path / "fiscalbox" / "op.pem") in result.stderr  # relative to host.toml
 
 
+def test_a_box_that_is_not_there_is_one_error_line_and_verbose_shows_the_retries(tmp_path: Path) -> None:
+    """Its own process: in one with no logging set up, Python prints a library's warnings on stderr."""
+    assert CliRunner().invoke(main, ["keys", "new", str(tmp_path / "op.pem")]).exit_code == 0
+    silent, line = os.openpty()  # a port that is there, where nothing ever answers: the client retries
+    env = {
+        "XDG_CONFIG_HOME": str(tmp_path),
+        "FISCALBOX_PORT": os.ttyname(line),
+        "FISCALBOX_HOST_KEY": str(tmp_path / "op.pem"),
+    }
+    command = [sys.executable, "-c", "from host_tools.cli import main; main()", "--timeout", "0.3"]
+    try:
+        quiet = subprocess.run([*command, "status"], env=env, capture_output=True, text=True)
+        verbose = subprocess.run([*command, "--verbose", "status"], env=env, capture_output=True, text=True)
+    finally:
+        os.close(silent)
+        os.close(line)
+    assert quiet.returncode == 2 and quiet.stderr.startswith("error BOX_LINK_TIMEOUT: ")
+    assert quiet.stderr.count("\n") == 1 and quiet.stderr.endswith("\n")  # the whole of stderr: one line
+    lines = verbose.stderr.splitlines()
+    assert verbose.returncode == 2 and lines[-1].startswith("error BOX_LINK_TIMEOUT: ")
+    assert lines[:-1] and all(json.loads(line)["event"] == "link.retry" for line in lines[:-1])
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -359,6 +363,11 @@ def test_a_wrong_command_line_is_one_error_line(args: list[str], tmp_path: Path)
     assert result.exit_code == 2 and result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error BOX_"), result.stderr
+
+
+def test_counts_are_said_in_the_singular_for_one() -> None:
+    assert box_commands.counted(35, "receipts") == "35 receipts"
+    assert [box_commands.counted(1, w) for w in ("days", "audit_entries")] == ["1 day", "1 audit entry"]
 
 
 def test_provision_reads_the_identity_of_a_box_toml(tmp_path: Path) -> None:

@@ -58,6 +58,7 @@ def test_the_virtual_box_comes_up_ready_to_sell_and_resumes_on_the_same_state(tm
             with pytest.raises(FiscalError) as refused:
                 pos.open_day()  # the POS key was enrolled as a POS key
             assert refused.value.code == "BOX_LINK_ROLE"
+            pos.close()  # one program on the port at a time: the operator's turn
             with BoxClient(facts["port"], operator_pem) as operator:
                 operator.open_day()
                 device_key = device_key_pem(operator)
@@ -75,8 +76,10 @@ def test_the_virtual_box_comes_up_ready_to_sell_and_resumes_on_the_same_state(tm
         assert again["registered"] is True and again["last_global_no"] == 1
         assert again["day"] == {"day_no": 1, "status": "FiscalDayOpened"}
         assert again["fdms"]["url"] == facts["fdms"]["url"]  # the URL the box was provisioned with
-        with BoxClient(again["port"], operator_pem) as operator:
+        assert again["port"] == facts["port"] == str(state / "link")  # one path across restarts
+        with BoxClient(facts["port"], operator_pem) as operator:  # the path the first run gave still works
             assert device_key_pem(operator) == device_key  # not registered again: the same device key
+            operator.close()
             with BoxClient(again["port"], pos_pem) as pos:
                 repeated = pos.issue(sale, request_id="sim-box-1")
         assert repeated["global_no"] == 1 and repeated["repeated"] is True  # exactly once across restarts
@@ -86,7 +89,7 @@ def test_the_virtual_box_comes_up_ready_to_sell_and_resumes_on_the_same_state(tm
             text=True,
             timeout=60,
         )
-        assert busy.returncode == 2 and busy.stderr.startswith("error SIM_PORT: ") and busy.stdout == ""
+        assert busy.returncode == 2 and busy.stderr.startswith("error SIM_BUSY: ") and busy.stdout == ""
         assert len(busy.stderr.splitlines()) == 1 and "another fiscalbox-sim box" in busy.stderr
         with BoxClient(again["port"], pos_pem) as pos:
             assert pos.status()["last_global_no"] == 1
@@ -107,6 +110,22 @@ def test_the_virtual_box_registers_with_an_fdms_it_is_given(tmp_path: Path) -> N
             while sim.day(10001) is None and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert (sim.day(10001) or {}).get("fiscalDayNo") == opened["day_no"]  # FDMS saw the OpenDay
+            # a second start on the same state is refused before it writes anything of the running box's
+            written = {name: (tmp_path / "vbox" / name).read_bytes() for name in ("box.toml", "service.log")}
+            busy = subprocess.run(
+                [sys.executable, "-m", "sim.main", "box", "--state-dir", str(tmp_path / "vbox")]
+                + ["--fdms-url", sim.url, "--fdms-ca", str(sim.ca_cert_path)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert busy.returncode == 2 and busy.stderr.startswith("error SIM_BUSY: ")
+            assert (tmp_path / "vbox" / "box.toml").read_bytes() == written["box.toml"]
+            assert (tmp_path / "vbox" / "service.log").read_bytes().startswith(written["service.log"])
+            for line in (tmp_path / "vbox" / "service.log").read_text().splitlines():
+                json.loads(line)  # the running service's JSON lines only
+            with BoxClient(facts["port"], Path(facts["keys"]["operator"]).read_bytes()) as operator:
+                assert operator.status()["device_id"] == 10001  # the running box is untouched
         finally:
             assert stopped(process) == 0
 
