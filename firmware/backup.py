@@ -12,6 +12,7 @@ import datetime
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +185,13 @@ def file_sha256(path: Path) -> str:
 
 
 def make_backup(
-    journal: Journal, keys: KeyStore, device_id: int, dest: Path, at: str, retain: int | None
+    journal: Journal,
+    keys: KeyStore,
+    device_id: int,
+    dest: Path,
+    at: str,
+    retain: int | None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Copy the journal online into `dest`, write its signed manifest, keep the newest `retain` copies."""
     if retain is not None and retain < 1:
@@ -205,7 +212,7 @@ def make_backup(
     manifest_path = dest / (name + ".manifest.json")
     try:
         try:
-            journal.backup_to(temporary)
+            journal.backup_to(temporary, progress)  # pages copied of the journal's
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise

@@ -1275,21 +1275,32 @@ class Box:
         return report
 
     @_serialized
-    def backup(self, dest: str | os.PathLike[str], retain: int | None = None) -> dict[str, Any]:
+    def backup(
+        self,
+        dest: str | os.PathLike[str],
+        retain: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, Any]:
         """An online copy of the journal and its signed manifest; keeps the newest `retain` copies."""
         self._ensure_sound()
         self._ensure_provisioned()
         result = backups.make_backup(
-            self.journal, self.keys, self.device_id, Path(dest), self.now_local(), retain
+            self.journal, self.keys, self.device_id, Path(dest), self.now_local(), retain, progress
         )
         self._advance_anchor()
         return result
 
     @_serialized
-    def export_journal(self, first: int, last: int, dest: str | os.PathLike[str]) -> dict[str, Any]:
+    def export_journal(
+        self,
+        first: int,
+        last: int,
+        dest: str | os.PathLike[str],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, Any]:
         """A portable, signed file of receipts first..last that the host tool checks offline."""
         self._ensure_sound()
         self._ensure_provisioned()
         return exports.write_export(
-            self.journal, self.keys, self._settings, first, last, Path(dest), self.now_local()
+            self.journal, self.keys, self._settings, first, last, Path(dest), self.now_local(), progress
         )

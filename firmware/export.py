@@ -10,6 +10,7 @@ signature over all of it.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,14 @@ def signed_bytes(document: dict[str, Any]) -> bytes:
 
 
 def write_export(
-    journal: Journal, keys: KeyStore, settings: dict[str, Any], first: int, last: int, dest: Path, at: str
+    journal: Journal,
+    keys: KeyStore,
+    settings: dict[str, Any],
+    first: int,
+    last: int,
+    dest: Path,
+    at: str,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     top = journal.head()["last_global_no"]
     if not 1 <= first <= last <= top:
@@ -62,6 +70,8 @@ def write_export(
                 "link": link.hex(),
             }
         )
+        if progress is not None:  # receipts read of the range: the long part of an export
+            progress(len(receipts), last - first + 1)
     first_day = receipts[0]["day_no"]
     document: dict[str, Any] = {
         "format": FORMAT,

@@ -653,7 +653,8 @@ class Link:
 
     def serve(self, port: Any, stop: threading.Event) -> None:
         """Answer every frame that arrives on `port` (pyserial-like: read, write, timeout) until `stop`.
-        Noise is dropped by the framer; a failing port is retried, never the end of the service."""
+        Noise is dropped by the framer; a failing port (a cable pulled hangs it up) ends this, so the caller
+        opens it again."""
         if getattr(port, "timeout", None) is None:
             port.timeout = 0.1  # so `stop` is noticed
         decoder = smp.Decoder(smp.MAX_FRAME)
@@ -663,8 +664,7 @@ class Link:
                 data = read()
             except (OSError, serial.SerialException) as error:
                 self.log.warning("link.port", extra={"fields": {"error": str(error)}})
-                stop.wait(0.5)
-                continue
+                return
             if not data:
                 continue
             try:

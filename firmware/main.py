@@ -420,7 +420,8 @@ def restore_command(cfg: configuration.Config, manifest: str, as_json: bool) -> 
     """Put a backup in place of the journal; refused when it is older than what the box has committed."""
     try:
         pem = _with_store(cfg, lambda store: store.public_key_pem(), public_only=True)
-        result = restore(Path(manifest), Path(cfg.journal["path"]), pem, Anchor(cfg.journal["anchor"]))
+        with service.one_shot(cfg):  # no service starts on the journal while it is replaced
+            result = restore(Path(manifest), Path(cfg.journal["path"]), pem, Anchor(cfg.journal["anchor"]))
     except FiscalError as error:
         _fail(error)
     _emit(result, as_json, lambda r: f"restored receipts up to {r['last_global_no']} into {r['restored']}")

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import datetime
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -43,6 +44,14 @@ from hardware.signatures import load_public_key
 
 ALGORITHM_NAMES = {"ecdsa": ECDSA_P256, "rsa": RSA_2048}
 COSE_ALGORITHMS = {ECDSA_P256: cose.ES256, RSA_2048: cose.RS256}  # docs/link.md section 4
+STOP_SECONDS = 60.0  # all the waits at stop together (systemd kills the service at TimeoutStopSec=90)
+PORT_RETRY_MIN, PORT_RETRY_MAX = 0.5, 5.0  # seconds between reopenings of a failed link port
+BACKUP_RETRY_SECONDS = 3600.0  # a failed scheduled backup is tried again this much later
+DELIVERY_RESTART_MAX = 300.0  # seconds at most before a delivery worker stopped by a fault starts again
+
+
+def _iso(moment: float, zone: str) -> str:
+    return datetime.datetime.fromtimestamp(moment, ZoneInfo(zone)).isoformat(timespec="seconds")
 
 
 class SystemClock:
@@ -305,10 +314,16 @@ def audit_report(
     return report
 
 
-def export_to(box: Box, first: int, last: int, out: str | os.PathLike[str]) -> dict[str, Any]:
+def export_to(
+    box: Box,
+    first: int,
+    last: int,
+    out: str | os.PathLike[str],
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
     """`export --json`: receipts first..last as a signed file at `out`."""
     try:
-        return box.export_journal(first, last, out)
+        return box.export_journal(first, last, out, progress)
     except OSError as error:  # the file is written before the export is logged: nothing changed
         raise FiscalError("BOX_FILE", f"Cannot write the export {out}: {error.strerror}.", "out") from None
 
@@ -352,9 +367,9 @@ def one_shot(cfg: configuration.Config) -> Iterator[None]:
     """A one-shot command's hold on the box: refused with BOX_BUSY while the service runs, and holding a
     shared lock meanwhile so the service does not start under it."""
     path = service_lock_path(cfg)
-    try:
-        handle = open(path)  # noqa: SIM115 (held for the command's life); the service made it
-    except OSError:  # none: no service ever ran here (a one-shot command writes nothing of its own)
+    try:  # made when missing: else a service started just after would not see this command
+        handle = open(path, "a+")  # noqa: SIM115 (held for the command's life)
+    except OSError:  # a folder the command cannot write (a read-only copy): no service can run there either
         yield
         return
     with handle:
@@ -368,7 +383,9 @@ def one_shot(cfg: configuration.Config) -> Iterator[None]:
 class ServiceLock:
     """The running service's claim on the box: `<journal>.service`, locked for its life, holding its pid."""
 
-    def __init__(self, cfg: configuration.Config, wait: float = 30.0) -> None:
+    def __init__(
+        self, cfg: configuration.Config, wait: float = 30.0, stop: threading.Event | None = None
+    ) -> None:
         self.path = service_lock_path(cfg)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -387,14 +404,17 @@ class ServiceLock:
                 if holder and _alive(int(holder.rpartition(" ")[2])):
                     self._handle.close()
                     raise _busy(holder) from None
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or (stop is not None and stop.is_set()):
                     self._handle.close()
                     raise FiscalError(
                         "BOX_BUSY",
                         "A one-shot fiscalbox-device command is using the box: let it finish (or stop it), "
                         "then start the service.",
                     ) from None
-                time.sleep(0.1)
+                if stop is not None:
+                    stop.wait(0.1)  # SIGTERM ends the wait
+                else:
+                    time.sleep(0.1)
         self._handle.truncate(0)
         self._handle.write(str(os.getpid()))
         self._handle.flush()
@@ -473,6 +493,8 @@ class Device:
         self._stop: threading.Event | None = None  # set by start(): the service's life
         self._threads: list[threading.Thread] = []
         self._printer_missing = False
+        self.worker: dict[str, Any] = {"state": "running", "faults": 0}  # the delivery thread, for status
+        self.backup_failure: dict[str, Any] | None = None  # the last scheduled backup's failure, for status
         self.missing: FiscalError | None = None  # why there is no box (not registered, journal missing)
         self.fdms_fault: FiscalError | None = None  # FDMS settings refused at start: delivery is off
         try:
@@ -579,17 +601,37 @@ class Device:
     # -- the service's life --------------------------------------------------------------------------------
 
     def start(self, stop: threading.Event) -> None:
-        """Run the delivery worker until `stop`, and print what a previous run left unprinted."""
+        """Run the delivery worker until `stop`, and print what a previous run left unprinted in a thread of
+        its own (a long backlog neither holds up the link nor a stop)."""
         self._stop = stop
         if self.box is not None:
             self._start_delivery()
             if self.box.printer is not None and self.box.journal.unprinted_count():
-                try:
-                    result = self.print_unprinted()
-                except FiscalError as error:  # the box's own finding: status says it too
-                    self.log.warning("unprinted receipts not printed", extra={"fields": error.as_dict()})
-                else:
-                    self.log.info("unprinted receipts printed", extra={"fields": result})
+                thread = threading.Thread(
+                    target=self._print_backlog, args=(stop,), name="backlog", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+
+    def _print_backlog(self, stop: threading.Event) -> None:
+        """One receipt at a time, `stop` checked between receipts (never in one), the box free between."""
+        printed: list[int] = []
+        while not stop.is_set():
+            box = self._require_box()
+            with box.lock:
+                waiting = box.journal.unprinted(limit=1)
+            if not waiting:
+                break
+            global_no = waiting[0]
+            try:
+                self._printing(functools.partial(Box.reprint, global_no=global_no))
+            except FiscalError as error:  # the box's own finding: status says it too
+                fields = {"printed": printed, "stopped_at": global_no, **error.as_dict()}
+                self.log.warning("unprinted receipts not printed", extra={"fields": fields})
+                return
+            printed.append(global_no)
+        fields = {"printed": printed, "remaining": self._require_box().journal.unprinted_count()}
+        self.log.info("unprinted receipts printed", extra={"fields": fields})
 
     def _start_delivery(self) -> None:
         if self.delivery is None or self._stop is None:
@@ -601,16 +643,33 @@ class Device:
         self._threads.append(thread)
 
     def _deliver(self, worker: Delivery, stop: threading.Event) -> None:
-        try:
-            worker.run(stop)
-        except Exception:  # a fault of the worker itself (FDMS's and the network's never end it)
-            self.log.exception("delivery stopped by a fault: restart the service")
+        """The worker, started again with back-off (1 s to 5 min) after a fault of its own (FDMS's and the
+        network's never end it); status says it meanwhile."""
+        while not stop.is_set():
+            try:
+                worker.run(stop)
+                return
+            except Exception as error:
+                faults = self.worker["faults"] + 1
+                delay = min(DELIVERY_RESTART_MAX, 2.0 ** (faults - 1))
+                restart_at = self.clock.now() + delay
+                self.worker = {
+                    "state": "failed",
+                    "faults": faults,
+                    "code": "BOX_DELIVERY_FAULT",
+                    "error": f"{type(error).__name__}: {error}"[:300],
+                    "restart_at": _iso(restart_at, self.cfg.box["zone"]),
+                }
+                self.log.error("delivery fault: the worker restarts", extra={"fields": dict(self.worker)})
+            if not stop.wait(delay):
+                self.worker = {**self.worker, "state": "running"}
+                self.log.info("delivery restarted", extra={"fields": {"faults": self.worker["faults"]}})
 
-    def close(self) -> None:
-        """Stop: the operation in flight finishes first (it holds the box's lock), then the journal closes."""
+    def close(self, deadline: float | None = None) -> None:
+        """Stop: the operation in flight finishes first (it holds the box's lock), then the journal closes.
+        The threads are waited for until `deadline` (time.monotonic()) at the latest."""
         with self.lock:
-            for thread in self._threads:
-                thread.join(timeout=60)
+            join_until(self._threads, deadline or time.monotonic() + STOP_SECONDS, self.log)
             if self.box is not None:
                 with self.box.lock:
                     self.box.journal.close()
@@ -633,9 +692,13 @@ class Device:
     def status(self) -> dict[str, Any]:
         """`status --json`; before registration the same shape, with nothing in it yet."""
         if self.box is not None:
-            info = self.box.status()
-            info["warnings"] += self._fdms_warning()
-            return info
+            status = self.box.status()
+            if self._stop is not None and isinstance(status["fdms"].get("delivery"), dict):
+                status["fdms"]["delivery"]["worker"] = dict(self.worker)
+            if self.backup_failure is not None:  # the service's scheduled backup failed: when, why, next try
+                status["backup_failure"] = dict(self.backup_failure)
+            status["warnings"] += self._fdms_warning()
+            return status
         problem = (self.missing or _not_registered()).as_dict()
         journal_missing = problem["code"] == "BOX_JOURNAL_MISSING"
         return {
@@ -826,27 +889,15 @@ class Device:
     ) -> dict[str, Any]:
         """`backup --json` into [backup] dir, keeping [backup] retain (or `retain`) copies."""
         box = self._require_box()
-        if progress is not None:
-            progress(0, 1)
-        result = box.backup(
-            self.cfg.backup["dir"], retain if retain is not None else self.cfg.backup["retain"]
+        return box.backup(
+            self.cfg.backup["dir"], retain if retain is not None else self.cfg.backup["retain"], progress
         )
-        if progress is not None:
-            progress(1, 1)
-        return result
 
     def export_journal(
         self, first: int, last: int, dest: str | os.PathLike[str], progress: Callable[[int, int], None] | None
     ) -> dict[str, Any]:
         """`export --json`: the signed export of receipts first..last written to `dest`."""
-        box = self._require_box()
-        total = max(last - first + 1, 0)
-        if progress is not None:
-            progress(0, total)
-        result = export_to(box, first, last, dest)
-        if progress is not None:
-            progress(total, total)
-        return result
+        return export_to(self._require_box(), first, last, dest, progress)
 
     def replay(self, since: int) -> dict[str, Any]:
         """Send FDMS again every receipt of the last `since` fiscal days that it has already answered, so an
@@ -911,40 +962,71 @@ class Device:
 
 class BackupSchedule:
     """Due once a local day at [backup] at, or at start when today's time has passed and no backup of today
-    is in the folder (a box switched off at night still gets its daily copy)."""
+    is in the folder (a box switched off at night still gets its daily copy). The folder is looked at each
+    time, ignoring copies dated after now (a clock moved back), so a copy made another way counts too; a
+    failed backup is tried again an hour later."""
 
     def __init__(self, at: str, folder: str | os.PathLike[str], zone: str) -> None:
         hours, minutes = at.split(":")
         self.at = datetime.time(int(hours), int(minutes))
         self.zone = ZoneInfo(zone)
-        newest = max((p.stat().st_mtime for p in Path(folder).glob("journal-*.db")), default=None)
-        self.last: datetime.date | None = None if newest is None else self._local(newest).date()
+        self.folder = Path(folder)
+        self.last: datetime.date | None = None  # the last backup this process made
+        self.retry_at: float | None = None
 
     def _local(self, moment: float) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(moment, self.zone)
 
+    def newest(self, now: float) -> datetime.date | None:
+        """The date of the newest copy in the folder that is not dated after `now`."""
+        times = []
+        for path in self.folder.glob("journal-*.db"):
+            with contextlib.suppress(OSError):  # an entry gone, dangling or unreadable is no copy
+                times.append(path.stat().st_mtime)
+        made = [t for t in times if t <= now + 60]
+        return self._local(max(made)).date() if made else None
+
     def due(self, now: float) -> bool:
         local = self._local(now)
-        return local.time() >= self.at and (self.last is None or self.last < local.date())
+        if local.time() < self.at or (self.retry_at is not None and now < self.retry_at):
+            return False
+        today = local.date()
+        known = [d for d in (self.last, self.newest(now)) if d is not None and d <= today]
+        return not known or max(known) < today
 
     def done(self, now: float) -> None:
-        self.last = self._local(now).date()
+        self.last, self.retry_at = self._local(now).date(), None
+
+    def failed(self, now: float) -> None:
+        self.retry_at = now + BACKUP_RETRY_SECONDS
 
 
 def backup_loop(
     device: Device, schedule: BackupSchedule, stop: threading.Event, log: logging.Logger, poll: float = 30.0
 ) -> None:
     """The daily backup while the service runs: into [backup] dir, keeping [backup] retain copies. A backup
-    that fails is said in the log and tried again at the next daily time (or the next start)."""
+    that fails, for whatever reason, is said in the log (BOX_BACKUP) and in status, and tried again an
+    hour later; it never stops the service."""
+    cfg = device.cfg
     while not stop.is_set():
         now = device.clock.now()
-        if device.registered and schedule.due(now):
-            try:
+        try:
+            if device.registered and schedule.due(now):
                 made = device.backup(None)
                 log.info("backup made", extra={"fields": {"file": made["file"], "removed": made["removed"]}})
-            except FiscalError as error:
-                log.warning("backup failed", extra={"fields": error.as_dict()})
-            schedule.done(now)
+                schedule.done(now)
+                device.backup_failure = None
+        except Exception as error:
+            schedule.failed(now)
+            failure = error.as_dict() if isinstance(error, FiscalError) else {}
+            device.backup_failure = {
+                "code": failure.get("code", "BOX_BACKUP"),
+                "message": failure.get("message")
+                or f"The backup into {cfg.backup['dir']} failed: {error}. It is tried again in an hour.",
+                "at": _iso(now, cfg.box["zone"]),
+                "retry_at": _iso(now + BACKUP_RETRY_SECONDS, cfg.box["zone"]),
+            }
+            log.warning("backup failed", extra={"fields": device.backup_failure})
         stop.wait(poll)
 
 
@@ -955,12 +1037,15 @@ def serve_link(device: Device, cfg: configuration.Config, stop: threading.Event,
     try:
         _listen(link, cfg, stop, log)
     finally:
-        link.join_jobs(timeout=60)  # a backup or export under way finishes before the journal closes
+        # a backup or export under way finishes before the journal closes (run waits STOP_SECONDS at most)
+        link.join_jobs(timeout=STOP_SECONDS)
         link.close()
 
 
 def _listen(link: Link, cfg: configuration.Config, stop: threading.Event, log: logging.Logger) -> None:
-    said = False
+    """Open the port and serve it; a port that fails (the USB cable pulled hangs the gadget's tty up) is
+    closed and opened again, with back-off (0.5 s to 5 s), said once an outage."""
+    said, delay = False, PORT_RETRY_MIN
     while not stop.is_set():
         try:
             port = open_port(cfg.link["port"], cfg.link["baud"])
@@ -968,13 +1053,35 @@ def _listen(link: Link, cfg: configuration.Config, stop: threading.Event, log: l
             if not said:
                 log.warning("link port not ready; trying again", extra={"fields": error.as_dict()})
                 said = True
-            stop.wait(2.0)
+            stop.wait(delay)
+            delay = min(delay * 2, PORT_RETRY_MAX)
             continue
-        log.info("link listening", extra={"fields": {"port": cfg.link["port"]}})
+        if not said:
+            log.info("link listening", extra={"fields": {"port": cfg.link["port"]}})
+        opened = time.monotonic()
         try:
-            link.serve(port, stop)
+            link.serve(port, stop)  # returns at `stop`, or when the port fails
         finally:
-            port.close()
+            with contextlib.suppress(Exception):  # a port already gone may refuse even to close
+                port.close()
+        if stop.is_set():
+            break
+        if time.monotonic() - opened > PORT_RETRY_MAX:  # it served a while: this is a new outage
+            said, delay = False, PORT_RETRY_MIN
+        if not said:
+            log.warning("link port lost; opening it again", extra={"fields": {"port": cfg.link["port"]}})
+            said = True
+        stop.wait(delay)
+        delay = min(delay * 2, PORT_RETRY_MAX)
+
+
+def join_until(threads: list[threading.Thread], deadline: float, log: logging.Logger) -> None:
+    """Wait for `threads` until `deadline` (time.monotonic()) at the latest; say which were given up."""
+    for thread in threads:
+        thread.join(timeout=max(deadline - time.monotonic(), 0.0))
+    running = [t.name for t in threads if t.is_alive()]
+    if running:
+        log.warning("stop: given up waiting", extra={"fields": {"still_running": running}})
 
 
 def run(
@@ -987,8 +1094,9 @@ def run(
     """`fiscalbox-device run`: the link, delivery, printing and the daily backup over one Device, until
     `stop`. The operation in flight finishes before the journal closes; 0 on a clean stop, 1 when a part
     failed (systemd restarts the service)."""
-    lock = ServiceLock(cfg)
+    lock = ServiceLock(cfg, stop=stop)
     failed: list[str] = []
+    deadline: float | None = None
     try:
         device = Device(cfg, environ, SystemClock(), log)
         try:
@@ -1026,15 +1134,15 @@ def run(
             threads = [
                 threading.Thread(target=guarded(name, work), name=name, daemon=True) for name, work in parts
             ]
-            guarded("start", lambda: device.start(stop))()
             for thread in threads:
                 thread.start()
+            guarded("start", lambda: device.start(stop))()
             stop.wait()
             log.info("service stopping")
-            for thread in threads:
-                thread.join(timeout=60)
+            deadline = time.monotonic() + STOP_SECONDS  # one wait for all: systemd's TimeoutStopSec is 90
+            join_until(threads, deadline, log)
         finally:
-            device.close()
+            device.close(deadline)
     finally:
         lock.release()
     log.info("service stopped", extra={"fields": {"failed": failed}})

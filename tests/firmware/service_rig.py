@@ -168,6 +168,17 @@ class PtyBridge:
             self.host_path = os.ttyname(self._host_slave)
         return self.host_path
 
+    def unplug_box(self) -> str:
+        """Pull the cable out of the box: its tty hangs up under whoever holds it (reads fail at once, as
+        the Pi's gadget port does); a new box end is there instead, whose path is returned."""
+        with self._swap:
+            os.close(self._box_master)
+            os.close(self._box_slave)
+            self._box_master, self._box_slave = os.openpty()
+            tty.setraw(self._box_slave)
+            self.box_path = os.ttyname(self._box_slave)
+        return self.box_path
+
     def close(self) -> None:
         self._closing.set()
         self._thread.join()

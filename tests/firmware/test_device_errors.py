@@ -61,7 +61,14 @@ def state(root: Path) -> tuple[dict[str, bytes], dict[str, list[Any]]]:
     """Every file under `root` but the journal's, and the journal's rows but what a box writes whenever it
     starts (its boot entry and checkpoint, and the anchor that follows them): what a refusal must not
     change."""
-    journal_files = ("journal.db", "journal.db-wal", "journal.db-shm", "journal.db.lock", "anchor.json")
+    journal_files = (
+        "journal.db",
+        "journal.db-wal",
+        "journal.db-shm",
+        "journal.db.lock",
+        "journal.db.service",  # the service lock a one-shot command holds shared (made when missing)
+        "anchor.json",
+    )
     outside = {
         str(p.relative_to(root)): p.read_bytes()
         for p in sorted(root.rglob("*"))
@@ -483,7 +490,8 @@ def test_register_refused_by_its_settings_makes_no_journal(tmp_path: Path, extra
     )
     env = {**ENV, "FISCALBOX_ACTIVATION_KEY": "abcd1234"}
     refused(CliRunner().invoke(main, ["--config", str(path), "register"], env=env), "BOX_CONFIG")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["box.toml"]
+    # no journal: only the (empty) service lock the command held, so no service started beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["box.toml", "journal.db.service"]
 
 
 def test_status_says_a_day_past_its_end_has_ended(rig: Rig, box: Box) -> None:
