@@ -173,7 +173,7 @@ def device_public_key(status: dict[str, Any]) -> Any:
     return None
 
 
-def _unproven(name: str, rid: str, why: FiscalError) -> FiscalError:
+def _unproven(name: str | None, rid: str, why: FiscalError) -> FiscalError:
     """A write reached the box, but its answer cannot be trusted: it may have been done, so the host must
     not take it as refused (a sale sent again under a new request ID would be issued twice)."""
     check = (
@@ -183,7 +183,7 @@ def _unproven(name: str, rid: str, why: FiscalError) -> FiscalError:
     )
     return FiscalError(
         "BOX_LINK_UNVERIFIED",
-        f"The box answered {name}, but the answer could not be checked ({why.message.rstrip('.')}), so it "
+        f"The box answered {name or 'the request'}, but the answer could not be checked ({why.message.rstrip('.')}), so it "
         f"may have been done: {check}. If the device key changed (a certificate renewal), give the new one "
         "(`fiscalbox keys device`).",
     )
@@ -460,7 +460,7 @@ class BoxClient:
             self._device_key, self._learnt = None, False  # the device key changed: learn it again
         return result
 
-    def _write_outcome(self, answer: dict[str, Any], name: str, request: tuple[Any, ...]) -> dict[str, Any]:
+    def _write_outcome(self, answer: dict[str, Any], name: str | None, request: tuple[Any, ...]) -> dict[str, Any]:
         """The signed outcome of a write, checked: signed by the device key and naming this very request."""
         if "cose" in answer or "zcose" in answer:
             proof = answer["cose"] if "cose" in answer else cose.inflate(answer["zcose"], ANSWER_LIMIT)
