@@ -336,10 +336,16 @@ class Box:
         if last:
             previous_date = self.journal.receipt(last)["date"]  # type: ignore[index]
             if opened <= previous_date:
-                raise _refuse(
-                    "BOX_CLOCK",
-                    f"The clock reads {opened}, not after the last receipt ({previous_date}): set the time.",
-                )
+                # The day closed within the second of its last receipt, or after a burst dated ahead of the
+                # clock: the new day opens a second after that receipt, as a receipt would be dated.
+                after = localtime.format_seconds(localtime.seconds(previous_date) + 1)
+                if localtime.seconds(after) - localtime.seconds(opened) > self.future_skew_seconds:
+                    raise _refuse(
+                        "BOX_CLOCK",
+                        f"The clock reads {opened}, not after the last receipt ({previous_date}): set the "
+                        "time.",
+                    )
+                opened = after
         self.journal.open_day(day_no, opened, opened)
         self._checkpoint(opened, "day opened")
         return {"day_no": day_no, "opened": opened, "ends": localtime.add_hours(opened, self._max_hours())}

@@ -9,7 +9,7 @@ import pytest
 from box_rig import DEVICE_ID, SETTINGS, Rig, sale
 
 from firmware.box import Box
-from firmware.core import fdms
+from firmware.core import fdms, localtime
 from firmware.core.errors import FiscalError
 from firmware.journal import SCHEMA_VERSION, Journal
 from hardware.signatures import load_public_key, verify
@@ -94,6 +94,17 @@ def test_a_clock_far_behind_the_last_receipt_is_refused(rig: Rig, box: Box) -> N
     rig.clock.advance(-3600)
     with pytest.raises(FiscalError) as refused:
         box.issue(sale())
+    assert refused.value.code == "BOX_CLOCK"
+
+
+def test_a_day_opened_in_the_second_of_the_last_receipt_opens_a_second_after_it(rig: Rig, box: Box) -> None:
+    last = box.issue(sale())["date"]
+    box.close_day()  # a fast POS: close and open again within the same second
+    assert box.open_day()["opened"] == localtime.format_seconds(localtime.seconds(last) + 1)
+    box.close_day()
+    rig.clock.advance(-3600)  # a clock far behind is still refused
+    with pytest.raises(FiscalError) as refused:
+        box.open_day()
     assert refused.value.code == "BOX_CLOCK"
 
 
