@@ -183,8 +183,8 @@ def _unproven(name: str | None, rid: str, why: FiscalError) -> FiscalError:
     )
     return FiscalError(
         "BOX_LINK_UNVERIFIED",
-        f"The box answered {name or 'the request'}, but the answer could not be checked ({why.message.rstrip('.')}), so it "
-        f"may have been done: {check}. If the device key changed (a certificate renewal), give the new one "
+        f"The box answered {name or 'the request'}, but the answer could not be checked "
+        f"({why.message.rstrip('.')}), so it may have been done: {check}. If the device key changed (a certificate renewal), give the new one "
         "(`fiscalbox keys device`).",
     )
 
