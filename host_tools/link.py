@@ -184,8 +184,8 @@ def _unproven(name: str | None, rid: str, why: FiscalError) -> FiscalError:
     return FiscalError(
         "BOX_LINK_UNVERIFIED",
         f"The box answered {name or 'the request'}, but the answer could not be checked "
-        f"({why.message.rstrip('.')}), so it may have been done: {check}. If the device key changed (a certificate renewal), give the new one "
-        "(`fiscalbox keys device`).",
+        f"({why.message.rstrip('.')}), so it may have been done: {check}. If the device key changed (a "
+        "certificate renewal), give the new one (`fiscalbox keys device`).",
     )
 
 
@@ -460,7 +460,9 @@ class BoxClient:
             self._device_key, self._learnt = None, False  # the device key changed: learn it again
         return result
 
-    def _write_outcome(self, answer: dict[str, Any], name: str | None, request: tuple[Any, ...]) -> dict[str, Any]:
+    def _write_outcome(
+        self, answer: dict[str, Any], name: str | None, request: tuple[Any, ...]
+    ) -> dict[str, Any]:
         """The signed outcome of a write, checked: signed by the device key and naming this very request."""
         if "cose" in answer or "zcose" in answer:
             proof = answer["cose"] if "cose" in answer else cose.inflate(answer["zcose"], ANSWER_LIMIT)
