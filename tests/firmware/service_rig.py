@@ -60,6 +60,28 @@ def write_config(
     return str(path)
 
 
+def registered_config(root: Path, sim: Any, device_id: int = 10001) -> str:
+    """A box.toml for the FDMS simulator's device, and the box registered with it by the one-shot command."""
+    from click.testing import CliRunner
+
+    from firmware.main import main
+
+    device = sim.scenario.device(device_id)
+    assert device is not None
+    config = write_config(
+        root,
+        f'[device]\nid = {device_id}\nserial = "{device.serial}"\n\n'
+        f'[fdms]\nurl = "{sim.url}"\nca_file = "{sim.ca_cert_path}"\n',
+    )
+    registered = CliRunner().invoke(
+        main,
+        ["--config", config, "register"],
+        env={**ENV, "FISCALBOX_ACTIVATION_KEY": sim.activation_keys[device_id]},
+    )
+    assert registered.exit_code == 0, registered.output
+    return config
+
+
 class Service:
     """One `fiscalbox-device run` process; its log lines are read as they come."""
 

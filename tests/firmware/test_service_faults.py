@@ -13,12 +13,10 @@ from typing import Any
 
 import pytest
 from box_rig import StepClock
-from click.testing import CliRunner
-from service_rig import ENV, PtyBridge, Service, host_key, make_box, poll, write_config
+from service_rig import ENV, PtyBridge, Service, host_key, make_box, poll, registered_config, write_config
 
 from firmware import config as configuration
 from firmware.core.errors import FiscalError
-from firmware.main import main
 from firmware.service import (
     BackupSchedule,
     Device,
@@ -145,19 +143,7 @@ def test_a_fault_of_the_delivery_worker_is_logged_shown_and_the_worker_restarts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with FdmsSimulator(Scenario.default(), state_dir=tmp_path / "fdms") as sim:
-        fdms_device = sim.scenario.device(10001)
-        assert fdms_device is not None
-        config = write_config(
-            tmp_path,
-            f'[device]\nid = 10001\nserial = "{fdms_device.serial}"\n\n'
-            f'[fdms]\nurl = "{sim.url}"\nca_file = "{sim.ca_cert_path}"\n',
-        )
-        registered = CliRunner().invoke(
-            main,
-            ["--config", config, "register"],
-            env={**ENV, "FISCALBOX_ACTIVATION_KEY": sim.activation_keys[10001]},
-        )
-        assert registered.exit_code == 0, registered.output
+        config = registered_config(tmp_path, sim)
         records = Records()
         device = Device(configuration.load(config, ENV), ENV, SystemClock(), records.log)
         worker = device.delivery

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from box_rig import StepClock, sale
 from click.testing import CliRunner
-from service_rig import ENV, Service, make_box, poll, write_config
+from service_rig import ENV, Service, make_box, poll, registered_config, write_config
 
 from firmware import config as configuration
 from firmware.box import Box
@@ -132,19 +132,7 @@ def test_the_service_delivers_what_waits_and_a_restart_resumes(
 ) -> None:
     monkeypatch.setenv("FISCALBOX_KEY_PASSPHRASE", ENV["FISCALBOX_KEY_PASSPHRASE"])  # for the sales below
     with FdmsSimulator(Scenario.default(), state_dir=tmp_path / "fdms") as sim:
-        device = sim.scenario.device(10001)
-        assert device is not None
-        config = write_config(
-            tmp_path,
-            f'[device]\nid = 10001\nserial = "{device.serial}"\n\n'
-            f'[fdms]\nurl = "{sim.url}"\nca_file = "{sim.ca_cert_path}"\n',
-        )
-        registered = CliRunner().invoke(
-            main,
-            ["--config", config, "register"],
-            env={**ENV, "FISCALBOX_ACTIVATION_KEY": sim.activation_keys[10001]},
-        )
-        assert registered.exit_code == 0, registered.output
+        config = registered_config(tmp_path, sim)
         shop = Shop(seed=3, device_id=10001)
 
         def sell(count: int) -> None:
