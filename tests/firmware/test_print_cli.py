@@ -7,18 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from box_rig import SETTINGS, StepClock, sale
 from click.testing import CliRunner
+from service_rig import PASS, make_box  # a provisioned box with day 1 open and two sales
 
-from firmware.box import Box
 from firmware.journal import Journal
 from firmware.main import main
-from hardware import ECDSA_P256
-from hardware.keystores import FileKeyStore
 from sim.printer import VirtualPrinter
 from sim.pty_port import PtyPort, serve_on_pty
-
-PASS = "cli pass phrase"
 
 
 @pytest.fixture
@@ -26,19 +21,6 @@ def paper() -> Iterator[tuple[VirtualPrinter, PtyPort]]:
     printer = VirtualPrinter(dots=576)
     with serve_on_pty(printer) as port:
         yield printer, port
-
-
-def make_box(tmp_path: Path, totals: tuple[str, ...] = ("4.00", "6.50")) -> None:
-    keys = FileKeyStore(tmp_path / "keys", PASS.encode())
-    keys.generate(ECDSA_P256)
-    clock = StepClock()
-    with Journal(tmp_path / "journal.db", create=True) as journal:
-        box = Box(journal, keys, clock)
-        box.provision(SETTINGS)
-        box.open_day()
-        for total in totals:
-            clock.advance(60)
-            box.issue(sale(total))
 
 
 def config(tmp_path: Path, port: str) -> str:
