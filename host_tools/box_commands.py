@@ -547,8 +547,8 @@ def day_close(as_json: bool) -> None:
         _box(lambda box: box.close_day()),
         as_json,
         lambda r: (
-            f"day {r.get('fiscalDayNo')} closed with {r.get('receiptCounter')} receipts; "
-            "the box sends the close to FDMS"
+            f"day {r.get('fiscalDayNo')} closed with "
+            f"{counted(int(r.get('receiptCounter') or 0), 'receipts')}; the box sends the close to FDMS"
         ),
     )
 
